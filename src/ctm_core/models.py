@@ -1,0 +1,157 @@
+"""Entities and values of the ctm domain.
+
+Times are aware datetimes handed in by the caller (from the Clock port); nothing here reads the
+wall clock. Serialization to the API's JSON lives in ``ctm_http``, not on these classes.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import attrs
+
+
+class TaskStatus(enum.StrEnum):
+    """Status of a task: ``scheduled`` until its first run starts, then its latest run's state."""
+
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class ExecutionStatus(enum.StrEnum):
+    """Status of one execution (one run of a task's script).
+
+    ``queued``: waiting for a run slot or for a change of its environment to finish.
+    ``skipped``: a cron occurrence that came while the same task still ran (recorded, not run).
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    SKIPPED = "skipped"
+
+    @property
+    def finished(self) -> bool:
+        return self in (
+            ExecutionStatus.COMPLETED,
+            ExecutionStatus.FAILED,
+            ExecutionStatus.STOPPED,
+        )
+
+
+def _aware(_instance: object, attribute: attrs.Attribute[object], value: object) -> None:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        raise ValueError(f"{attribute.name} must be an aware datetime")
+
+
+@attrs.define(kw_only=True)
+class User:
+    id: int
+    username: str
+    password_hash: str = attrs.field(repr=False)
+    is_admin: bool
+    created_at: datetime = attrs.field(validator=_aware)
+
+
+@attrs.define(kw_only=True)
+class Session:
+    """A server-side session. Only the hash of the cookie token is ever stored."""
+
+    token_hash: str
+    user_id: int
+    created_at: datetime = attrs.field(validator=_aware)
+    last_seen_at: datetime = attrs.field(validator=_aware)
+
+
+@attrs.frozen(kw_only=True)
+class Principal:
+    """The authenticated caller of a use case."""
+
+    user_id: int
+    username: str
+    is_admin: bool
+
+
+@attrs.frozen
+class Package:
+    name: str
+    version: str
+
+
+@attrs.frozen(kw_only=True)
+class Environment:
+    """An environment as the backend sees it (owner lives in the repository)."""
+
+    name: str
+    prefix: str
+    python_version: str | None
+    packages: tuple[Package, ...]
+    created_at: datetime | None = attrs.field(validator=_aware)
+
+
+@attrs.frozen(kw_only=True)
+class DiskUsage:
+    """Bytes per environment, and the total with hard-linked files counted once."""
+
+    per_environment: dict[str, int]
+    total: int
+
+
+@attrs.frozen(kw_only=True)
+class RunEnvironment:
+    """What a run needs from the backend: the interpreter and the variables to add."""
+
+    python: str
+    prefix: str
+    variables: dict[str, str]
+    path_prepend: tuple[str, ...]
+
+
+@attrs.define(kw_only=True)
+class Task:
+    id: int
+    name: str
+    owner_id: int | None
+    script_path: str
+    script_stored: bool
+    conda_env: str
+    requirements: str | None
+    cron_expression: str | None
+    delay_seconds: float | None
+    timeout_seconds: float | None
+    status: TaskStatus
+    created_at: datetime = attrs.field(validator=_aware)
+    next_run_at: datetime | None = attrs.field(default=None, validator=_aware)
+    last_run_at: datetime | None = attrs.field(default=None, validator=_aware)
+    last_run_duration: float | None = None
+    last_execution_id: str | None = None
+
+
+@attrs.define(kw_only=True)
+class Execution:
+    id: str
+    task_id: int
+    status: ExecutionStatus
+    scheduled_for: datetime | None = attrs.field(default=None, validator=_aware)
+    start_time: datetime | None = attrs.field(default=None, validator=_aware)
+    end_time: datetime | None = attrs.field(default=None, validator=_aware)
+    duration: float | None = None
+    peak_memory_mb: float | None = None
+    avg_memory_mb: float | None = None
+    exit_code: int | None = None
+    log_path: str | None = None
+    pid: int | None = None
+    note: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class LoginAttempt:
+    username: str
+    client: str
+    at: datetime = attrs.field(validator=_aware)

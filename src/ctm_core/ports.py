@@ -1,0 +1,278 @@
+"""The ports: what the core needs from the world, as ``typing.Protocol``s.
+
+Each method's docstring is its contract, including the domain errors it raises. Adapters do not
+inherit from these; mypy checks conformance where the composition root annotates its variables.
+All methods are blocking unless marked ``async``: callers in an event loop run them in a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+import attrs
+
+from ctm_core.models import (
+    DiskUsage,
+    Environment,
+    Execution,
+    RunEnvironment,
+    Session,
+    Task,
+    User,
+)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time as an aware datetime (UTC)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin that never goes backwards (durations, deadlines)."""
+        ...
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Return once ``now() >= when`` (at once if already past). Cancellable."""
+        ...
+
+
+class PasswordHasher(Protocol):
+    def hash(self, password: str) -> str:
+        """A salted, slow hash of ``password`` (argon2id in production). Never the clear text."""
+        ...
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        """True when ``password`` matches ``password_hash``; False otherwise, never raises."""
+        ...
+
+    def dummy_verify(self, password: str) -> None:
+        """Spend the time of one ``verify`` (for unknown users, so login timing tells nothing)."""
+        ...
+
+
+class EnvironmentBackend(Protocol):
+    """conda/mamba/micromamba or venv environments, addressed by name.
+
+    The base/root environment is never listed nor changed. Names and specs reaching the backend
+    have already been validated by the core; the backend still never passes them to a shell, and
+    never lets one be read as an option.
+    """
+
+    kind: str
+    """Which tool serves: ``conda``, ``mamba``, ``micromamba`` or ``venv``."""
+
+    def list_environments(self) -> list[Environment]:
+        """Every environment except base/root, sorted by name."""
+        ...
+
+    def get_environment(self, name: str) -> Environment:
+        """One environment with every installed package. Raises ``EnvironmentNotFound``."""
+        ...
+
+    def exists(self, name: str) -> bool:
+        """True when an environment of that name exists."""
+        ...
+
+    def create(self, name: str, python_version: str | None, specs: Sequence[str]) -> Environment:
+        """Create an environment with python (``python_version`` or the default) and ``specs``.
+
+        Raises ``EnvironmentExists`` (checked first: it never replaces an existing one) and
+        ``PackageOperationFailed("Failed to create environment", ...)``; after a failure nothing of
+        the new environment is left behind.
+        """
+        ...
+
+    def install(self, name: str, specs: Sequence[str]) -> None:
+        """Install ``specs``. Raises ``EnvironmentNotFound`` and
+        ``PackageOperationFailed("Failed to install packages", ...)``."""
+        ...
+
+    def remove(self, name: str, packages: Sequence[str]) -> None:
+        """Remove installed packages by name. Raises ``EnvironmentNotFound`` and
+        ``PackageOperationFailed("Failed to remove packages", ...)`` (e.g. not installed)."""
+        ...
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename an environment. Raises ``EnvironmentNotFound`` and ``EnvironmentExists``
+        (checked first: it never overwrites)."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Delete an environment and its directory. Raises ``EnvironmentNotFound``."""
+        ...
+
+    def disk_usage(self) -> DiskUsage:
+        """Bytes on disk per environment and in total, a hard-linked file counted once."""
+        ...
+
+    def run_environment(self, name: str) -> RunEnvironment:
+        """The interpreter and variables for running a script in ``name``.
+        Raises ``EnvironmentNotFound``."""
+        ...
+
+    def install_requirements(self, name: str, requirements: str) -> None:
+        """Install requirements.txt text with the environment's own pip. Raises
+        ``EnvironmentNotFound`` and ``PackageOperationFailed("Failed to install requirements",
+        ...)`` with the failed requirement names."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class RunSpec:
+    """What to start: ``argv`` without a shell, in ``cwd``, its output to ``log_path``."""
+
+    argv: tuple[str, ...]
+    cwd: str
+    log_path: str
+    env_add: dict[str, str]
+    path_prepend: tuple[str, ...] = ()
+    timeout_seconds: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RunResult:
+    """How a run ended. Memory in bytes, duration in seconds (monotonic)."""
+
+    exit_code: int
+    duration: float
+    peak_memory: int
+    avg_memory: int
+    timed_out: bool = False
+    start_failed: str | None = None
+
+
+class RunHandle(Protocol):
+    pid: int
+
+
+class ProcessRunner(Protocol):
+    def start(self, spec: RunSpec) -> RunHandle:
+        """Start ``spec.argv`` in a new session/process group with the server's environment less
+        ctm's secrets, plus ``env_add`` and ``path_prepend``; stdout and stderr merged in order into
+        the capped log. Memory sampling of the whole process tree begins at once.
+        Raises ``OSError`` when the program cannot be started."""
+        ...
+
+    def wait(self, handle: RunHandle) -> RunResult:
+        """Block until the run ends (or its timeout ends it) and return its result. The exit code
+        is negative (minus the signal number) when a signal ended it; ``peak_memory`` is never
+        below the OS's own peak for the main process."""
+        ...
+
+    def stop(self, handle: RunHandle, grace_seconds: float) -> None:
+        """SIGTERM to the group, SIGKILL after ``grace_seconds``, then kill any descendant that
+        escaped the group. Returns once no process of the run is alive."""
+        ...
+
+
+class Repository(Protocol):
+    """All state: users, sessions, login failures, environment owners, tasks, executions.
+
+    Methods that change several rows do it in one transaction.
+    """
+
+    # users
+    def add_user(
+        self, *, username: str, password_hash: str, is_admin: bool, created_at: datetime
+    ) -> User:
+        """Store a new user. Raises ``UserExists``."""
+        ...
+
+    def get_user(self, user_id: int) -> User | None: ...
+
+    def get_user_by_name(self, username: str) -> User | None: ...
+
+    def count_users(self) -> int: ...
+
+    # sessions
+    def add_session(self, session: Session) -> None: ...
+
+    def get_session(self, token_hash: str) -> Session | None: ...
+
+    def touch_session(self, token_hash: str, last_seen_at: datetime) -> None: ...
+
+    def delete_session(self, token_hash: str) -> None: ...
+
+    def delete_sessions_before(self, *, idle_before: datetime, created_before: datetime) -> int:
+        """Delete sessions idle since before ``idle_before`` or created before ``created_before``."""
+        ...
+
+    # login throttling
+    def add_login_failure(self, *, username: str, client: str, at: datetime) -> None: ...
+
+    def login_failures_since(self, *, username: str, client: str, since: datetime) -> list[datetime]:
+        """Times of failures since ``since`` for this username OR this client address."""
+        ...
+
+    def clear_login_failures(self, *, username: str) -> None: ...
+
+    # environment owners
+    def get_environment_owner(self, name: str) -> int | None: ...
+
+    def set_environment_owner(self, name: str, user_id: int | None) -> None: ...
+
+    def rename_environment(self, old: str, new: str) -> int:
+        """Move the owner record and every task's ``conda_env`` from ``old`` to ``new`` in one
+        transaction; return how many tasks changed."""
+        ...
+
+    def forget_environment(self, name: str) -> None: ...
+
+    # tasks
+    def add_task(self, task: Task) -> Task:
+        """Store ``task`` (its ``id`` is ignored) and return it with the id given. Raises
+        ``TaskExists`` when the name is taken."""
+        ...
+
+    def get_task(self, task_id: int) -> Task:
+        """Raises ``TaskNotFound``."""
+        ...
+
+    def get_task_by_name(self, name: str) -> Task | None: ...
+
+    def list_tasks(self) -> list[Task]:
+        """All tasks by id."""
+        ...
+
+    def update_task(self, task: Task) -> None:
+        """Raises ``TaskNotFound``."""
+        ...
+
+    def delete_task(self, task_id: int) -> list[str]:
+        """Delete the task and its executions; return their log paths. Raises ``TaskNotFound``."""
+        ...
+
+    def tasks_using_environment(self, name: str) -> list[Task]: ...
+
+    # executions
+    def add_execution(self, execution: Execution) -> None: ...
+
+    def update_execution(self, execution: Execution) -> None: ...
+
+    def save_run_state(self, task: Task, execution: Execution) -> None:
+        """Update a task and one of its executions in one transaction."""
+        ...
+
+    def get_execution(self, execution_id: str) -> Execution | None: ...
+
+    def list_executions(self, task_id: int) -> list[Execution]:
+        """A task's executions, newest first (by start time, then scheduled time)."""
+        ...
+
+    def executions_since(self, since: datetime) -> list[Execution]:
+        """Every execution that started at or after ``since``, newest first."""
+        ...
+
+    def all_finished_executions(self) -> list[Execution]:
+        """Every execution whose status is completed, failed or stopped."""
+        ...
+
+    def unfinished_executions(self) -> list[Execution]:
+        """Executions left ``queued`` or ``running`` (after a restart: to resolve)."""
+        ...
+
+    def prune_executions(self, before: datetime) -> list[str]:
+        """Delete finished executions that ended before ``before``; return their log paths."""
+        ...
