@@ -276,3 +276,39 @@ class Repository(Protocol):
     def prune_executions(self, before: datetime) -> list[str]:
         """Delete finished executions that ended before ``before``; return their log paths."""
         ...
+
+
+class FileStore(Protocol):
+    """Files in the data directory: stored scripts, per-execution folders and logs."""
+
+    def store_script(self, name: str, content: str) -> str:
+        """Write a script's content under a server-chosen file name; return its absolute path."""
+        ...
+
+    def is_file(self, path: str) -> bool:
+        """True when ``path`` names an existing regular file (after following links)."""
+        ...
+
+    def resolve(self, path: str) -> str:
+        """The absolute, symlink-free form of ``path`` (for the script-root check)."""
+        ...
+
+    def run_dir(self, execution_id: str) -> str:
+        """Create and return a working folder for one execution of a stored script."""
+        ...
+
+    def log_path(self, execution_id: str) -> str:
+        """Where an execution's log goes (the folder exists)."""
+        ...
+
+    def read_log(self, path: str, max_bytes: int) -> str:
+        """The last ``max_bytes`` of a log (with a marker when cut); ``""`` when missing."""
+        ...
+
+    def append_log(self, path: str, line: str) -> None:
+        """Add a line of ctm's own to a log (why a run failed or was interrupted)."""
+        ...
+
+    def delete(self, paths: list[str]) -> None:
+        """Delete files and per-execution folders; missing ones are ignored."""
+        ...

@@ -1,0 +1,75 @@
+"""Files in the data directory: stored scripts, per-execution working folders and logs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+
+class LocalFileStore:
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.scripts_dir = os.path.join(self.data_dir, "scripts")
+        self.logs_dir = os.path.join(self.data_dir, "logs")
+        self.runs_dir = os.path.join(self.data_dir, "runs")
+        for d in (self.scripts_dir, self.logs_dir, self.runs_dir):
+            os.makedirs(d, mode=0o755, exist_ok=True)
+
+    def store_script(self, name: str, content: str) -> str:
+        base = os.path.basename(name)
+        path = os.path.join(self.scripts_dir, base)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+            f.write(content)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        return path
+
+    def is_file(self, path: str) -> bool:
+        return os.path.isfile(path)
+
+    def resolve(self, path: str) -> str:
+        return os.path.realpath(path)
+
+    def run_dir(self, execution_id: str) -> str:
+        path = os.path.join(self.runs_dir, os.path.basename(execution_id))
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def log_path(self, execution_id: str) -> str:
+        return os.path.join(self.logs_dir, os.path.basename(execution_id) + ".log")
+
+    def read_log(self, path: str, max_bytes: int) -> str:
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                start = max(0, size - max_bytes)
+                f.seek(start)
+                data = f.read(max_bytes)
+        except OSError:
+            return ""
+        text = data.decode("utf-8", errors="replace")
+        if start > 0:
+            text = f"[ctm: first {start} bytes of the log not shown]\n" + text
+        return text
+
+    def append_log(self, path: str, line: str) -> None:
+        with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as f:
+            f.write(("\n" if f.tell() else "") + line + "\n")
+
+    def delete(self, paths: list[str]) -> None:
+        for path in paths:
+            if not path:
+                continue
+            real = os.path.realpath(path)
+            if not real.startswith(self.data_dir + os.sep):
+                continue  # never delete outside the data directory (user script paths)
+            if os.path.isdir(real):
+                shutil.rmtree(real, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(real)
+            run_dir = os.path.join(self.runs_dir, os.path.basename(real).removesuffix(".log"))
+            if real.startswith(self.logs_dir) and os.path.isdir(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,253 @@
+"""Environment use cases: list, detail, stats, create, rename, install, remove, delete."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+import attrs
+
+from ctm_core.auth import require_owner
+from ctm_core.errors import EnvironmentExists, EnvironmentInUse, EnvironmentNotFound, InvalidInput
+from ctm_core.models import Environment, ExecutionStatus, Principal, Task, TaskStatus
+from ctm_core.ports import EnvironmentBackend, Repository
+from ctm_core.validation import validate_environment_name, validate_specs
+
+PYTHON_VERSION_MAX = 16
+
+
+class KeyedLocks:
+    """One lock per key, created on demand: serializes changes to one environment."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    @contextmanager
+    def hold(self, *keys: str) -> Iterator[None]:
+        with self._guard:
+            locks = [self._locks.setdefault(k, threading.Lock()) for k in sorted(set(keys))]
+        for lock in locks:
+            lock.acquire()
+        try:
+            yield
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+
+@attrs.frozen(kw_only=True)
+class UsageStats:
+    total_tasks: int
+    success_rate: float
+    avg_execution_time: float
+    disk_usage_bytes: int
+
+
+@attrs.frozen(kw_only=True)
+class EnvironmentDetail:
+    environment: Environment
+    usage: UsageStats
+
+
+@attrs.frozen(kw_only=True)
+class EnvironmentStats:
+    total_environments: int
+    active_environments: int
+    total_disk_usage_bytes: int
+    latest_created: Environment | None
+    environment_usage: list[tuple[str, int]]
+    package_stats: list[tuple[str, int]]
+
+
+def integer_shares(counts: dict[str, int]) -> list[tuple[str, int]]:
+    """Integer percents of each key's share, adding up to exactly 100 (largest remainder).
+
+    Keys with a zero count are left out; an empty or all-zero input gives an empty list.
+    """
+    total = sum(counts.values())
+    items = [(k, v) for k, v in counts.items() if v > 0]
+    if total <= 0:
+        return []
+    exact = [(k, v * 100 / total) for k, v in items]
+    floors = {k: int(x) for k, x in exact}
+    short = 100 - sum(floors.values())
+    by_remainder = sorted(exact, key=lambda kx: (-(kx[1] - int(kx[1])), kx[0]))
+    for k, _ in by_remainder[:short]:
+        floors[k] += 1
+    return sorted(floors.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _running(tasks: list[Task]) -> list[Task]:
+    return [t for t in tasks if t.status is TaskStatus.RUNNING]
+
+
+@attrs.define
+class EnvironmentService:
+    """Every environment use case; permission is checked here, not only in the routes."""
+
+    backend: EnvironmentBackend
+    repo: Repository
+    locks: KeyedLocks = attrs.field(factory=KeyedLocks)
+    default_python: str | None = None
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def list_environments(self) -> list[Environment]:
+        return self.backend.list_environments()
+
+    def get_environment(self, name: str) -> Environment:
+        validate_environment_name(name)
+        return self.backend.get_environment(name)
+
+    def detail(self, name: str) -> EnvironmentDetail:
+        env = self.get_environment(name)
+        tasks = self.repo.tasks_using_environment(name)
+        durations: list[float] = []
+        completed = finished = 0
+        for task in tasks:
+            for ex in self.repo.list_executions(task.id):
+                if ex.status.finished:
+                    finished += 1
+                    completed += ex.status is ExecutionStatus.COMPLETED
+                    if ex.duration is not None:
+                        durations.append(ex.duration)
+        usage = UsageStats(
+            total_tasks=len(tasks),
+            success_rate=round(100 * completed / finished, 1) if finished else 0,
+            avg_execution_time=round(sum(durations) / len(durations), 2) if durations else 0,
+            disk_usage_bytes=self.backend.disk_usage().per_environment.get(name, 0),
+        )
+        return EnvironmentDetail(environment=env, usage=usage)
+
+    def stats(self) -> EnvironmentStats:
+        envs = self.backend.list_environments()
+        names = {e.name for e in envs}
+        task_counts: dict[str, int] = {}
+        for task in self.repo.list_tasks():
+            if task.conda_env in names:
+                task_counts[task.conda_env] = task_counts.get(task.conda_env, 0) + 1
+        dated = [e for e in envs if e.created_at is not None]
+        latest = max(dated, key=lambda e: e.created_at or datetime.min) if dated else None
+        return EnvironmentStats(
+            total_environments=len(envs),
+            active_environments=len(task_counts),
+            total_disk_usage_bytes=self.backend.disk_usage().total,
+            latest_created=latest,
+            environment_usage=integer_shares(task_counts),
+            package_stats=[(e.name, len(e.packages)) for e in envs],
+        )
+
+    # --- changes -------------------------------------------------------------------------------
+
+    def create(
+        self,
+        actor: Principal,
+        name: object,
+        python_version: object = None,
+        packages: object = None,
+    ) -> Environment:
+        """Create an environment owned by ``actor``. Raises ``InvalidEnvironmentName``,
+        ``InvalidPackageSpec``, ``EnvironmentExists`` and ``PackageOperationFailed``."""
+        env_name = validate_environment_name(name)
+        version = self._python_version(python_version)
+        specs = [] if packages is None or packages == [] else validate_specs("packages", packages)
+        with self.locks.hold(env_name):
+            if self.backend.exists(env_name):
+                raise EnvironmentExists(env_name)
+            env = self.backend.create(env_name, version or self.default_python, specs)
+            self.repo.set_environment_owner(env_name, actor.user_id)
+        return env
+
+    def rename(self, actor: Principal, name: str, new_name: object) -> int:
+        """Rename; return how many tasks now use the new name. Raises ``EnvironmentNotFound``,
+        ``NotOwner``, ``EnvironmentInUse`` (running tasks) and ``EnvironmentExists``."""
+        validate_environment_name(name)
+        target = validate_environment_name(new_name)
+        with self.locks.hold(name, target):
+            self._require_existing(name)
+            require_owner(actor, self.repo.get_environment_owner(name), "modify this environment")
+            running = _running(self.repo.tasks_using_environment(name))
+            if running:
+                raise EnvironmentInUse(
+                    "Cannot rename environment that is used by running tasks",
+                    [t.script_path for t in running],
+                )
+            if target == name or self.backend.exists(target):
+                raise EnvironmentExists(target, "Cannot rename environment to an existing name")
+            self.backend.rename(name, target)
+            return self.repo.rename_environment(name, target)
+
+    def install(self, actor: Principal, name: str, packages: object) -> list[str]:
+        specs = validate_specs("packages", packages)
+        validate_environment_name(name)
+        with self.locks.hold(name):
+            self._require_existing(name)
+            require_owner(
+                actor,
+                self.repo.get_environment_owner(name),
+                "modify packages in this environment",
+            )
+            running = _running(self.repo.tasks_using_environment(name))
+            if running:
+                raise EnvironmentInUse(
+                    "Cannot modify packages in environment that is referenced by running tasks",
+                    [t.script_path for t in running],
+                )
+            self.backend.install(name, specs)
+        return specs
+
+    def remove(self, actor: Principal, name: str, packages: object) -> list[str]:
+        names = validate_specs("packages", packages, names_only=True)
+        validate_environment_name(name)
+        with self.locks.hold(name):
+            self._require_existing(name)
+            require_owner(
+                actor,
+                self.repo.get_environment_owner(name),
+                "remove packages from this environment",
+            )
+            running = _running(self.repo.tasks_using_environment(name))
+            if running:
+                raise EnvironmentInUse(
+                    "Cannot remove packages from environment that is referenced by running tasks",
+                    [t.script_path for t in running],
+                )
+            self.backend.remove(name, names)
+        return names
+
+    def delete(self, actor: Principal, name: str) -> None:
+        validate_environment_name(name)
+        with self.locks.hold(name):
+            self._require_existing(name)
+            require_owner(actor, self.repo.get_environment_owner(name), "delete this environment")
+            tasks = self.repo.tasks_using_environment(name)
+            if tasks:
+                raise EnvironmentInUse(
+                    "Cannot delete environment that is referenced by tasks",
+                    [t.script_path for t in tasks],
+                )
+            self.backend.delete(name)
+            self.repo.forget_environment(name)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _require_existing(self, name: str) -> None:
+        if not self.backend.exists(name):
+            raise EnvironmentNotFound(name)
+
+    @staticmethod
+    def _python_version(value: object) -> str | None:
+        if value is None:
+            return None
+        if (
+            not isinstance(value, str)
+            or not 0 < len(value) <= PYTHON_VERSION_MAX
+            or not all(part.isdigit() for part in value.split("."))
+        ):
+            raise InvalidInput(
+                "python_version", "'python_version' must be a version like \"3.11\""
+            )
+        return value

@@ -1,0 +1,297 @@
+"""Running executions: the global limit, waiting for environment changes, recording results.
+
+Each run is followed by a thread of its own (the wait for a child process blocks); the limit on
+runs at once is a FIFO queue, so runs over it start in the order they were due.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import threading
+from collections import deque
+
+import attrs
+
+from ctm_core.environments import KeyedLocks
+from ctm_core.errors import EnvironmentNotFound, TaskNotFound
+from ctm_core.models import Execution, ExecutionStatus, Task, TaskStatus
+from ctm_core.ports import (
+    Clock,
+    EnvironmentBackend,
+    FileStore,
+    ProcessRunner,
+    Repository,
+    RunHandle,
+    RunResult,
+    RunSpec,
+)
+
+MB = 1024 * 1024
+
+
+class FifoSlots:
+    """At most ``limit`` holders at once; waiters are served in arrival order."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+        self._cancelled: set[int] = set()
+        self.active = 0
+        self.max_seen = 0
+
+    def acquire(self, key: object) -> bool:
+        """Wait for a slot; False when the waiter was cancelled first."""
+        with self._cond:
+            self._queue.append(key)
+            while True:
+                if id(key) in self._cancelled:
+                    self._cancelled.discard(id(key))
+                    self._queue.remove(key)
+                    self._cond.notify_all()
+                    return False
+                if self._queue[0] is key and self.active < self.limit:
+                    self._queue.popleft()
+                    self.active += 1
+                    self.max_seen = max(self.max_seen, self.active)
+                    self._cond.notify_all()
+                    return True
+                self._cond.wait()
+
+    def release(self) -> None:
+        with self._cond:
+            self.active -= 1
+            self._cond.notify_all()
+
+    def cancel(self, key: object) -> None:
+        with self._cond:
+            if key in self._queue:
+                self._cancelled.add(id(key))
+                self._cond.notify_all()
+
+
+@attrs.define(eq=False)
+class _Run:
+    task_id: int
+    execution_id: str
+    handle: RunHandle | None = None
+    stop_requested: bool = False
+    started: threading.Event = attrs.field(factory=threading.Event)
+    done: threading.Event = attrs.field(factory=threading.Event)
+
+
+@attrs.define
+class RunCoordinator:
+    """Starts, follows and stops runs, and writes every execution when it starts and ends."""
+
+    repo: Repository
+    backend: EnvironmentBackend
+    runner: ProcessRunner
+    files: FileStore
+    clock: Clock
+    env_locks: KeyedLocks
+    state_lock: threading.RLock
+    max_concurrent: int = 4
+    stop_grace: float = 10.0
+    log_tail_bytes: int = 256 * 1024
+    _slots: FifoSlots = attrs.field(init=False)
+    _runs: dict[int, _Run] = attrs.field(init=False, factory=dict)
+    _guard: threading.Condition = attrs.field(init=False, factory=threading.Condition)
+
+    def __attrs_post_init__(self) -> None:
+        self._slots = FifoSlots(self.max_concurrent)
+
+    @property
+    def slots(self) -> FifoSlots:
+        return self._slots
+
+    def is_active(self, task_id: int) -> bool:
+        """True while the task has a run queued or running."""
+        with self._guard:
+            return task_id in self._runs
+
+    def active_count(self) -> int:
+        with self._guard:
+            return len(self._runs)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no run is queued or running; False if ``timeout`` passed first."""
+        with self._guard:
+            return self._guard.wait_for(lambda: not self._runs, timeout)
+
+    def launch(self, task_id: int, execution_id: str) -> threading.Thread:
+        """Follow a queued execution in a thread of its own until it has ended."""
+        run = _Run(task_id=task_id, execution_id=execution_id)
+        with self._guard:
+            self._runs[task_id] = run
+        thread = threading.Thread(
+            target=self._follow, args=(run,), name=f"ctm-run-{execution_id}", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def stop(self, task_id: int, *, timeout: float | None = None) -> bool:
+        """Stop the task's running execution and wait until it is recorded. False when none."""
+        with self._guard:
+            run = self._runs.get(task_id)
+        if run is None:
+            return False
+        run.stop_requested = True
+        self._slots.cancel(run)
+        if run.started.is_set() and run.handle is not None:
+            self.runner.stop(run.handle, self.stop_grace)
+        run.done.wait(timeout if timeout is not None else self.stop_grace + 30)
+        return True
+
+    def stop_all(self, grace: float) -> None:
+        """On shutdown: end every run (recorded as failed by the server's shutdown)."""
+        with self._guard:
+            runs = list(self._runs.values())
+        for run in runs:
+            self._slots.cancel(run)
+            if run.handle is not None:
+                self.runner.stop(run.handle, grace)
+        for run in runs:
+            run.done.wait(grace + 5)
+
+    # --- the run itself ------------------------------------------------------------------------
+
+    def _follow(self, run: _Run) -> None:
+        try:
+            if not self._slots.acquire(run):
+                self._finish_unstarted(run, ExecutionStatus.STOPPED, "stopped before it started")
+                return
+            try:
+                self._start_and_wait(run)
+            finally:
+                self._slots.release()
+        except Exception as exc:  # never lose a record: an unexpected error fails the run
+            self._finish_unstarted(run, ExecutionStatus.FAILED, f"internal error: {exc!r}")
+        finally:
+            with self._guard:
+                if self._runs.get(run.task_id) is run:
+                    del self._runs[run.task_id]
+                self._guard.notify_all()
+            run.done.set()
+
+    def _start_and_wait(self, run: _Run) -> None:
+        try:
+            task = self.repo.get_task(run.task_id)
+        except TaskNotFound:
+            return
+        execution = self.repo.get_execution(run.execution_id)
+        if execution is None:
+            return
+        log_path = self.files.log_path(execution.id)
+        execution.log_path = log_path
+        with self.env_locks.hold(task.conda_env):
+            if run.stop_requested:
+                self._end(run, execution, None, ExecutionStatus.STOPPED, "stopped before start")
+                return
+            try:
+                run_env = self.backend.run_environment(task.conda_env)
+            except EnvironmentNotFound:
+                self._end(
+                    run, execution, None, ExecutionStatus.FAILED,
+                    f"environment '{task.conda_env}' not found",
+                )
+                return
+            if not self.files.is_file(task.script_path):
+                self._end(
+                    run, execution, None, ExecutionStatus.FAILED,
+                    f"script file not found: {task.script_path}",
+                )
+                return
+            cwd = (
+                self.files.run_dir(execution.id)
+                if task.script_stored
+                else posixpath.dirname(task.script_path)
+            )
+            spec = RunSpec(
+                argv=(run_env.python, "-u", task.script_path),
+                cwd=cwd,
+                log_path=log_path,
+                env_add={**run_env.variables, "PYTHONUNBUFFERED": "1"},
+                path_prepend=run_env.path_prepend,
+                timeout_seconds=task.timeout_seconds,
+            )
+            start_time = self.clock.now()
+            try:
+                run.handle = self.runner.start(spec)
+            except OSError as exc:
+                self._end(
+                    run, execution, None, ExecutionStatus.FAILED, f"could not start: {exc}"
+                )
+                return
+            execution.status = ExecutionStatus.RUNNING
+            execution.start_time = start_time
+            execution.pid = run.handle.pid
+            with self.state_lock:
+                task = self._fresh_task(run.task_id)
+                if task is not None:
+                    task.status = TaskStatus.RUNNING
+                    task.last_run_at = start_time
+                    task.last_execution_id = execution.id
+                    self.repo.save_run_state(task, execution)
+                else:
+                    self.repo.update_execution(execution)
+            run.started.set()
+        if run.stop_requested:
+            self.runner.stop(run.handle, self.stop_grace)
+        result = self.runner.wait(run.handle)
+        if run.stop_requested:
+            status, note = ExecutionStatus.STOPPED, "stopped by a user"
+        elif result.timed_out:
+            status, note = ExecutionStatus.FAILED, "timed out"
+        elif result.exit_code == 0:
+            status, note = ExecutionStatus.COMPLETED, None
+        else:
+            status, note = ExecutionStatus.FAILED, None
+        self._end(run, execution, result, status, note)
+
+    def _fresh_task(self, task_id: int) -> Task | None:
+        try:
+            return self.repo.get_task(task_id)
+        except TaskNotFound:
+            return None
+
+    def _end(
+        self,
+        run: _Run,
+        execution: Execution,
+        result: RunResult | None,
+        status: ExecutionStatus,
+        note: str | None,
+    ) -> None:
+        now = self.clock.now()
+        execution.status = status
+        execution.end_time = now
+        execution.note = note
+        if execution.start_time is None:
+            execution.start_time = now
+        if result is not None:
+            execution.exit_code = result.exit_code
+            execution.duration = round(result.duration, 2)
+            execution.peak_memory_mb = round(result.peak_memory / MB, 1)
+            execution.avg_memory_mb = round(result.avg_memory / MB, 1)
+        else:
+            execution.duration = 0.0
+        if note and execution.log_path and result is None:
+            self.files.append_log(execution.log_path, f"[ctm: run not started: {note}]")
+        with self.state_lock:
+            task = self._fresh_task(run.task_id)
+            if task is None:
+                return
+            task.status = TaskStatus(status.value)
+            task.last_execution_id = execution.id
+            task.last_run_at = execution.start_time
+            task.last_run_duration = execution.duration
+            self.repo.save_run_state(task, execution)
+
+    def _finish_unstarted(self, run: _Run, status: ExecutionStatus, note: str) -> None:
+        execution = self.repo.get_execution(run.execution_id)
+        if execution is None or execution.status.finished:
+            return
+        self._end(run, execution, None, status, note)

@@ -1,0 +1,139 @@
+"""The scheduler: fires due tasks, sleeps until the next due time or a change, prunes old runs.
+
+It never polls with a fixed tick: it computes the earliest ``next_run_at`` and sleeps on the
+Clock port until then, or until ``wake()`` says a task was added, changed or deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from datetime import datetime, timedelta, tzinfo
+
+import attrs
+
+from ctm_core.models import Execution, ExecutionStatus, TaskStatus
+from ctm_core.ports import Clock, FileStore, Repository
+from ctm_core.runs import RunCoordinator
+from ctm_core.schedule import following_run_time
+from ctm_core.tasks import new_execution_id
+
+MAINTENANCE_EVERY = timedelta(hours=1)
+INTERRUPTED_NOTE = "the server stopped while this run was going on; its end was not observed"
+
+
+@attrs.define
+class Scheduler:
+    repo: Repository
+    clock: Clock
+    coordinator: RunCoordinator
+    files: FileStore
+    tz: tzinfo
+    state_lock: threading.RLock
+    retention_days: int = 30
+    _loop: asyncio.AbstractEventLoop | None = attrs.field(init=False, default=None)
+    _wake: asyncio.Event | None = attrs.field(init=False, default=None)
+    _next_maintenance: datetime | None = attrs.field(init=False, default=None)
+    fired: list[tuple[int, datetime, datetime]] = attrs.field(init=False, factory=list)
+    """(task id, due time, time fired) of every firing, for tests and benchmarks."""
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Resolve what a previous process left unfinished: queued runs are run again, runs that
+        were going on are marked failed with a line in their log saying why."""
+        for execution in self.repo.unfinished_executions():
+            if execution.status is ExecutionStatus.QUEUED:
+                self.coordinator.launch(execution.task_id, execution.id)
+                continue
+            now = self.clock.now()
+            execution.status = ExecutionStatus.FAILED
+            execution.end_time = now
+            execution.note = INTERRUPTED_NOTE
+            if execution.start_time is not None and execution.duration is None:
+                execution.duration = round((now - execution.start_time).total_seconds(), 2)
+            if execution.log_path:
+                self.files.append_log(execution.log_path, f"[ctm: {INTERRUPTED_NOTE}]")
+            with self.state_lock:
+                try:
+                    task = self.repo.get_task(execution.task_id)
+                except LookupError:
+                    self.repo.update_execution(execution)
+                    continue
+                if task.last_execution_id in (None, execution.id):
+                    task.status = TaskStatus.FAILED
+                    task.last_run_duration = execution.duration
+                self.repo.save_run_state(task, execution)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Re-read the schedule now (thread-safe)."""
+        loop, event = self._loop, self._wake
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(event.set)
+
+    async def run(self) -> None:
+        """Fire due tasks forever. Cancel the task running this to stop."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        while True:
+            self._wake.clear()
+            next_due = await asyncio.to_thread(self.tick)
+            sleeper = asyncio.ensure_future(self.clock.sleep_until(next_due))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+
+    def tick(self) -> datetime:
+        """Fire every due task; return when the loop must look again."""
+        now = self.clock.now()
+        if self._next_maintenance is None or now >= self._next_maintenance:
+            self.maintenance()
+            self._next_maintenance = now + MAINTENANCE_EVERY
+        next_due = self._next_maintenance
+        for task in self.repo.list_tasks():
+            if task.next_run_at is None:
+                continue
+            if task.next_run_at <= now:
+                self.fire(task.id, now)
+                task = self.repo.get_task(task.id)
+                if task.next_run_at is None:
+                    continue
+            next_due = min(next_due, task.next_run_at)
+        return next_due
+
+    def fire(self, task_id: int, now: datetime) -> None:
+        """Run one due task (or record a skip while it still runs) and move its schedule on."""
+        with self.state_lock:
+            task = self.repo.get_task(task_id)
+            due = task.next_run_at
+            if due is None or due > now:
+                return
+            busy = self.coordinator.is_active(task.id)
+            execution = Execution(
+                id=new_execution_id(),
+                task_id=task.id,
+                status=ExecutionStatus.SKIPPED if busy else ExecutionStatus.QUEUED,
+                scheduled_for=due,
+                note="skipped: the previous run was still going on" if busy else None,
+            )
+            if busy:
+                execution.start_time = execution.end_time = now
+            task.next_run_at = following_run_time(task.cron_expression, due, now, self.tz)
+            self.repo.add_execution(execution)
+            self.repo.update_task(task)
+            self.fired.append((task.id, due, now))
+        if not busy:
+            self.coordinator.launch(task.id, execution.id)
+
+    def maintenance(self) -> None:
+        """Prune executions and logs past the retention period."""
+        if self.retention_days > 0:
+            before = self.clock.now() - timedelta(days=self.retention_days)
+            self.files.delete(self.repo.prune_executions(before))

@@ -1,0 +1,360 @@
+"""Task use cases: create, list, detail, stop, delete, stats and history."""
+
+from __future__ import annotations
+
+import posixpath
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, tzinfo
+
+import attrs
+
+from ctm_core.auth import require_owner
+from ctm_core.environments import EnvironmentService, KeyedLocks
+from ctm_core.errors import (
+    EnvironmentInUse,
+    InvalidInput,
+    PackageOperationFailed,
+    RequirementsFailed,
+    ReuseMissingEnvironment,
+    ScriptNotFound,
+    ScriptOutsideRoots,
+    TaskExists,
+    TaskNotFound,
+    TaskNotRunning,
+)
+from ctm_core.models import Execution, ExecutionStatus, Principal, Task, TaskStatus
+from ctm_core.ports import Clock, EnvironmentBackend, FileStore, Repository
+from ctm_core.runs import RunCoordinator
+from ctm_core.schedule import first_run_time, validate_schedule
+from ctm_core.validation import validate_environment_name
+
+MAX_SCRIPT_BYTES = 1024 * 1024
+MAX_REQUIREMENTS_BYTES = 64 * 1024
+MAX_TASK_NAME = 128
+MAX_TIMEOUT = 30 * 24 * 3600
+
+STATE_UNCHANGED = "Environment unchanged: no package was installed or changed"
+STATE_INCONSISTENT = "Environment may be in an inconsistent state, consider restoring from backup"
+
+
+def new_execution_id() -> str:
+    return secrets.token_hex(8)
+
+
+@attrs.frozen(kw_only=True)
+class CreatedTask:
+    task: Task
+    environment_message: str
+
+
+@attrs.frozen(kw_only=True)
+class TaskDetail:
+    task: Task
+    executions: list[Execution]  # newest first, skipped ones left out
+    latest: Execution | None
+    latest_log: str
+
+
+@attrs.frozen(kw_only=True)
+class TaskStats:
+    counts: dict[str, int]
+    total: int
+    avg_duration: float
+    min_duration: float
+    max_duration: float
+    success_rate: float
+    dates: list[str]
+    success_counts: list[int]
+    failed_counts: list[int]
+    recent: list[tuple[Execution, str]]
+
+
+def _optional_str(field: str, value: object, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(field, f"'{field}' must be a string")
+    if len(value.encode("utf-8", "surrogatepass")) > limit:
+        raise InvalidInput(field, f"'{field}' must be at most {limit} bytes")
+    return value
+
+
+@attrs.define
+class TaskService:
+    repo: Repository
+    backend: EnvironmentBackend
+    environments: EnvironmentService
+    coordinator: RunCoordinator
+    files: FileStore
+    clock: Clock
+    tz: tzinfo
+    env_locks: KeyedLocks
+    state_lock: threading.RLock
+    script_roots: Sequence[str] = ()
+    on_change: Callable[[], None] = lambda: None
+    retention_days: int = 30
+
+    # --- create --------------------------------------------------------------------------------
+
+    def create_task(self, actor: Principal, body: dict[str, object]) -> CreatedTask:
+        """Validate, prepare the environment, store the task and schedule it.
+
+        Raises the ``InvalidInput`` family, ``ScheduleConflict``, ``InvalidCronExpression``,
+        ``InvalidDelay``, ``TaskExists``, ``ReuseMissingEnvironment``, ``ScriptNotFound``,
+        ``ScriptOutsideRoots``, ``NotOwner``, ``EnvironmentInUse`` and ``RequirementsFailed``.
+        """
+        script = body.get("script")
+        if not isinstance(script, str) or not script.strip():
+            raise InvalidInput("script", "'script' is required: a path to a .py file or code")
+        if len(script.encode("utf-8", "surrogatepass")) > MAX_SCRIPT_BYTES:
+            raise InvalidInput("script", f"'script' must be at most {MAX_SCRIPT_BYTES} bytes")
+        if "conda_env" not in body or body.get("conda_env") is None:
+            raise InvalidInput("conda_env", "'conda_env' is required")
+        env_name = validate_environment_name(body.get("conda_env"))
+        task_name = _optional_str("task_name", body.get("task_name"), MAX_TASK_NAME)
+        if task_name is not None and (not task_name.strip() or "\n" in task_name):
+            raise InvalidInput("task_name", "'task_name' must be a non-empty single line")
+        requirements = _optional_str(
+            "requirements", body.get("requirements"), MAX_REQUIREMENTS_BYTES
+        )
+        reuse_env = body.get("reuse_env", False)
+        if reuse_env is None:
+            reuse_env = False
+        if not isinstance(reuse_env, bool):
+            raise InvalidInput("reuse_env", "'reuse_env' must be true or false")
+        timeout = body.get("timeout_seconds")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= MAX_TIMEOUT
+        ):
+            raise InvalidInput("timeout_seconds", f"'timeout_seconds' must be in (0, {MAX_TIMEOUT}]")
+        cron, delay = validate_schedule(body.get("cron_expression"), body.get("delay_seconds"))
+
+        script_path: str | None = None
+        is_path = "\n" not in script.strip() and script.strip().endswith(".py")
+        if is_path:
+            script_path = self._check_script_path(actor, script.strip())
+            if task_name is None:
+                task_name = posixpath.basename(script_path)
+        if task_name is not None and self.repo.get_task_by_name(task_name) is not None:
+            raise TaskExists(task_name)
+
+        env_exists = self.backend.exists(env_name)
+        if reuse_env and not env_exists:
+            raise ReuseMissingEnvironment(env_name)
+        message = self._prepare_environment(actor, env_name, env_exists, requirements)
+
+        now = self.clock.now()
+        placeholder = task_name or f"task-pending-{secrets.token_hex(8)}"
+        task = Task(
+            id=0,
+            name=placeholder,
+            owner_id=actor.user_id,
+            script_path=script_path or "",
+            script_stored=script_path is None,
+            conda_env=env_name,
+            requirements=requirements,
+            cron_expression=cron,
+            delay_seconds=delay,
+            timeout_seconds=float(timeout) if timeout is not None else None,
+            status=TaskStatus.SCHEDULED,
+            created_at=now,
+            next_run_at=first_run_time(now, cron, delay, self.tz),
+        )
+        with self.state_lock:
+            task = self.repo.add_task(task)
+            if script_path is None:
+                if task_name is None:
+                    task.name = self._free_name(f"task_{task.id}.py")
+                task.script_path = self.files.store_script(f"task_{task.id}.py", script)
+                self.repo.update_task(task)
+        self.on_change()
+        return CreatedTask(task=task, environment_message=message)
+
+    def _free_name(self, wanted: str) -> str:
+        name, n = wanted, 1
+        while self.repo.get_task_by_name(name) is not None:
+            n += 1
+            name = f"{wanted.removesuffix('.py')}_{n}.py"
+        return name
+
+    def _check_script_path(self, actor: Principal, path: str) -> str:
+        if not posixpath.isabs(path):
+            raise InvalidInput("script", "A script path must be absolute")
+        if not self.files.is_file(path):
+            raise ScriptNotFound(path)
+        real = self.files.resolve(path)
+        if not actor.is_admin:
+            roots = [self.files.resolve(r) for r in self.script_roots]
+            if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots):
+                raise ScriptOutsideRoots(path)
+        return real
+
+    def _prepare_environment(
+        self, actor: Principal, env_name: str, exists: bool, requirements: str | None
+    ) -> str:
+        has_reqs = bool(requirements and requirements.strip())
+        if not exists:
+            self.environments.create(actor, env_name)
+            if not has_reqs:
+                return f"Created new environment '{env_name}'"
+            try:
+                with self.env_locks.hold(env_name):
+                    self.backend.install_requirements(env_name, requirements or "")
+            except PackageOperationFailed as exc:
+                try:
+                    with self.env_locks.hold(env_name):
+                        self.backend.delete(env_name)
+                        self.repo.forget_environment(env_name)
+                except Exception:  # noqa: S110 - the original failure is what the user needs
+                    pass
+                raise RequirementsFailed(
+                    new_environment=True,
+                    failed_packages=exc.failed_packages,
+                    error_details=exc.error_details,
+                    output=exc.output,
+                ) from None
+            return f"Created new environment '{env_name}' and installed requirements"
+        if not has_reqs:
+            return f"Using existing environment '{env_name}'"
+        with self.env_locks.hold(env_name):
+            require_owner(
+                actor,
+                self.repo.get_environment_owner(env_name),
+                "modify packages in this environment",
+            )
+            running = [
+                t for t in self.repo.tasks_using_environment(env_name)
+                if t.status is TaskStatus.RUNNING
+            ]
+            if running:
+                raise EnvironmentInUse(
+                    "Cannot modify packages in environment that is referenced by running tasks",
+                    [t.script_path for t in running],
+                )
+            before = self.backend.get_environment(env_name).packages
+            try:
+                self.backend.install_requirements(env_name, requirements or "")
+            except PackageOperationFailed as exc:
+                after = self.backend.get_environment(env_name).packages
+                raise RequirementsFailed(
+                    new_environment=False,
+                    failed_packages=exc.failed_packages,
+                    error_details=exc.error_details,
+                    output=exc.output,
+                    environment_state=(
+                        STATE_UNCHANGED if set(before) == set(after) else STATE_INCONSISTENT
+                    ),
+                ) from None
+        return f"Requirements installed in existing environment '{env_name}'"
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def list_tasks(self) -> list[Task]:
+        return self.repo.list_tasks()
+
+    def get_task(self, task_id: int) -> Task:
+        return self.repo.get_task(task_id)
+
+    def detail(self, task_id: int, log_bytes: int = 256 * 1024) -> TaskDetail:
+        task = self.repo.get_task(task_id)
+        executions = [
+            e for e in self.repo.list_executions(task_id)
+            if e.status is not ExecutionStatus.SKIPPED
+        ]
+        latest = executions[0] if executions else None
+        log = ""
+        if latest is not None and latest.log_path:
+            log = self.files.read_log(latest.log_path, log_bytes)
+        return TaskDetail(task=task, executions=executions, latest=latest, latest_log=log)
+
+    def executions_of(self, task_id: int) -> list[Execution]:
+        return self.repo.list_executions(task_id)
+
+    # --- changes -------------------------------------------------------------------------------
+
+    def stop_task(self, actor: Principal, task_id: int) -> TaskStatus:
+        """Stop the running execution; return the previous status. Raises ``TaskNotFound``,
+        ``NotOwner`` and ``TaskNotRunning``."""
+        task = self.repo.get_task(task_id)
+        require_owner(actor, task.owner_id, "stop this task")
+        if task.status is not TaskStatus.RUNNING or not self.coordinator.is_active(task_id):
+            raise TaskNotRunning(task.status.value)
+        self.coordinator.stop(task_id)
+        return TaskStatus.RUNNING
+
+    def delete_task(self, actor: Principal, task_id: int) -> None:
+        """Stop any run, cancel the schedule, delete the task, its executions, logs and stored
+        script. Raises ``TaskNotFound`` and ``NotOwner``."""
+        task = self.repo.get_task(task_id)
+        require_owner(actor, task.owner_id, "delete this task")
+        with self.state_lock:
+            task.next_run_at = None
+            task.cron_expression = None
+            self.repo.update_task(task)
+        self.coordinator.stop(task_id)
+        with self.state_lock:
+            paths = self.repo.delete_task(task_id)
+        if task.script_stored:
+            paths.append(task.script_path)
+        self.files.delete(paths)
+        self.on_change()
+
+    # --- stats ---------------------------------------------------------------------------------
+
+    def stats(self) -> TaskStats:
+        tasks = self.repo.list_tasks()
+        counts = {s.value: 0 for s in TaskStatus}
+        for t in tasks:
+            counts[t.status.value] += 1
+        finished = self.repo.all_finished_executions()
+        durations = [e.duration for e in finished if e.duration is not None]
+        done = counts["completed"] + counts["failed"]
+        today = self.clock.now().astimezone(self.tz).date()
+        days = [today - timedelta(days=i) for i in range(6, -1, -1)]
+        success = dict.fromkeys(days, 0)
+        failed = dict.fromkeys(days, 0)
+        for e in finished:
+            if e.end_time is None:
+                continue
+            day = e.end_time.astimezone(self.tz).date()
+            if day in success:
+                if e.status is ExecutionStatus.COMPLETED:
+                    success[day] += 1
+                elif e.status is ExecutionStatus.FAILED:
+                    failed[day] += 1
+        names = {t.id: t.name for t in tasks}
+        started = sorted(
+            (e for e in finished + self.running_executions() if e.start_time is not None),
+            key=lambda e: e.start_time or datetime.min,
+            reverse=True,
+        )[:5]
+        return TaskStats(
+            counts=counts,
+            total=len(tasks),
+            avg_duration=round(sum(durations) / len(durations), 2) if durations else 0,
+            min_duration=round(min(durations), 2) if durations else 0,
+            max_duration=round(max(durations), 2) if durations else 0,
+            success_rate=round(100 * counts["completed"] / done, 1) if done else 0,
+            dates=[d.isoformat() for d in days],
+            success_counts=[success[d] for d in days],
+            failed_counts=[failed[d] for d in days],
+            recent=[(e, names.get(e.task_id, "")) for e in started],
+        )
+
+    def running_executions(self) -> list[Execution]:
+        return [
+            e for e in self.repo.unfinished_executions() if e.status is ExecutionStatus.RUNNING
+        ]
+
+    def history(self) -> list[tuple[Execution, str]]:
+        since = self.clock.now() - timedelta(days=30)
+        names = {t.id: t.name for t in self.repo.list_tasks()}
+        return [
+            (e, names.get(e.task_id, ""))
+            for e in self.repo.executions_since(since)
+            if e.status is not ExecutionStatus.SKIPPED
+        ]

@@ -1,0 +1,93 @@
+"""Rules for names and package specs (contract.md), shared by every use case."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from ctm_core.errors import InvalidCredentialsFormat, InvalidEnvironmentName, InvalidPackageSpec
+
+USERNAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+ENV_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+RESERVED_ENV_NAMES = frozenset({"base", "root"})
+MAX_SPECS = 100
+MAX_SPEC_LENGTH = 200
+
+# A package name, then optionally one or more comma-separated version constraints.
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+_VERSION = r"[A-Za-z0-9_.*+!]+"
+_CONSTRAINT = rf"(?:==|>=|<=|!=|~=|=|>|<){_VERSION}"
+SPEC_RE = re.compile(rf"({_NAME})(?:{_CONSTRAINT}(?:,{_CONSTRAINT})*)?")
+PACKAGE_NAME_RE = re.compile(_NAME)
+
+
+def validate_username(username: object) -> str:
+    if not isinstance(username, str) or not USERNAME_RE.fullmatch(username):
+        raise InvalidCredentialsFormat(
+            "username",
+            "Username must be 1-64 characters of letters, digits, '_', '.' or '-'",
+            message="Invalid username or password format",
+        )
+    return username
+
+
+def validate_password(password: object) -> str:
+    if not isinstance(password, str) or not 8 <= len(password) <= 1024:
+        raise InvalidCredentialsFormat(
+            "password",
+            "Password must be 8-1024 characters",
+            message="Invalid username or password format",
+        )
+    return password
+
+
+def validate_environment_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise InvalidEnvironmentName(name, "Environment name must be a string")
+    if not ENV_NAME_RE.fullmatch(name):
+        raise InvalidEnvironmentName(
+            name,
+            "Environment name must be 1-64 characters of letters, digits, '_', '.' or '-', "
+            "not starting with '-' or '.'",
+        )
+    if name.lower() in RESERVED_ENV_NAMES:
+        raise InvalidEnvironmentName(name, f"'{name}' is reserved")
+    return name
+
+
+def validate_specs(field: str, specs: object, *, names_only: bool = False) -> list[str]:
+    """Return the specs when every one is a plain name with optional version constraints.
+
+    Raises ``InvalidPackageSpec`` naming the bad ones: anything that could be read as an
+    option (``-c evil``), carries a shell metacharacter, a space between words, or a URL.
+    """
+    if not isinstance(specs, list) or not specs:
+        raise InvalidPackageSpec(field, [], f"'{field}' must be a non-empty list of strings")
+    if len(specs) > MAX_SPECS:
+        raise InvalidPackageSpec(field, [], f"At most {MAX_SPECS} package specifications")
+    pattern = PACKAGE_NAME_RE if names_only else SPEC_RE
+    bad = [
+        s if isinstance(s, str) else repr(s)
+        for s in specs
+        if not isinstance(s, str) or len(s) > MAX_SPEC_LENGTH or not pattern.fullmatch(s)
+    ]
+    if bad:
+        raise InvalidPackageSpec(field, bad)
+    return list(dict.fromkeys(specs))
+
+
+def spec_name(spec: str) -> str:
+    """The package name a spec names: ``numpy>=1.2`` -> ``numpy``."""
+    match = PACKAGE_NAME_RE.match(spec)
+    return match.group(0) if match else spec
+
+
+def normalize_package_name(name: str) -> str:
+    """PEP 503 normalization, so ``Scikit_Learn`` and ``scikit-learn`` compare equal."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def specs_named(specs: Sequence[str], names: Sequence[str]) -> list[str]:
+    """The specs among ``specs`` whose package name is one of ``names`` (normalized)."""
+    wanted = {normalize_package_name(n) for n in names}
+    return [s for s in specs if normalize_package_name(spec_name(s)) in wanted]

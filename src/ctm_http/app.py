@@ -1,0 +1,599 @@
+"""The composition root and the routes. Nothing is built at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta, tzinfo
+from functools import partial
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import anyio.to_thread
+import attrs
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ctm_core.auth import AuthPolicy, Authenticator
+from ctm_core.environments import EnvironmentService, KeyedLocks
+from ctm_core.errors import CrossSiteRequest, CtmError, InvalidInput, TaskNotFound
+from ctm_core.models import Principal
+from ctm_core.ports import (
+    Clock,
+    EnvironmentBackend,
+    FileStore,
+    PasswordHasher,
+    ProcessRunner,
+    Repository,
+)
+from ctm_core.runs import RunCoordinator
+from ctm_core.scheduler import Scheduler
+from ctm_core.tasks import TaskService
+from ctm_http import _serialize as ser
+from ctm_http._errors import (
+    RequestError,
+    ctm_error_handler,
+    http_exception_handler,
+    internal_error_handler,
+    request_error_handler,
+)
+from ctm_http.settings import Settings
+
+log = logging.getLogger("ctm")
+T = TypeVar("T")
+COOKIE = "session"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@attrs.define
+class Services:
+    """What the routes use, built once per app start by ``create_app``'s lifespan."""
+
+    settings: Settings
+    tz: tzinfo
+    repo: Repository
+    clock: Clock
+    backend: EnvironmentBackend
+    runner: ProcessRunner
+    files: FileStore
+    auth: Authenticator
+    environments: EnvironmentService
+    tasks: TaskService
+    coordinator: RunCoordinator
+    scheduler: Scheduler
+
+
+def _timezone(name: str | None) -> tzinfo:
+    if name:
+        return ZoneInfo(name)
+    local = datetime.now().astimezone().tzinfo  # noqa: DTZ005 - the machine's own zone
+    assert local is not None
+    return local
+
+
+def build_services(settings: Settings, **overrides: Any) -> Services:
+    """Build every adapter and use case. ``overrides`` replace adapters by port name:
+    ``repo``, ``clock``, ``backend``, ``runner``, ``files``, ``hasher``."""
+    tz = _timezone(settings.timezone)
+    clock: Clock = overrides.get("clock") or _system_clock()
+    repo: Repository = overrides.get("repo") or _sqlite_repo(settings)
+    hasher: PasswordHasher = overrides.get("hasher") or _argon2()
+    backend: EnvironmentBackend = overrides.get("backend") or choose_backend(settings)
+    runner: ProcessRunner = overrides.get("runner") or _process_runner(settings)
+    files: FileStore = overrides.get("files") or _file_store(settings)
+    env_locks = KeyedLocks()
+    state_lock = threading.RLock()
+    policy = AuthPolicy(
+        idle_timeout=timedelta(minutes=settings.session_idle_minutes),
+        absolute_lifetime=timedelta(hours=settings.session_max_hours),
+    )
+    auth = Authenticator(repo, hasher, clock, policy)
+    environments = EnvironmentService(
+        backend, repo, env_locks, default_python=settings.default_python
+    )
+    coordinator = RunCoordinator(
+        repo=repo, backend=backend, runner=runner, files=files, clock=clock,
+        env_locks=env_locks, state_lock=state_lock,
+        max_concurrent=settings.max_concurrent_runs, stop_grace=settings.stop_grace_seconds,
+    )
+    scheduler = Scheduler(
+        repo=repo, clock=clock, coordinator=coordinator, files=files, tz=tz,
+        state_lock=state_lock, retention_days=settings.retention_days,
+    )
+    tasks = TaskService(
+        repo=repo, backend=backend, environments=environments, coordinator=coordinator,
+        files=files, clock=clock, tz=tz, env_locks=env_locks, state_lock=state_lock,
+        script_roots=settings.script_roots, on_change=scheduler.wake,
+        retention_days=settings.retention_days,
+    )
+    return Services(
+        settings=settings, tz=tz, repo=repo, clock=clock, backend=backend, runner=runner,
+        files=files, auth=auth, environments=environments, tasks=tasks,
+        coordinator=coordinator, scheduler=scheduler,
+    )
+
+
+def _system_clock() -> Clock:
+    from ctm_adapters.clock import SystemClock
+
+    return SystemClock()
+
+
+def _sqlite_repo(settings: Settings) -> Repository:
+    from ctm_adapters.sqlite import SqliteRepository
+
+    os.makedirs(settings.data_dir, mode=0o700, exist_ok=True)
+    return SqliteRepository(os.path.join(settings.data_dir, "ctm.sqlite3"))
+
+
+def _argon2() -> PasswordHasher:
+    from ctm_adapters.passwords import Argon2PasswordHasher
+
+    return Argon2PasswordHasher()
+
+
+def _process_runner(settings: Settings) -> ProcessRunner:
+    from ctm_adapters.process import PsutilProcessRunner
+
+    return PsutilProcessRunner(
+        sample_interval=settings.sample_interval,
+        log_cap_bytes=settings.log_max_bytes,
+        run_as_user=settings.run_as_user,
+    )
+
+
+def _file_store(settings: Settings) -> FileStore:
+    from ctm_adapters.files import LocalFileStore
+
+    return LocalFileStore(settings.data_dir)
+
+
+def choose_backend(settings: Settings) -> EnvironmentBackend:
+    """``conda``: the conda adapter (fails without conda); ``venv``: venvs under the data
+    directory; ``auto``: conda when one is found, venv otherwise."""
+    from ctm_adapters.conda import CondaEnvironmentBackend, find_conda_executable
+    from ctm_adapters.venv import VenvEnvironmentBackend
+
+    if settings.backend in ("auto", "conda"):
+        exe = find_conda_executable(settings.conda_exe, os.environ)
+        if exe is not None:
+            return CondaEnvironmentBackend(exe, default_python=settings.default_python)
+        if settings.backend == "conda":
+            raise SystemExit("ctm: --backend conda but no conda, mamba or micromamba was found")
+    return VenvEnvironmentBackend(
+        os.path.join(settings.data_dir, "envs"), default_python=settings.default_python
+    )
+
+
+def _write_admin_password(data_dir: str, password: str) -> str:
+    path = os.path.join(data_dir, "initial-admin-password")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+# --- request helpers ---------------------------------------------------------------------------
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking use case off the event loop."""
+    return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
+
+
+async def read_json(request: Request, *, required: bool = True) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413/415 ``RequestError``."""
+    limit = services(request).settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, "Request body too large", f"At most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, "Request body too large", f"At most {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        if not required:
+            return {}
+        raise RequestError(400, "Request body must be a JSON object", "The body is empty")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise RequestError(
+            415, "Request body must be sent as application/json",
+            f"Content-Type was {ctype or 'missing'!r}",
+        )
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(
+            400, "Request body must be a JSON object", f"Invalid JSON: {exc}"[:300]
+        ) from None
+    if not isinstance(data, dict):
+        raise RequestError(
+            400, "Request body must be a JSON object", f"Got a JSON {type(data).__name__}"
+        )
+    return data
+
+
+def _cookie_header(token: str, max_age: int, secure: bool) -> str:
+    parts = [f"{COOKIE}={token}", "Path=/", "HttpOnly", "SameSite=Lax", f"Max-Age={max_age}"]
+    if secure:
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+def set_session_cookie(response: Response, request: Request, token: str) -> None:
+    s = services(request).settings
+    max_age = int(s.session_idle_minutes * 60)
+    response.headers.append("set-cookie", _cookie_header(token, max_age, s.secure_cookies))
+
+
+def check_same_site(request: Request) -> None:
+    """Refuse a state-changing request that a browser marks as cross-site."""
+    if request.method in SAFE_METHODS:
+        return
+    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+        raise CrossSiteRequest()
+    origin = request.headers.get("origin")
+    if origin is not None:
+        host = request.headers.get("host", "")
+        if origin.lower() not in {f"http://{host}".lower(), f"https://{host}".lower()}:
+            raise CrossSiteRequest()
+
+
+Handler = Callable[[Request, Principal], Awaitable[Response]]
+
+
+def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Require a valid session, renew it, and hand the caller to the route."""
+
+    async def route(request: Request) -> Response:
+        check_same_site(request)
+        token = request.cookies.get(COOKIE)
+        principal = await call(services(request).auth.authenticate, token)
+        response = await handler(request, principal)
+        assert token is not None
+        set_session_cookie(response, request, token)
+        return response
+
+    route.__name__ = handler.__name__
+    return route
+
+
+def ok(body: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+# --- auth routes -------------------------------------------------------------------------------
+
+
+async def login(request: Request) -> Response:
+    check_same_site(request)
+    body = await read_json(request)
+    svc = services(request)
+    client = request.client.host if request.client else "unknown"
+    token, user = await call(
+        svc.auth.login, body.get("username"), body.get("password"), client
+    )
+    response = ok(
+        {
+            "success": True,
+            "message": "Login successful",
+            "user": {"username": user.username, "is_admin": user.is_admin},
+        }
+    )
+    set_session_cookie(response, request, token)
+    return response
+
+
+async def logout(request: Request) -> Response:
+    check_same_site(request)
+    await call(services(request).auth.logout, request.cookies.get(COOKIE))
+    response = ok({"success": True, "message": "Logout successful"})
+    secure = services(request).settings.secure_cookies
+    response.headers.append("set-cookie", _cookie_header("", 0, secure))
+    return response
+
+
+@authenticated
+async def create_user(request: Request, actor: Principal) -> Response:
+    from ctm_core.auth import require_admin
+
+    require_admin(actor)
+    body = await read_json(request)
+    user = await call(
+        services(request).auth.create_user,
+        actor, body.get("username"), body.get("password"), body.get("is_admin", False),
+    )
+    return ok(
+        {
+            "success": True,
+            "message": "User created successfully",
+            "user": {"username": user.username, "is_admin": user.is_admin},
+        },
+        201,
+    )
+
+
+@authenticated
+async def whoami(request: Request, actor: Principal) -> Response:
+    return ok(
+        {"success": True, "user": {"username": actor.username, "is_admin": actor.is_admin}}
+    )
+
+
+# --- environment routes ------------------------------------------------------------------------
+
+
+@authenticated
+async def list_environments(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    envs = await call(svc.environments.list_environments)
+    return ok([ser.environment_summary(e, svc.tz) for e in envs])
+
+
+@authenticated
+async def environment_stats(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    stats = await call(svc.environments.stats)
+    return ok(ser.environment_stats(stats, svc.tz))
+
+
+@authenticated
+async def get_environment(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    detail = await call(svc.environments.detail, request.path_params["name"])
+    return ok(ser.environment_detail(detail, svc.tz))
+
+
+@authenticated
+async def create_environment(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    body = await read_json(request)
+    env = await call(
+        svc.environments.create,
+        actor, body.get("name"), body.get("python_version"), body.get("packages"),
+    )
+    return ok(
+        {
+            "success": True,
+            "message": "Environment created successfully",
+            "environment": {
+                "name": env.name,
+                "created_at": ser.fmt_time(env.created_at, svc.tz),
+                "python_version": env.python_version,
+            },
+        },
+        201,
+    )
+
+
+@authenticated
+async def rename_environment(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    name = request.path_params["name"]
+    body = await read_json(request)
+    if "new_name" not in body:
+        raise InvalidInput("new_name", "'new_name' is required")
+    count = await call(svc.environments.rename, actor, name, body.get("new_name"))
+    return ok(
+        {
+            "success": True,
+            "message": "Environment renamed successfully",
+            "old_name": name,
+            "new_name": body["new_name"],
+            "updated_tasks_count": count,
+        }
+    )
+
+
+@authenticated
+async def delete_environment(request: Request, actor: Principal) -> Response:
+    await call(services(request).environments.delete, actor, request.path_params["name"])
+    return Response(status_code=204)
+
+
+@authenticated
+async def install_packages(request: Request, actor: Principal) -> Response:
+    name = request.path_params["name"]
+    body = await read_json(request)
+    specs = await call(services(request).environments.install, actor, name, body.get("packages"))
+    return ok(
+        {
+            "success": True,
+            "message": "Packages installed successfully",
+            "environment": name,
+            "installed_packages": specs,
+        }
+    )
+
+
+@authenticated
+async def remove_packages(request: Request, actor: Principal) -> Response:
+    name = request.path_params["name"]
+    body = await read_json(request)
+    names = await call(services(request).environments.remove, actor, name, body.get("packages"))
+    return ok(
+        {
+            "success": True,
+            "message": "Packages removed successfully",
+            "environment": name,
+            "removed_packages": names,
+        }
+    )
+
+
+# --- task routes -------------------------------------------------------------------------------
+
+
+def _task_id(request: Request) -> int:
+    raw = request.path_params["task_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise TaskNotFound(raw)
+    return int(raw)
+
+
+@authenticated
+async def create_task(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    body = await read_json(request)
+    created = await call(svc.tasks.create_task, actor, body)
+    return ok(
+        {
+            "success": True,
+            "message": "Task scheduled successfully",
+            "task": ser.task_body(created.task, svc.tz),
+            "environment_message": created.environment_message,
+        },
+        201,
+    )
+
+
+@authenticated
+async def list_tasks(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+
+    def load() -> list[dict[str, Any]]:
+        out = []
+        for task in svc.tasks.list_tasks():
+            last = (
+                svc.repo.get_execution(task.last_execution_id)
+                if task.last_execution_id
+                else None
+            )
+            out.append(ser.task_list_item(task, last, svc.tz))
+        return out
+
+    return ok(await call(load))
+
+
+@authenticated
+async def get_task(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    detail = await call(svc.tasks.detail, _task_id(request))
+    return ok(ser.task_detail(detail, svc.tz))
+
+
+@authenticated
+async def stop_task(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    task_id = _task_id(request)
+    previous = await call(svc.tasks.stop_task, actor, task_id)
+    task = await call(svc.tasks.get_task, task_id)
+    return ok(
+        {
+            "success": True,
+            "message": "Task stopped successfully",
+            "task": {
+                "task_id": task.id,
+                "task_name": task.name,
+                "status": task.status.value,
+                "previous_status": previous.value,
+            },
+        }
+    )
+
+
+@authenticated
+async def delete_task(request: Request, actor: Principal) -> Response:
+    await call(services(request).tasks.delete_task, actor, _task_id(request))
+    return Response(status_code=204)
+
+
+@authenticated
+async def task_stats(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    stats = await call(svc.tasks.stats)
+    return ok(ser.task_stats(stats, svc.tz))
+
+
+@authenticated
+async def task_history(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    items = await call(svc.tasks.history)
+    return ok({"status": "success", "data": [ser.history_item(e, n, svc.tz) for e, n in items]})
+
+
+ROUTES = [
+    Route("/login", login, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
+    Route("/create_user", create_user, methods=["POST"]),
+    Route("/api/me", whoami, methods=["GET"]),
+    Route("/api/conda/environments", list_environments, methods=["GET"]),
+    Route("/api/conda/stats", environment_stats, methods=["GET"]),
+    Route("/api/conda/environment", create_environment, methods=["POST"]),
+    Route("/api/conda/environment/{name}", get_environment, methods=["GET"]),
+    Route("/api/conda/environment/{name}", rename_environment, methods=["PUT"]),
+    Route("/api/conda/environment/{name}", delete_environment, methods=["DELETE"]),
+    Route("/api/conda/environment/{name}/packages", install_packages, methods=["POST"]),
+    Route("/api/conda/environment/{name}/packages", remove_packages, methods=["DELETE"]),
+    Route("/api/tasks", create_task, methods=["POST"]),
+    Route("/api/tasks", list_tasks, methods=["GET"]),
+    Route("/api/tasks/stats", task_stats, methods=["GET"]),
+    Route("/api/tasks/history", task_history, methods=["GET"]),
+    Route("/api/tasks/{task_id}", get_task, methods=["GET"]),
+    Route("/api/tasks/{task_id}", delete_task, methods=["DELETE"]),
+    Route("/api/tasks/{task_id}/stop", stop_task, methods=["POST"]),
+]
+
+
+def create_app(settings: Settings, **overrides: Any) -> Starlette:
+    """The one composition root. Adapters are built in the lifespan, not here; ``overrides``
+    replace adapters by port name (``repo``, ``clock``, ``backend``, ``runner``, ``files``,
+    ``hasher``), as tests and library users do."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        svc = await anyio.to_thread.run_sync(partial(build_services, settings, **overrides))
+        generated = await call(svc.auth.bootstrap_admin, settings.admin_password)
+        if generated is not None:
+            path = _write_admin_password(settings.data_dir, generated)
+            print(  # noqa: T201 - printed once, on purpose, for the operator
+                f"ctm: created user 'admin' with password {generated} (also in {path})",
+                flush=True,
+            )
+        await call(svc.scheduler.recover)
+        app.state.services = svc
+        log.info(
+            "ctm listening on http://%s:%s, data directory %s, backend %s",
+            settings.host, settings.port, os.path.abspath(settings.data_dir), svc.backend.kind,
+        )
+        loop_task = asyncio.create_task(svc.scheduler.run(), name="ctm-scheduler")
+        try:
+            yield
+        finally:
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+            await call(svc.coordinator.stop_all, min(settings.stop_grace_seconds, 5.0))
+            close = getattr(svc.repo, "close", None)
+            if close is not None:
+                await call(close)
+
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={
+            CtmError: ctm_error_handler,
+            RequestError: request_error_handler,
+            HTTPException: http_exception_handler,
+            Exception: internal_error_handler,
+        },
+    )
+    return app

@@ -1,0 +1,84 @@
+"""A whole ctm core wired to fakes: no disk, no processes, time moved by hand."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import attrs
+import pytest
+
+from ctm_adapters.clock import FakeClock
+from ctm_adapters.fakes import (
+    FakeEnvironmentBackend,
+    FakePasswordHasher,
+    FakeProcessRunner,
+    InMemoryFileStore,
+)
+from ctm_adapters.memory import InMemoryRepository
+from ctm_core.auth import Authenticator
+from ctm_core.environments import EnvironmentService, KeyedLocks
+from ctm_core.models import Principal
+from ctm_core.runs import RunCoordinator
+from ctm_core.scheduler import Scheduler
+from ctm_core.tasks import TaskService
+
+
+@attrs.define
+class World:
+    clock: FakeClock
+    repo: InMemoryRepository
+    backend: FakeEnvironmentBackend
+    runner: FakeProcessRunner
+    files: InMemoryFileStore
+    auth: Authenticator
+    envs: EnvironmentService
+    coordinator: RunCoordinator
+    scheduler: Scheduler
+    tasks: TaskService
+    admin: Principal
+    alice: Principal
+    bob: Principal
+
+
+def make_world(
+    *, start: datetime | None = None, tz: str = "UTC", max_concurrent: int = 4,
+    auto_exit_code: int | None = None,
+) -> World:
+    clock = FakeClock(start or datetime(2026, 5, 1, 12, 0, tzinfo=UTC))
+    repo = InMemoryRepository()
+    backend = FakeEnvironmentBackend()
+    runner = FakeProcessRunner(auto_exit_code=auto_exit_code)
+    files = InMemoryFileStore()
+    auth = Authenticator(repo, FakePasswordHasher(), clock)
+    locks = KeyedLocks()
+    state = threading.RLock()
+    envs = EnvironmentService(backend, repo, locks)
+    coordinator = RunCoordinator(
+        repo=repo, backend=backend, runner=runner, files=files, clock=clock,
+        env_locks=locks, state_lock=state, max_concurrent=max_concurrent, stop_grace=0.1,
+    )
+    zone = ZoneInfo(tz)
+    scheduler = Scheduler(
+        repo=repo, clock=clock, coordinator=coordinator, files=files, tz=zone, state_lock=state
+    )
+    tasks = TaskService(
+        repo=repo, backend=backend, environments=envs, coordinator=coordinator, files=files,
+        clock=clock, tz=zone, env_locks=locks, state_lock=state, on_change=scheduler.wake,
+    )
+    users = []
+    for name, admin in (("admin", True), ("alice", False), ("bob", False)):
+        u = auth.add_user(name, "password-" + name, admin)
+        users.append(Principal(user_id=u.id, username=u.username, is_admin=u.is_admin))
+    return World(clock, repo, backend, runner, files, auth, envs, coordinator, scheduler,
+                 tasks, *users)
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    w = make_world()
+    yield w
+    for h in w.runner.running():
+        w.runner.finish(h, 0)

@@ -1,0 +1,210 @@
+"""The scheduler driven by the fake clock: due times, misfires, overlaps, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from croniter import croniter
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ctm_core.models import ExecutionStatus, TaskStatus
+from tests.unit.conftest import World, make_world
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def settle(world: World, deadline: float = 5.0) -> None:
+    """Wait (bounded) until every launched run has been recorded."""
+    assert world.coordinator.wait_idle(deadline), "runs did not finish"
+
+
+def run_until(world: World, horizon: datetime) -> None:
+    """Advance the fake clock from due time to due time, as the loop would sleep."""
+    while True:
+        nxt = world.scheduler.tick()
+        settle(world)
+        if nxt > horizon:
+            world.clock.set(horizon)
+            world.scheduler.tick()
+            settle(world)
+            return
+        world.clock.set(max(nxt, world.clock.now()))
+
+
+def add_task(world: World, **schedule: object) -> int:
+    if not world.backend.exists("env"):
+        world.envs.create(world.alice, "env", None, [])
+    return world.tasks.create_task(
+        world.alice, {"script": "print('hi')", "conda_env": "env", **schedule}
+    ).task.id
+
+
+def test_immediate_task_runs_at_once_and_completes() -> None:
+    """No cron, no delay: the task runs at creation time and ends completed."""
+    world = make_world(start=T0, auto_exit_code=0)
+    tid = add_task(world)
+    world.scheduler.tick()
+    settle(world)
+    task = world.repo.get_task(tid)
+    assert task.status is TaskStatus.COMPLETED
+    assert task.next_run_at is None
+    [ex] = world.repo.list_executions(tid)
+    assert ex.status is ExecutionStatus.COMPLETED and ex.start_time == T0
+
+
+def test_delay_runs_once_after_the_delay() -> None:
+    """delay_seconds: 90 runs exactly once, 90 s after creation."""
+    world = make_world(start=T0, auto_exit_code=0)
+    tid = add_task(world, delay_seconds=90)
+    run_until(world, T0 + timedelta(days=1))
+    assert [(d, n) for t, d, n in world.scheduler.fired if t == tid] == [
+        (T0 + timedelta(seconds=90), T0 + timedelta(seconds=90))
+    ]
+
+
+def test_cron_runs_every_occurrence_over_simulated_days() -> None:
+    """A 15-minute cron task fires 96 times a day, each at its occurrence."""
+    world = make_world(start=T0, auto_exit_code=0)
+    tid = add_task(world, cron_expression="*/15 * * * *")
+    run_until(world, T0 + timedelta(days=3))
+    times = [d for t, d, _ in world.scheduler.fired if t == tid]
+    assert len(times) == 3 * 96
+    assert all(t.minute % 15 == 0 and t.second == 0 for t in times)
+    assert len(world.repo.list_executions(tid)) == 3 * 96
+
+
+def test_missed_cron_occurrences_run_once() -> None:
+    """After 5 hours asleep, an hourly task runs once, then resumes its schedule."""
+    world = make_world(start=T0, auto_exit_code=0)
+    tid = add_task(world, cron_expression="0 * * * *")
+    world.clock.set(T0 + timedelta(hours=5, minutes=30))
+    world.scheduler.tick()
+    settle(world)
+    assert len(world.repo.list_executions(tid)) == 1
+    assert world.repo.get_task(tid).next_run_at == T0 + timedelta(hours=6)
+
+
+def test_overlapping_occurrence_is_skipped_and_recorded() -> None:
+    """While a run of the task goes on, its next occurrence is recorded as skipped."""
+    world = make_world(start=T0)
+    tid = add_task(world, cron_expression="* * * * * */10")
+    world.clock.set(T0 + timedelta(seconds=10))
+    world.scheduler.tick()
+    [handle] = world.runner.wait_started(1)
+    world.clock.advance(10)
+    world.scheduler.tick()
+    statuses = sorted(e.status.value for e in world.repo.list_executions(tid))
+    assert statuses == ["running", "skipped"]
+    world.runner.finish(handle, 0)
+    settle(world)
+    assert world.repo.get_task(tid).status is TaskStatus.COMPLETED
+
+
+def test_global_limit_queues_runs_in_order() -> None:
+    """With a limit of 2, five due runs start two at a time, in the order they were due."""
+    world = make_world(start=T0, max_concurrent=2)
+    ids = [add_task(world, delay_seconds=i) for i in range(5)]
+    world.clock.advance(10)
+    world.scheduler.tick()
+    started = world.runner.wait_started(2)
+    assert len(world.runner.running()) == 2
+    order = []
+    for _ in range(5):
+        handles = world.runner.wait_started(len(order) + 1)
+        h = handles[len(order)]
+        order.append(h.spec.argv[-1])
+        world.runner.finish(h, 0)
+        assert world.coordinator.slots.active <= 2
+    settle(world)
+    assert world.coordinator.slots.max_seen == 2
+    scripts = [world.repo.get_task(i).script_path for i in ids]
+    assert order == scripts
+    assert started[0].spec.argv[-1] == scripts[0]
+
+
+def test_restart_marks_running_failed_and_reruns_queued() -> None:
+    """Recovery: a run left running is failed with a log line; a queued one runs."""
+    world = make_world(start=T0)
+    first = add_task(world)
+    world.scheduler.tick()
+    world.runner.wait_started(1)
+    # A new process over the same store: what the old one left is resolved.
+    fresh = make_world(start=T0 + timedelta(minutes=1), auto_exit_code=0)
+    fresh.repo = world.repo
+    fresh.scheduler.repo = fresh.coordinator.repo = world.repo
+    fresh.scheduler.files = fresh.coordinator.files = world.files
+    fresh.coordinator.backend = world.backend
+    fresh.scheduler.recover()
+    settle(fresh)
+    [ex] = world.repo.list_executions(first)
+    assert ex.status is ExecutionStatus.FAILED
+    assert world.repo.get_task(first).status is TaskStatus.FAILED
+    assert "server stopped" in world.files.files[ex.log_path or ""]
+    for h in world.runner.running():
+        world.runner.finish(h, 0)
+
+
+def test_loop_sleeps_until_due_time_and_wakes_on_change() -> None:
+    """The async loop fires a delayed task when the fake clock reaches it, not before."""
+    world = make_world(start=T0, auto_exit_code=0)
+
+    async def scenario() -> None:
+        loop_task = asyncio.create_task(world.scheduler.run())
+        tid = add_task(world, delay_seconds=30)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if world.clock.pending():
+                break
+        assert world.clock.pending()[0] == T0 + timedelta(seconds=30)
+        assert world.repo.list_executions(tid) == []
+        world.clock.advance(30)
+        for _ in range(400):
+            await asyncio.sleep(0.005)
+            if world.repo.get_task(tid).status is TaskStatus.COMPLETED:
+                break
+        assert world.repo.get_task(tid).status is TaskStatus.COMPLETED
+        loop_task.cancel()
+
+    asyncio.run(scenario())
+
+
+minutes = st.sampled_from(["*", "*/5", "*/7", "0", "15,45", "10-20", "3"])
+hours = st.sampled_from(["*", "*/2", "9-17", "0", "6,18"])
+dows = st.sampled_from(["*", "1-5", "0", "6"])
+seconds = st.sampled_from([None, "0", "*/20", "30"])
+
+
+@st.composite
+def cron_expressions(draw: st.DrawFn) -> str:
+    expr = f"{draw(minutes)} {draw(hours)} * * {draw(dows)}"
+    sec = draw(seconds)
+    return expr + (f" {sec}" if sec else "")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    crons=st.lists(cron_expressions(), min_size=1, max_size=3),
+    delays=st.lists(st.integers(0, 40000), max_size=3),
+)
+def test_every_run_is_at_a_croniter_time_none_twice_none_missed(
+    crons: list[str], delays: list[int]
+) -> None:
+    """Over 12 simulated hours, fired times equal croniter's occurrences exactly."""
+    world = make_world(start=T0, auto_exit_code=0)
+    horizon = T0 + timedelta(hours=12)
+    cron_ids = {add_task(world, cron_expression=c): c for c in crons}
+    delay_ids = {add_task(world, delay_seconds=d): d for d in delays}
+    run_until(world, horizon)
+    for tid, expr in cron_ids.items():
+        itr = croniter(expr, T0)
+        expected = []
+        while (t := itr.get_next(datetime)) <= horizon:
+            expected.append(t)
+        fired = [d for t, d, _ in world.scheduler.fired if t == tid]
+        assert fired == expected
+        assert all(d == n for t, d, n in world.scheduler.fired if t == tid)
+    for tid, delay in delay_ids.items():
+        fired = [d for t, d, _ in world.scheduler.fired if t == tid]
+        assert fired == [T0 + timedelta(seconds=delay)]
