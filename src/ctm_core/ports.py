@@ -208,6 +208,10 @@ class Repository(Protocol):
 
     def clear_login_failures(self, *, username: str) -> None: ...
 
+    def delete_login_failures_before(self, before: datetime) -> int:
+        """Forget failures older than ``before``; return how many."""
+        ...
+
     # environment owners
     def get_environment_owner(self, name: str) -> int | None: ...
 
@@ -247,7 +251,11 @@ class Repository(Protocol):
     def tasks_using_environment(self, name: str) -> list[Task]: ...
 
     # executions
-    def add_execution(self, execution: Execution) -> None: ...
+    def add_execution(self, execution: Execution, *, task: Task | None = None) -> None:
+        """Store a new execution, and ``task``'s new state in the same transaction (a firing
+        must move the schedule on atomically, or a crash could run it twice). Raises
+        ``TaskNotFound`` when its task does not exist and ``ValueError`` when the id is taken."""
+        ...
 
     def update_execution(self, execution: Execution) -> None: ...
 
@@ -258,7 +266,8 @@ class Repository(Protocol):
     def get_execution(self, execution_id: str) -> Execution | None: ...
 
     def list_executions(self, task_id: int) -> list[Execution]:
-        """A task's executions, newest first (by start time, then scheduled time)."""
+        """A task's executions, newest first: not yet started ones first, then by start time,
+        then scheduled time, then the latest stored first."""
         ...
 
     def executions_since(self, since: datetime) -> list[Execution]:
@@ -274,7 +283,8 @@ class Repository(Protocol):
         ...
 
     def prune_executions(self, before: datetime) -> list[str]:
-        """Delete finished executions that ended before ``before``; return their log paths."""
+        """Delete finished or skipped executions that ended before ``before``; return their
+        log paths."""
         ...
 
 

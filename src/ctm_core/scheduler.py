@@ -126,14 +126,14 @@ class Scheduler:
             if busy:
                 execution.start_time = execution.end_time = now
             task.next_run_at = following_run_time(task.cron_expression, due, now, self.tz)
-            self.repo.add_execution(execution)
-            self.repo.update_task(task)
+            self.repo.add_execution(execution, task=task)
             self.fired.append((task.id, due, now))
         if not busy:
             self.coordinator.launch(task.id, execution.id)
 
     def maintenance(self) -> None:
         """Prune executions and logs past the retention period."""
+        self.repo.delete_login_failures_before(self.clock.now() - timedelta(days=1))
         if self.retention_days > 0:
             before = self.clock.now() - timedelta(days=self.retention_days)
             self.files.delete(self.repo.prune_executions(before))

@@ -1,0 +1,402 @@
+"""The Repository port in process memory: for fast tests and for library users.
+
+Same contract as ``SqliteRepository``, checked by the same contract tests: the same errors, the
+same orders, datetimes handed back in UTC. Entities are copied on the way in and on the way out,
+so a caller changing an object it passed or got never changes what is stored. One lock makes
+every method atomic, which also makes the multi-row changes all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import attrs
+
+from ctm_core.errors import TaskExists, TaskNotFound, UserExists
+from ctm_core.models import Execution, ExecutionStatus, Session, Task, TaskStatus, User
+
+__all__ = ["InMemoryRepository"]
+
+_E = TypeVar("_E", User, Session, Task, Execution)
+_UNFINISHED = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: the repository takes aware datetimes only")
+    return value.astimezone(UTC)
+
+
+def _copy(entity: _E) -> _E:
+    """A copy with every datetime field in UTC and the status an enum member (as the SQLite
+    adapter hands them back). Raises ``ValueError`` for an unknown status."""
+    changes: dict[str, Any] = {}
+    if isinstance(entity, Task):
+        changes["status"] = TaskStatus(entity.status)
+    elif isinstance(entity, Execution):
+        changes["status"] = ExecutionStatus(entity.status)
+    for field in attrs.fields(type(entity)):
+        value = getattr(entity, field.name)
+        if isinstance(value, datetime):
+            changes[field.name] = _utc(value)
+    return attrs.evolve(entity, **changes)
+
+
+@attrs.define
+class _Stored:
+    seq: int
+    execution: Execution
+
+
+def _newest_first(item: _Stored) -> tuple[bool, datetime, bool, datetime, int]:
+    """Sort key (reversed): not yet started first, then start time, then scheduled time
+    (unscheduled first), then the latest stored first."""
+    ex = item.execution
+    return (
+        ex.start_time is None,
+        ex.start_time or _EARLIEST,
+        ex.scheduled_for is None,
+        ex.scheduled_for or _EARLIEST,
+        item.seq,
+    )
+
+
+class InMemoryRepository:
+    """The Repository port on dicts. Thread-safe. Nothing survives the object."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: dict[int, User] = {}
+        self._sessions: dict[str, Session] = {}
+        self._failures: list[tuple[str, str, datetime]] = []
+        self._owners: dict[str, int | None] = {}
+        self._tasks: dict[int, Task] = {}
+        self._executions: dict[str, _Stored] = {}
+        self._last_user_id = 0
+        self._last_task_id = 0
+        self._last_seq = 0
+
+    def close(self) -> None:
+        """Nothing to release; here so both repositories can be closed alike."""
+
+    # --- helpers (lock held) -------------------------------------------------------------------
+
+    def _sorted(self, items: list[_Stored]) -> list[Execution]:
+        return [_copy(s.execution) for s in sorted(items, key=_newest_first, reverse=True)]
+
+    def _check_user(self, user_id: int) -> None:
+        if user_id not in self._users:
+            raise LookupError(f"no user with id {user_id}")
+
+    def _check_task_name(self, task: Task) -> None:
+        for other in self._tasks.values():
+            if other.name == task.name and other.id != task.id:
+                raise TaskExists(task.name)
+
+    def _check_task_update(self, task: Task) -> None:
+        if task.id not in self._tasks:
+            raise TaskNotFound(task.id)
+        self._check_task_name(task)
+
+    def _check_execution(self, execution: Execution) -> None:
+        if execution.task_id not in self._tasks:
+            raise TaskNotFound(execution.task_id)
+
+    def _put_execution(self, execution: Execution) -> None:
+        stored = self._executions.get(execution.id)
+        if stored is not None:
+            stored.execution = _copy(execution)
+
+    # --- users ---------------------------------------------------------------------------------
+
+    def add_user(
+        self, *, username: str, password_hash: str, is_admin: bool, created_at: datetime
+    ) -> User:
+        """Store a new user. Raises ``UserExists``."""
+        with self._lock:
+            if any(u.username == username for u in self._users.values()):
+                raise UserExists(username)
+            user = User(
+                id=self._last_user_id + 1,
+                username=username,
+                password_hash=password_hash,
+                is_admin=bool(is_admin),
+                created_at=_utc(created_at),
+            )
+            self._last_user_id = user.id
+            self._users[user.id] = user
+            return _copy(user)
+
+    def get_user(self, user_id: int) -> User | None:
+        with self._lock:
+            user = self._users.get(user_id)
+            return None if user is None else _copy(user)
+
+    def get_user_by_name(self, username: str) -> User | None:
+        with self._lock:
+            for user in self._users.values():
+                if user.username == username:
+                    return _copy(user)
+            return None
+
+    def count_users(self) -> int:
+        with self._lock:
+            return len(self._users)
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def add_session(self, session: Session) -> None:
+        """Store a session. Raises ``LookupError`` for an unknown user, ``ValueError`` for a
+        token hash already stored."""
+        with self._lock:
+            self._check_user(session.user_id)
+            if session.token_hash in self._sessions:
+                raise ValueError("a session with this token hash exists")
+            self._sessions[session.token_hash] = _copy(session)
+
+    def get_session(self, token_hash: str) -> Session | None:
+        with self._lock:
+            session = self._sessions.get(token_hash)
+            return None if session is None else _copy(session)
+
+    def touch_session(self, token_hash: str, last_seen_at: datetime) -> None:
+        when = _utc(last_seen_at)
+        with self._lock:
+            session = self._sessions.get(token_hash)
+            if session is not None:
+                session.last_seen_at = when
+
+    def delete_session(self, token_hash: str) -> None:
+        with self._lock:
+            self._sessions.pop(token_hash, None)
+
+    def delete_sessions_before(self, *, idle_before: datetime, created_before: datetime) -> int:
+        """Delete sessions idle since before ``idle_before`` or created before
+        ``created_before``; return how many."""
+        idle, created = _utc(idle_before), _utc(created_before)
+        with self._lock:
+            doomed = [
+                s.token_hash
+                for s in self._sessions.values()
+                if s.last_seen_at < idle or s.created_at < created
+            ]
+            for token_hash in doomed:
+                del self._sessions[token_hash]
+            return len(doomed)
+
+    # --- login throttling ----------------------------------------------------------------------
+
+    def add_login_failure(self, *, username: str, client: str, at: datetime) -> None:
+        when = _utc(at)
+        with self._lock:
+            self._failures.append((username, client, when))
+
+    def login_failures_since(
+        self, *, username: str, client: str, since: datetime
+    ) -> list[datetime]:
+        """Times of failures since ``since`` for this username OR this client address."""
+        start = _utc(since)
+        with self._lock:
+            return sorted(
+                at
+                for (name, addr, at) in self._failures
+                if (name == username or addr == client) and at >= start
+            )
+
+    def clear_login_failures(self, *, username: str) -> None:
+        with self._lock:
+            self._failures = [f for f in self._failures if f[0] != username]
+
+    def delete_login_failures_before(self, before: datetime) -> int:
+        end = _utc(before)
+        with self._lock:
+            kept = [f for f in self._failures if f[2] >= end]
+            removed = len(self._failures) - len(kept)
+            self._failures = kept
+            return removed
+
+    # --- environment owners --------------------------------------------------------------------
+
+    def get_environment_owner(self, name: str) -> int | None:
+        with self._lock:
+            return self._owners.get(name)
+
+    def set_environment_owner(self, name: str, user_id: int | None) -> None:
+        """Record (or replace) the owner. Raises ``LookupError`` for an unknown user."""
+        with self._lock:
+            if user_id is not None:
+                self._check_user(user_id)
+            self._owners[name] = user_id
+
+    def rename_environment(self, old: str, new: str) -> int:
+        """Move the owner record and every task's ``conda_env`` from ``old`` to ``new`` in one
+        transaction; return how many tasks changed. A record already under ``new`` is replaced
+        by ``old``'s (or dropped when ``old`` has none)."""
+        with self._lock:
+            if old == new:
+                return 0
+            self._owners.pop(new, None)
+            if old in self._owners:
+                self._owners[new] = self._owners.pop(old)
+            changed = 0
+            for task in self._tasks.values():
+                if task.conda_env == old:
+                    task.conda_env = new
+                    changed += 1
+            return changed
+
+    def forget_environment(self, name: str) -> None:
+        with self._lock:
+            self._owners.pop(name, None)
+
+    # --- tasks ---------------------------------------------------------------------------------
+
+    def add_task(self, task: Task) -> Task:
+        """Store ``task`` (its ``id`` is ignored) and return it with the id given. Raises
+        ``TaskExists`` when the name is taken. Ids are never reused, even after a delete."""
+        with self._lock:
+            if any(t.name == task.name for t in self._tasks.values()):
+                raise TaskExists(task.name)
+            stored = _copy(task)
+            stored.id = self._last_task_id + 1
+            self._last_task_id = stored.id
+            self._tasks[stored.id] = stored
+            return _copy(stored)
+
+    def get_task(self, task_id: int) -> Task:
+        """Raises ``TaskNotFound``."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                raise TaskNotFound(task_id)
+            return _copy(task)
+
+    def get_task_by_name(self, name: str) -> Task | None:
+        with self._lock:
+            for task in self._tasks.values():
+                if task.name == name:
+                    return _copy(task)
+            return None
+
+    def list_tasks(self) -> list[Task]:
+        """All tasks by id."""
+        with self._lock:
+            return [_copy(self._tasks[i]) for i in sorted(self._tasks)]
+
+    def update_task(self, task: Task) -> None:
+        """Raises ``TaskNotFound``, and ``TaskExists`` when renamed to a name taken."""
+        with self._lock:
+            self._check_task_update(task)
+            self._tasks[task.id] = _copy(task)
+
+    def delete_task(self, task_id: int) -> list[str]:
+        """Delete the task and its executions; return their log paths. Raises ``TaskNotFound``."""
+        with self._lock:
+            if task_id not in self._tasks:
+                raise TaskNotFound(task_id)
+            doomed = [s for s in self._executions.values() if s.execution.task_id == task_id]
+            for stored in doomed:
+                del self._executions[stored.execution.id]
+            del self._tasks[task_id]
+            return [ex.log_path for ex in self._sorted(doomed) if ex.log_path is not None]
+
+    def tasks_using_environment(self, name: str) -> list[Task]:
+        """Tasks whose ``conda_env`` is ``name``, by id."""
+        with self._lock:
+            return [
+                _copy(self._tasks[i])
+                for i in sorted(self._tasks)
+                if self._tasks[i].conda_env == name
+            ]
+
+    # --- executions ----------------------------------------------------------------------------
+
+    def add_execution(self, execution: Execution, *, task: Task | None = None) -> None:
+        """Store a new execution (and update ``task`` in the same transaction). Raises
+        ``TaskNotFound`` when its task does not exist and ``ValueError`` when its id is taken."""
+        with self._lock:
+            self._check_execution(execution)
+            if execution.id in self._executions:
+                raise ValueError(f"execution {execution.id!r} exists")
+            if task is not None:
+                self._check_task_update(task)
+                self._tasks[task.id] = _copy(task)
+            self._last_seq += 1
+            self._executions[execution.id] = _Stored(self._last_seq, _copy(execution))
+
+    def update_execution(self, execution: Execution) -> None:
+        """Replace a stored execution's fields. An unknown (e.g. pruned) one is ignored."""
+        with self._lock:
+            if execution.id in self._executions:
+                self._check_execution(execution)
+            self._put_execution(execution)
+
+    def save_run_state(self, task: Task, execution: Execution) -> None:
+        """Update a task and one of its executions in one transaction. Raises ``TaskNotFound``
+        (and ``TaskExists``) with nothing changed."""
+        if execution.task_id != task.id:
+            raise ValueError(f"execution {execution.id!r} is not of task {task.id}")
+        with self._lock:
+            self._check_task_update(task)
+            self._check_execution(execution)
+            task, execution = _copy(task), _copy(execution)  # both checked before either lands
+            self._tasks[task.id] = task
+            self._put_execution(execution)
+
+    def get_execution(self, execution_id: str) -> Execution | None:
+        with self._lock:
+            stored = self._executions.get(execution_id)
+            return None if stored is None else _copy(stored.execution)
+
+    def list_executions(self, task_id: int) -> list[Execution]:
+        """A task's executions, newest first: not yet started ones first, then by start time,
+        then by scheduled time (unscheduled first), then the latest stored first."""
+        with self._lock:
+            return self._sorted(
+                [s for s in self._executions.values() if s.execution.task_id == task_id]
+            )
+
+    def executions_since(self, since: datetime) -> list[Execution]:
+        """Every execution that started at or after ``since``, newest first."""
+        start = _utc(since)
+        with self._lock:
+            return self._sorted(
+                [
+                    s
+                    for s in self._executions.values()
+                    if s.execution.start_time is not None and s.execution.start_time >= start
+                ]
+            )
+
+    def all_finished_executions(self) -> list[Execution]:
+        """Every execution whose status is completed, failed or stopped, newest first."""
+        with self._lock:
+            return self._sorted(
+                [s for s in self._executions.values() if s.execution.status.finished]
+            )
+
+    def unfinished_executions(self) -> list[Execution]:
+        """Executions left ``queued`` or ``running``, newest first."""
+        with self._lock:
+            return self._sorted(
+                [s for s in self._executions.values() if s.execution.status in _UNFINISHED]
+            )
+
+    def prune_executions(self, before: datetime) -> list[str]:
+        """Delete finished or skipped executions that ended before ``before``; return their log
+        paths."""
+        end = _utc(before)
+        with self._lock:
+            doomed = [
+                s
+                for s in self._executions.values()
+                if (s.execution.status.finished or s.execution.status is ExecutionStatus.SKIPPED)
+                and s.execution.end_time is not None
+                and s.execution.end_time < end
+            ]
+            for stored in doomed:
+                del self._executions[stored.execution.id]
+            return [s.execution.log_path for s in doomed if s.execution.log_path is not None]
