@@ -586,8 +586,10 @@ def create_app(settings: Settings, **overrides: Any) -> Starlette:
             if close is not None:
                 await call(close)
 
+    from ctm_http import dashboard, openapi
+
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *openapi.routes(), *dashboard.routes()],
         lifespan=lifespan,
         exception_handlers={
             CtmError: ctm_error_handler,
