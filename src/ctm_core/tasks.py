@@ -28,7 +28,7 @@ from ctm_core.models import Execution, ExecutionStatus, Principal, Task, TaskSta
 from ctm_core.ports import Clock, EnvironmentBackend, FileStore, Repository
 from ctm_core.runs import RunCoordinator
 from ctm_core.schedule import first_run_time, validate_schedule
-from ctm_core.validation import validate_environment_name
+from ctm_core.validation import validate_environment_name, validate_requirements
 
 MAX_SCRIPT_BYTES = 1024 * 1024
 MAX_REQUIREMENTS_BYTES = 64 * 1024
@@ -119,6 +119,8 @@ class TaskService:
         requirements = _optional_str(
             "requirements", body.get("requirements"), MAX_REQUIREMENTS_BYTES
         )
+        if requirements is not None:
+            validate_requirements(requirements)
         reuse_env = body.get("reuse_env", False)
         if reuse_env is None:
             reuse_env = False

@@ -5,7 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ctm_core.errors import InvalidCredentialsFormat, InvalidEnvironmentName, InvalidPackageSpec
+from ctm_core.errors import (
+    InvalidCredentialsFormat,
+    InvalidEnvironmentName,
+    InvalidInput,
+    InvalidPackageSpec,
+)
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 ENV_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
@@ -91,3 +96,41 @@ def specs_named(specs: Sequence[str], names: Sequence[str]) -> list[str]:
     """The specs among ``specs`` whose package name is one of ``names`` (normalized)."""
     wanted = {normalize_package_name(n) for n in names}
     return [s for s in specs if normalize_package_name(spec_name(s)) in wanted]
+
+
+_REQ_OP = r"(?:===|==|>=|<=|!=|~=|>|<)"
+_REQ_LINE_RE = re.compile(
+    rf"{_NAME}(?:\[[A-Za-z0-9_.,\-]+\])?"
+    rf"(?:\s*{_REQ_OP}\s*{_VERSION}(?:\s*,\s*{_REQ_OP}\s*{_VERSION})*)?"
+    r"(?:\s*;\s*[A-Za-z0-9_.<>=!~'\" ()]+)?"
+)
+MAX_REQUIREMENT_LINES = 200
+
+
+def validate_requirements(text: str) -> str:
+    """requirements.txt text of plain requirement lines only.
+
+    Each line is a name with optional extras, version constraints and an environment marker.
+    Option lines (``-r``, ``-e``, ``--index-url``), URLs and paths are refused: pip runs as the
+    server's user, so a line must never make it read a file or a server the user chooses.
+    Raises ``InvalidInput`` naming the bad lines.
+    """
+    bad = []
+    lines = [ln.split(" #")[0].strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if len(lines) > MAX_REQUIREMENT_LINES:
+        raise InvalidInput(
+            "requirements", f"At most {MAX_REQUIREMENT_LINES} requirement lines"
+        )
+    for line in lines:
+        if not _REQ_LINE_RE.fullmatch(line):
+            bad.append(line)
+    if bad:
+        shown = ", ".join(repr(b) for b in bad[:10])
+        raise InvalidInput(
+            "requirements",
+            f"Only plain requirement lines are allowed (no options, URLs or paths): {shown}",
+            message="Invalid requirements",
+            invalid_lines=bad,
+        )
+    return text

@@ -65,3 +65,28 @@ def test_no_accepted_spec_starts_with_a_dash_or_holds_space(text: str) -> None:
     assert not text.startswith("-")
     assert not any(c.isspace() for c in text)
     assert all(c.isascii() for c in text)
+
+
+@pytest.mark.parametrize(
+    "text", ["numpy\npandas>=2.0\n", "requests[security]==2.31 ; python_version >= '3.8'\n",
+             "# only a comment\n\nsix  # trailing comment\n", "a>=1,<2\nzope.interface\n"],
+)
+def test_plain_requirements_pass(text: str) -> None:
+    """Names, extras, constraints, markers and comments are plain requirements."""
+    from ctm_core.validation import validate_requirements
+
+    assert validate_requirements(text) == text
+
+
+@pytest.mark.parametrize(
+    "line", ["-r /etc/shadow", "--index-url http://evil/simple", "-e .", "./local/pkg",
+             "https://evil/x.whl", "pkg @ file:///etc/passwd", "/abs/path.whl", "--pre"],
+)
+def test_option_url_and_path_requirements_are_refused(line: str) -> None:
+    """A line that makes pip read a file or a server of the user's choice is refused."""
+    from ctm_core.errors import InvalidInput
+    from ctm_core.validation import validate_requirements
+
+    with pytest.raises(InvalidInput) as info:
+        validate_requirements(f"six\n{line}\n")
+    assert info.value.details["invalid_lines"] == [line]
