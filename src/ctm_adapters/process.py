@@ -1,0 +1,687 @@
+"""``PsutilProcessRunner``: runs scripts as child processes, logs and measures them (Linux).
+
+Per run: the child in a new session (so its own process group), its stdout and stderr merged into
+one pipe; one thread copies the pipe into the capped log (``_logcap``), one thread waits for the
+main process through a pidfd, enforces the timeout, stops what the run left behind, reaps it with
+``os.wait4`` and finishes the log. One monitor thread for the whole runner samples the memory of
+every running execution with one scan of ``/proc`` per tick (``_proctree``).
+
+Signals only ever reach processes of the run: the process group is signalled only while the main
+process is unreaped (a zombie still holds its pid, so the group id cannot have been reused), and
+single processes through a pidfd opened after checking their start time.
+
+See docs/runs.md for the behaviour as a user sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import re
+import secrets
+import select
+import signal
+import subprocess
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+from ctm_adapters._logcap import LogCapper, read_log_tail
+from ctm_adapters._proctree import (
+    PAGE_SIZE,
+    ProcStat,
+    RunTree,
+    TreeScanner,
+    read_environ_value,
+    read_peak_rss,
+    read_stat,
+    scan,
+)
+from ctm_core.ports import RunHandle, RunResult, RunSpec
+
+__all__ = [
+    "RUN_MARKER_VARIABLE",
+    "PsutilProcessRunner",
+    "PsutilRunHandle",
+    "read_log_tail",
+]
+
+log = logging.getLogger(__name__)
+
+RUN_MARKER_VARIABLE = "CTM_RUN_MARKER"
+"""Set in every run's environment to a random value: finds its processes that escaped the tree."""
+
+SERVER_ONLY_VARIABLES = frozenset(
+    {
+        "CONDA_PREFIX",
+        "CONDA_SHLVL",
+        "CONDA_DEFAULT_ENV",
+        "CONDA_PROMPT_MODIFIER",
+        # Settings of the server's own interpreter; wrong for an environment's python.
+        "PYTHONHOME",
+        "PYTHONPATH",
+        "VIRTUAL_ENV",
+    }
+)
+"""Variables of the server's environment that a run never inherits (``env_add`` may set them)."""
+
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_READ_CHUNK = 256 * 1024
+_READS_PER_WAKE = 64  # then look at the wake-up pipe again, however fast the program prints
+_PIPE_SIZE = 1024 * 1024
+_KILL_WAIT_LIMIT = 30.0  # after SIGKILL: how long to wait for processes in uninterruptible sleep
+_DRAIN_TIMEOUT = 2.0  # after every known process is gone: how long to wait for end of output
+
+
+class PsutilRunHandle:
+    """One run started by ``PsutilProcessRunner``; pass it back to ``wait`` and ``stop``."""
+
+    pid: int
+    """The main process; also the id of the run's process group and session."""
+
+    def __init__(
+        self,
+        *,
+        spec: RunSpec,
+        popen: subprocess.Popen[bytes],
+        pidfd: int,
+        token: str,
+        capper: LogCapper,
+        read_fd: int,
+        started: float,
+        pollution_bound: int,
+    ) -> None:
+        self.pid = popen.pid
+        self.spec = spec
+        self.log_path = spec.log_path
+        self.started = started  # time.monotonic() just before the program was started
+        self._popen = popen
+        self._pidfd = pidfd
+        self._token = token
+        self._tree_lock = threading.Lock()
+        self._tree_cache: RunTree | None = None
+        self._capper = capper
+        self._read_fd = read_fd
+        self._wake_r, self._wake_w = os.pipe()
+        # Closed with the handle, never earlier: a late stop() must not poll a reused fd number.
+        weakref.finalize(self, _close_fds, pidfd, self._wake_r, self._wake_w)
+        self._pollution_bound = pollution_bound
+        self._lock = threading.Lock()
+        self._reaped = False
+        self._term_sent = False
+        self._timed_out = False
+        self._notes: list[str] = []
+        self._samples = 0
+        self._sample_sum = 0
+        self._sample_max = 0
+        self._os_peak = 0
+        self._main_exited = threading.Event()
+        self._done = threading.Event()
+        self._result: RunResult | None = None
+        self._error: BaseException | None = None
+        self._reader: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<PsutilRunHandle pid={self.pid} done={self._done.is_set()}>"
+
+    @property
+    def done(self) -> bool:
+        """True once the run has ended, its processes are gone and its log is complete."""
+        return self._done.is_set()
+
+    @property
+    def _tree(self) -> RunTree:
+        """The run's process tree; made on first use (reading the new process's stat can block
+        for milliseconds while its exec completes, so ``start`` leaves it to the wait thread)."""
+        with self._tree_lock:
+            if self._tree_cache is None:
+                main = read_stat(self.pid)  # present: a zombie at worst, it is not reaped yet
+                self._tree_cache = RunTree(
+                    self.pid, main.starttime if main else 0, self._token.encode()
+                )
+                if main is not None and main.alive:
+                    # The first sample, right away: the tree is the main process alone this early.
+                    self._record_sample(main.rss_pages * PAGE_SIZE, read_peak_rss(self.pid))
+            return self._tree_cache
+
+    def _record_sample(self, rss: int, main_peak: int) -> None:
+        with self._lock:
+            self._samples += 1
+            self._sample_sum += rss
+            self._sample_max = max(self._sample_max, rss)
+            self._os_peak = max(self._os_peak, main_peak)
+
+
+class _Monitor:
+    """The one thread that samples the memory of every running execution."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.scanner = TreeScanner(RUN_MARKER_VARIABLE.encode())
+        self.scan_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._runs: list[PsutilRunHandle] = []
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def add(self, run: PsutilRunHandle) -> None:
+        with self._cond:
+            if self._closed:
+                return  # closing down: runs still going are followed, no longer sampled
+            self._runs.append(run)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="ctm-run-monitor", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def remove(self, run: PsutilRunHandle) -> None:
+        with self._cond:
+            if run in self._runs:
+                self._runs.remove(run)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def refresh(self, trees: list[RunTree]) -> None:
+        """Scan ``/proc`` once and update the members of ``trees``."""
+        with self.scan_lock:
+            procs = scan()
+            self.scanner.attribute(trees, procs)
+
+    def _loop(self) -> None:
+        next_tick = time.monotonic()
+        while True:
+            with self._cond:
+                while not self._closed and not self._runs:
+                    self._cond.wait()
+                    next_tick = time.monotonic() + self.interval  # start() took the first sample
+                if self._closed:
+                    return
+                delay = next_tick - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue  # re-check: closed, runs gone, or woken early
+                runs = list(self._runs)
+            next_tick = max(next_tick + self.interval, time.monotonic())
+            try:
+                self._tick(runs)
+            except Exception:  # never let one bad tick end the sampling of every run
+                log.exception("memory sampling failed")
+
+    def _tick(self, runs: list[PsutilRunHandle]) -> None:
+        live = [run for run in runs if not run._main_exited.is_set()]
+        if not live:
+            return
+        self.refresh([run._tree for run in live])
+        for run in live:
+            tree = run._tree
+            if tree.main_alive():
+                run._record_sample(tree.rss_bytes(), read_peak_rss(run.pid))
+
+
+def _wait_pidfd(pidfd: int, timeout: float | None) -> bool:
+    """Wait until the process of ``pidfd`` has exited (True) or ``timeout`` passed (False)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return bool(poller.poll(ms))
+
+
+def _self_peak_rss() -> int:
+    return read_peak_rss(os.getpid())
+
+
+class PsutilProcessRunner:
+    """Runs ``RunSpec``s as child processes: capped merged log, tree memory, stop and timeout.
+
+    ``sample_interval``: seconds between memory samples (one ``/proc`` scan for all runs).
+    ``log_cap_bytes``: the most a log keeps (head half, marker, tail half).
+    ``secret_env_prefixes``: server variables starting with these are never passed to a run.
+    ``run_as_user``: when the server runs as root, runs execute as this user (its own group, no
+    supplementary groups). The data directory must not be readable by that user.
+    ``timeout_grace``: seconds between SIGTERM and SIGKILL when a run's timeout ends it.
+    ``leftover_grace``: the same for processes still alive after the main process exited.
+    ``log_flush_interval``: how often the tail of a log past its cap is rewritten on disk.
+    ``instance_id``: names this server instance (e.g. from its data directory) in every run's
+    marker variable, so that ``kill_stale_runs`` can find the runs of its earlier lives.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_interval: float = 0.5,
+        log_cap_bytes: int = 10 * 1024 * 1024,
+        secret_env_prefixes: Sequence[str] = ("CTM_",),
+        run_as_user: str | None = None,
+        timeout_grace: float = 10.0,
+        leftover_grace: float = 2.0,
+        log_flush_interval: float = 1.0,
+        instance_id: str | None = None,
+    ) -> None:
+        if not hasattr(os, "pidfd_open"):
+            raise RuntimeError("PsutilProcessRunner needs Linux >= 5.3 (pidfd_open)")
+        if sample_interval <= 0:
+            raise ValueError("sample_interval must be positive")
+        LogCapper.check_cap(log_cap_bytes)
+        self._log_cap = log_cap_bytes
+        self._secret_prefixes = tuple(secret_env_prefixes)
+        self._timeout_grace = timeout_grace
+        self._leftover_grace = leftover_grace
+        self._log_flush_interval = log_flush_interval
+        if instance_id is not None and not _INSTANCE_ID.fullmatch(instance_id):
+            raise ValueError("instance_id: 1-64 characters of A-Z a-z 0-9 _ . -")
+        self._instance_id = instance_id
+        self._active_tokens: set[str] = set()
+        self._monitor = _Monitor(sample_interval)
+        self._user: pwd.struct_passwd | None = None
+        if run_as_user is not None:
+            user = pwd.getpwnam(run_as_user)  # KeyError: no such user
+            if user.pw_uid != os.geteuid():
+                if os.geteuid() != 0:
+                    raise ValueError(f"run_as_user={run_as_user!r} needs the server to run as root")
+                self._user = user
+
+    @property
+    def sample_interval(self) -> float:
+        return self._monitor.interval
+
+    def close(self) -> None:
+        """End the monitor thread. Runs still going are not stopped; ``start`` fails after."""
+        self._monitor.close()
+
+    # ---------------------------------------------------------------- environment
+
+    def child_environment(self, spec: RunSpec) -> dict[str, str]:
+        """The environment a run gets (without the run token variable)."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(self._secret_prefixes)
+            and key not in SERVER_ONLY_VARIABLES
+            and not _is_stacked_conda_prefix(key)
+        }
+        env["PYTHONUNBUFFERED"] = "1"
+        if self._user is not None:
+            env["HOME"] = self._user.pw_dir
+            env["USER"] = env["LOGNAME"] = self._user.pw_name
+        env.update(spec.env_add)
+        server_path = os.environ.get("PATH") or os.defpath
+        env["PATH"] = os.pathsep.join([*spec.path_prepend, server_path])
+        return env
+
+    # ---------------------------------------------------------------- start
+
+    def start(self, spec: RunSpec) -> PsutilRunHandle:
+        """Start the run; raises ``OSError`` when the program cannot be started."""
+        if self._monitor.closed:
+            raise RuntimeError("the runner is closed")
+        env = self.child_environment(spec)
+        token = secrets.token_hex(16)
+        if self._instance_id is not None:
+            token = f"{self._instance_id}:{token}"
+        env[RUN_MARKER_VARIABLE] = token
+        log_file = _open_log(spec.log_path)
+        try:
+            read_fd, write_fd = os.pipe()
+        except BaseException:
+            log_file.close()
+            raise
+        with contextlib.suppress(OSError):
+            import fcntl
+
+            fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        user_kwargs: dict[str, Any] = {}
+        if self._user is not None:
+            user_kwargs = {
+                "user": self._user.pw_uid,
+                "group": self._user.pw_gid,
+                "extra_groups": [],
+            }
+        started = time.monotonic()
+        try:
+            popen = subprocess.Popen(
+                list(spec.argv),
+                cwd=spec.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                **user_kwargs,
+            )
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            log_file.close()
+            raise
+        os.close(write_fd)
+        # wait4's ru_maxrss also counts the server's memory the child held before exec (all of
+        # the server's peak with vfork). A figure above this bound is the run's own.
+        pollution_bound = _self_peak_rss()
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except OSError:  # cannot happen for an unreaped child, but never leave it unwatched
+            os.killpg(popen.pid, signal.SIGKILL)
+            os.waitpid(popen.pid, 0)
+            popen.returncode = -signal.SIGKILL
+            os.close(read_fd)
+            log_file.close()
+            raise
+        capper = LogCapper(log_file, self._log_cap, flush_interval=self._log_flush_interval)
+        run = PsutilRunHandle(
+            spec=spec,
+            popen=popen,
+            pidfd=pidfd,
+            token=token,
+            capper=capper,
+            read_fd=read_fd,
+            started=started,
+            pollution_bound=pollution_bound,
+        )
+        run._reader = threading.Thread(
+            target=_copy_output, args=(run,), name=f"ctm-run-output-{run.pid}", daemon=True
+        )
+        follower = threading.Thread(
+            target=self._follow, args=(run,), name=f"ctm-run-wait-{run.pid}", daemon=True
+        )
+        try:
+            self._active_tokens.add(token)
+            run._reader.start()
+            follower.start()
+        except BaseException:  # no thread to follow it: the run must not go on unwatched
+            os.killpg(popen.pid, signal.SIGKILL)
+            os.waitpid(popen.pid, 0)
+            popen.returncode = -signal.SIGKILL
+            if not run._reader.is_alive():
+                os.close(read_fd)
+                capper.close()
+            raise
+        return run
+
+    # ---------------------------------------------------------------- wait / stop
+
+    def wait(self, handle: RunHandle) -> RunResult:
+        """Block until the run has ended and its output is in the log; return its result."""
+        run = _own(handle)
+        run._done.wait()
+        if run._error is not None:
+            raise RuntimeError(f"following run {run.pid} failed") from run._error
+        assert run._result is not None
+        return run._result
+
+    def stop(self, handle: RunHandle, grace_seconds: float) -> None:
+        """SIGTERM, SIGKILL after ``grace_seconds``, every escaped descendant too; returns once
+        no process of the run is alive and its log is complete. Idempotent, safe with ``wait``."""
+        run = _own(handle)
+        if run._done.is_set():
+            return
+        self._terminate(run, grace_seconds)
+        run._done.wait()
+
+    def _follow(self, run: PsutilRunHandle) -> None:
+        """The run's waiting thread: timeout, leftovers, reaping, end of output, result."""
+        try:
+            run._tree  # noqa: B018 - the first sample, then the monitor's
+            self._monitor.add(run)
+            timeout = run.spec.timeout_seconds
+            deadline = None if timeout is None else run.started + timeout
+            while not _wait_pidfd(
+                run._pidfd, None if deadline is None else deadline - time.monotonic()
+            ):
+                deadline = None
+                with run._lock:
+                    stopping = run._term_sent
+                    run._timed_out = not stopping
+                if not stopping:
+                    self._terminate(run, self._timeout_grace)
+            ended = time.monotonic()
+            run._main_exited.set()
+            self._monitor.remove(run)
+            leftovers = self._alive(run)
+            if leftovers:
+                run._notes.append(
+                    f"[ctm: {len(leftovers)} process(es) still running after the main process "
+                    "exited were stopped]"
+                )
+                self._terminate(run, self._leftover_grace)
+            with run._lock:
+                _pid, status, usage = os.wait4(run.pid, 0)
+                run._reaped = True
+            exit_code = os.waitstatus_to_exitcode(status)
+            run._popen.returncode = exit_code  # so that Popen never waits for this pid itself
+            reader = run._reader
+            assert reader is not None
+            reader.join(_DRAIN_TIMEOUT)
+            if reader.is_alive():
+                run._notes.append("[ctm: output still open after the run ended; stopped reading]")
+                os.write(run._wake_w, b"x")
+                reader.join()
+            if run._timed_out:
+                run._notes.append(f"[ctm: run timed out after {timeout:g} s, stopped]")
+            if run._capper.error is not None:
+                log.warning("log %s incomplete: %s", run.log_path, run._capper.error)
+            run._capper.close(run._notes)
+            run._result = _result(run, exit_code, ended - run.started, usage.ru_maxrss * 1024)
+        except BaseException as exc:
+            run._error = exc
+            log.exception("following run %s failed", run.pid)
+        finally:
+            self._monitor.remove(run)
+            self._active_tokens.discard(run._token)
+            run._done.set()
+
+    def kill_stale_runs(self, grace_seconds: float = 5.0) -> int:
+        """Stop the runs an earlier life of this server left running; return how many processes.
+
+        For startup, before unfinished executions are marked failed: a run whose server died
+        has lost its log and its result, but its processes may still run (use memory, write
+        files). Found by the marker variable naming this ``instance_id`` (plus their descendants
+        and sessions); SIGTERM, then SIGKILL after ``grace_seconds``. Runs of this runner's own
+        life and of other instances are never touched. Needs ``instance_id``.
+        """
+        if self._instance_id is None:
+            raise ValueError("kill_stale_runs needs the runner's instance_id")
+        prefix = f"{self._instance_id}:".encode()
+        own = {token.encode() for token in self._active_tokens}
+        variable = RUN_MARKER_VARIABLE.encode()
+        trees: dict[bytes, RunTree] = {}
+        for p in sorted(scan().values(), key=lambda p: p.starttime):
+            if not p.alive or p.pid == os.getpid():
+                continue
+            token = read_environ_value(p.pid, variable)
+            if token is None or not token.startswith(prefix) or token in own:
+                continue
+            tree = trees.get(token)
+            if tree is None:  # the oldest process of that run stands for its main process
+                trees[token] = RunTree(p.pid, p.starttime, token)
+            else:
+                tree.known[p.pid] = p.starttime
+        if not trees:
+            return 0
+
+        def alive() -> list[ProcStat]:
+            self._monitor.refresh(list(trees.values()))
+            return [p for tree in trees.values() for p in tree.members.values()]
+
+        victims = alive()
+        seen = {(p.pid, p.starttime) for p in victims}
+        for p in victims:
+            _signal_process(p.pid, p.starttime, signal.SIGTERM)
+        deadline = time.monotonic() + max(0.0, grace_seconds)
+        kill_deadline = deadline + _KILL_WAIT_LIMIT
+        while victims:
+            if time.monotonic() >= kill_deadline:
+                log.warning("stale run processes survive SIGKILL: %s", [p.pid for p in victims])
+                break
+            time.sleep(0.05)
+            victims = alive()
+            seen.update((p.pid, p.starttime) for p in victims)
+            if time.monotonic() >= deadline:
+                for p in victims:
+                    _signal_process(p.pid, p.starttime, signal.SIGKILL)
+        log.info("stopped %d processes of runs left by an earlier server", len(seen))
+        return len(seen)
+
+    def _alive(self, run: PsutilRunHandle) -> list[ProcStat]:
+        """Every process of the run alive now: a fresh scan."""
+        tree = run._tree
+        self._monitor.refresh([tree])
+        return list(tree.members.values())
+
+    def _terminate(self, run: PsutilRunHandle, grace: float) -> None:
+        """SIGTERM (once per run), wait up to ``grace`` for every process to end, SIGKILL the
+        rest until none is alive."""
+        with run._lock:
+            send_term = not run._term_sent and grace > 0
+            run._term_sent = True
+        deadline = time.monotonic() + max(0.0, grace)
+        if send_term:
+            self._signal(run, signal.SIGTERM, self._alive(run))
+        while grace > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if not _wait_pidfd(run._pidfd, 0):
+                _wait_pidfd(run._pidfd, remaining)
+                continue
+            if not self._alive(run):
+                return
+            time.sleep(min(0.05, remaining))
+        kill_deadline = time.monotonic() + _KILL_WAIT_LIMIT
+        pause = 0.002
+        while True:
+            alive = self._alive(run)
+            if not alive:
+                return
+            self._signal(run, signal.SIGKILL, alive)
+            if time.monotonic() > kill_deadline:
+                log.warning("run %s: processes %s survive SIGKILL", run.pid, [p.pid for p in alive])
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    def _signal(self, run: PsutilRunHandle, sig: int, members: list[ProcStat]) -> None:
+        """``sig`` to the run's process group, then to each member outside it (each once)."""
+        group_signalled = False
+        with run._lock:
+            if not run._reaped:  # the unreaped main holds the group id: it cannot be reused
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(run.pid, sig)
+                    group_signalled = True
+        for p in members:
+            if not (group_signalled and p.pgrp == run.pid):
+                _signal_process(p.pid, p.starttime, sig)
+
+
+def _signal_process(pid: int, starttime: int, sig: int) -> None:
+    """Signal the process ``pid`` only if it is still the one that started at ``starttime``."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        stat = read_stat(pid)
+        if stat is not None and stat.starttime == starttime:
+            signal.pidfd_send_signal(pidfd, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def _copy_output(run: PsutilRunHandle) -> None:
+    """The run's output thread: pipe -> capped log, until end of output or told to give up."""
+    fd = run._read_fd
+    capper = run._capper
+    working = True  # after an unexpected error: keep draining the pipe, so the program never
+    # blocks on a full pipe, but write nothing more
+    os.set_blocking(fd, False)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.register(run._wake_r, select.POLLIN)
+    try:
+        while True:
+            wait = capper.seconds_until_flush() if working else None
+            events = poller.poll(None if wait is None else int(wait * 1000) + 1)
+            give_up = any(efd == run._wake_r for efd, _ in events)
+            for _ in range(_READS_PER_WAKE):
+                try:
+                    data = os.read(fd, _READ_CHUNK)
+                except BlockingIOError:
+                    break
+                if not data:
+                    return
+                if working:
+                    try:
+                        capper.feed(data)
+                    except Exception:
+                        log.exception("copying the output of run %s failed", run.pid)
+                        working = False
+            if working:
+                capper.flush_if_due()
+            if give_up:
+                return
+    finally:
+        os.close(fd)
+
+
+def _result(run: PsutilRunHandle, exit_code: int, duration: float, maxrss: int) -> RunResult:
+    with run._lock:
+        os_peak = run._os_peak
+        if maxrss > run._pollution_bound:
+            os_peak = max(os_peak, maxrss)
+        if run._samples:
+            peak = max(run._sample_max, os_peak)
+            avg = run._sample_sum // run._samples
+        else:
+            peak = avg = os_peak
+    return RunResult(
+        exit_code=exit_code,
+        duration=duration,
+        peak_memory=peak,
+        avg_memory=avg,
+        timed_out=run._timed_out,
+    )
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _own(handle: RunHandle) -> PsutilRunHandle:
+    if not isinstance(handle, PsutilRunHandle):
+        raise TypeError(f"not a handle of this runner: {handle!r}")
+    return handle
+
+
+def _is_stacked_conda_prefix(key: str) -> bool:
+    """``CONDA_PREFIX_1``, ``CONDA_PREFIX_2``...: what nested ``conda activate`` leaves."""
+    return key.startswith("CONDA_PREFIX_") and key[len("CONDA_PREFIX_") :].isdigit()
+
+
+def _open_log(path: str) -> BinaryIO:
+    """Create (or empty) the log, readable by the server's user only."""
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags, 0o600)
+    return open(fd, "r+b")  # noqa: SIM115 - the capper closes it
