@@ -244,6 +244,9 @@ class FakeProcessRunner:
         self.stopped.append(handle.pid)
         self._end(handle, -15)
 
+    def kill_stale_runs(self, grace_seconds: float) -> int:
+        return 0
+
 
 class InMemoryFileStore:
     """Files in a dict: scripts, logs and run folders that exist only for the test."""

@@ -166,6 +166,11 @@ class ProcessRunner(Protocol):
         escaped the group. Returns once no process of the run is alive."""
         ...
 
+    def kill_stale_runs(self, grace_seconds: float) -> int:
+        """At start-up: stop every process left by runs of an earlier life of this server (it
+        died without stopping them); return how many processes were stopped."""
+        ...
+
 
 class Repository(Protocol):
     """All state: users, sessions, login failures, environment owners, tasks, executions.

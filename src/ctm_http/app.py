@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -143,10 +144,13 @@ def _argon2() -> PasswordHasher:
 def _process_runner(settings: Settings) -> ProcessRunner:
     from ctm_adapters.process import PsutilProcessRunner
 
+    # Runs carry this id, so a restarted server finds the processes of its earlier life.
+    instance = hashlib.sha256(os.path.abspath(settings.data_dir).encode()).hexdigest()[:16]
     return PsutilProcessRunner(
         sample_interval=settings.sample_interval,
         log_cap_bytes=settings.log_max_bytes,
         run_as_user=settings.run_as_user,
+        instance_id=f"ctm-{instance}",
     )
 
 
@@ -568,6 +572,9 @@ def create_app(settings: Settings, **overrides: Any) -> Starlette:
                 f"ctm: created user 'admin' with password {generated} (also in {path})",
                 flush=True,
             )
+        stale = await call(svc.runner.kill_stale_runs, min(settings.stop_grace_seconds, 5.0))
+        if stale:
+            log.warning("ctm: stopped %d processes left by runs of a previous server", stale)
         await call(svc.scheduler.recover)
         app.state.services = svc
         log.info(
@@ -582,9 +589,10 @@ def create_app(settings: Settings, **overrides: Any) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_task
             await call(svc.coordinator.stop_all, min(settings.stop_grace_seconds, 5.0))
-            close = getattr(svc.repo, "close", None)
-            if close is not None:
-                await call(close)
+            for part in (svc.runner, svc.repo):
+                close = getattr(part, "close", None)
+                if close is not None:
+                    await call(close)
 
     from ctm_http import dashboard, openapi
 

@@ -154,14 +154,17 @@ def test_stats_and_history_agree_with_what_ran(c: httpx.Client) -> None:
 
 
 def test_kill_9_then_restart_resolves_everything(tmp_path: Path) -> None:
-    """After kill -9: nothing stays running, the pending one-shot runs, cron resumes."""
+    """After kill -9: nothing stays running (its processes too), the pending one-shot runs,
+    cron resumes."""
     srv = Server(tmp_path / "data")
     srv.start()
     try:
         with srv.client() as c:
             srv.login(c)
             assert c.post("/api/conda/environment", json={"name": "k9"}).status_code == 201
-            long = c.post("/api/tasks", json={"script": "import time\ntime.sleep(600)\n",
+            pid_file = tmp_path / "long.pid"
+            script = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+            long = c.post("/api/tasks", json={"script": script + "time.sleep(600)\n",
                                               "conda_env": "k9"}).json()["task"]["task_id"]
             pending = c.post("/api/tasks", json={"script": "print('late')\n", "conda_env": "k9",
                                                  "delay_seconds": 3}).json()["task"]["task_id"]
@@ -170,12 +173,16 @@ def test_kill_9_then_restart_resolves_everything(tmp_path: Path) -> None:
                           ).json()["task"]["task_id"]
             wait_for(lambda: task_status(c, long) == "running", what="long run")
             orphan = c.get(f"/api/tasks/{long}").json()
+            wait_for(pid_file.exists, what="pid file")
+            pid = int(wait_for(pid_file.read_text, what="pid"))
             srv.stop(signal.SIGKILL)
+            assert psutil.pid_exists(pid), "the run outlives a killed server"
             srv.start()
             srv.login(c)
             wait_for(lambda: task_status(c, long) == "failed", what="interrupted run resolved")
             latest = c.get(f"/api/tasks/{long}").json()["latest_execution"]
             assert "server stopped" in latest["logs"]
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
             wait_for(lambda: task_status(c, pending) == "completed", what="pending one-shot")
             n = len(c.get(f"/api/tasks/{cron}").json()["execution_history"])
             wait_for(lambda: len(c.get(f"/api/tasks/{cron}").json()["execution_history"]) > n,
