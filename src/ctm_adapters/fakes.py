@@ -235,12 +235,12 @@ class FakeProcessRunner:
                 )
         handle.done.set()
 
-    def wait(self, handle: FakeHandle) -> RunResult:  # type: ignore[override]
+    def wait(self, handle: FakeHandle) -> RunResult:
         handle.done.wait()
         assert handle.result is not None
         return handle.result
 
-    def stop(self, handle: FakeHandle, grace_seconds: float) -> None:  # type: ignore[override]
+    def stop(self, handle: FakeHandle, grace_seconds: float) -> None:
         self.stopped.append(handle.pid)
         self._end(handle, -15)
 

@@ -12,8 +12,8 @@ import attrs
 from ctm_core.errors import (
     AdminRequired,
     AuthenticationRequired,
-    InvalidInput,
     InvalidCredentials,
+    InvalidInput,
     NotOwner,
     TooManyLoginAttempts,
     UserExists,

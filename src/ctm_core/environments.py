@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 
 import attrs
 
@@ -16,6 +16,7 @@ from ctm_core.ports import EnvironmentBackend, Repository
 from ctm_core.validation import validate_environment_name, validate_specs
 
 PYTHON_VERSION_MAX = 16
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class KeyedLocks:
@@ -130,7 +131,7 @@ class EnvironmentService:
             if task.conda_env in names:
                 task_counts[task.conda_env] = task_counts.get(task.conda_env, 0) + 1
         dated = [e for e in envs if e.created_at is not None]
-        latest = max(dated, key=lambda e: e.created_at or datetime.min) if dated else None
+        latest = max(dated, key=lambda e: e.created_at or _EPOCH) if dated else None
         return EnvironmentStats(
             total_environments=len(envs),
             active_environments=len(task_counts),

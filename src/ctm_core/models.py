@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 import attrs
 
@@ -45,8 +46,8 @@ class ExecutionStatus(enum.StrEnum):
         )
 
 
-def _aware(_instance: object, attribute: attrs.Attribute[object], value: object) -> None:
-    if isinstance(value, datetime) and value.tzinfo is None:
+def _aware(_instance: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
+    if value is not None and value.tzinfo is None:
         raise ValueError(f"{attribute.name} must be an aware datetime")
 
 
@@ -148,10 +149,3 @@ class Execution:
     log_path: str | None = None
     pid: int | None = None
     note: str | None = None
-
-
-@attrs.frozen(kw_only=True)
-class LoginAttempt:
-    username: str
-    client: str
-    at: datetime = attrs.field(validator=_aware)

@@ -201,13 +201,16 @@ class Repository(Protocol):
     def delete_session(self, token_hash: str) -> None: ...
 
     def delete_sessions_before(self, *, idle_before: datetime, created_before: datetime) -> int:
-        """Delete sessions idle since before ``idle_before`` or created before ``created_before``."""
+        """Delete sessions idle since before ``idle_before`` or created before
+        ``created_before``."""
         ...
 
     # login throttling
     def add_login_failure(self, *, username: str, client: str, at: datetime) -> None: ...
 
-    def login_failures_since(self, *, username: str, client: str, since: datetime) -> list[datetime]:
+    def login_failures_since(
+        self, *, username: str, client: str, since: datetime
+    ) -> list[datetime]:
         """Times of failures since ``since`` for this username OR this client address."""
         ...
 

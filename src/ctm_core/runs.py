@@ -229,12 +229,12 @@ class RunCoordinator:
             execution.start_time = start_time
             execution.pid = run.handle.pid
             with self.state_lock:
-                task = self._fresh_task(run.task_id)
-                if task is not None:
-                    task.status = TaskStatus.RUNNING
-                    task.last_run_at = start_time
-                    task.last_execution_id = execution.id
-                    self.repo.save_run_state(task, execution)
+                fresh = self._fresh_task(run.task_id)
+                if fresh is not None:
+                    fresh.status = TaskStatus.RUNNING
+                    fresh.last_run_at = start_time
+                    fresh.last_execution_id = execution.id
+                    self.repo.save_run_state(fresh, execution)
                 else:
                     self.repo.update_execution(execution)
             run.started.set()

@@ -39,7 +39,12 @@ def validate_cron(expression: object) -> str:
 def validate_delay(delay: object) -> float:
     if isinstance(delay, bool) or not isinstance(delay, int | float):
         raise InvalidDelay()
-    value = float(delay)
+    try:
+        value = float(delay)
+    except OverflowError:  # a JSON integer beyond any float
+        raise InvalidInput(
+            "delay_seconds", f"'delay_seconds' must be at most {MAX_DELAY_SECONDS}"
+        ) from None
     if value != value or value < 0:
         raise InvalidDelay()
     if value > MAX_DELAY_SECONDS:

@@ -96,16 +96,14 @@ class Scheduler:
         if self._next_maintenance is None or now >= self._next_maintenance:
             self.maintenance()
             self._next_maintenance = now + MAINTENANCE_EVERY
-        next_due = self._next_maintenance
+        next_due: datetime = self._next_maintenance
         for task in self.repo.list_tasks():
-            if task.next_run_at is None:
-                continue
-            if task.next_run_at <= now:
+            due = task.next_run_at
+            if due is not None and due <= now:
                 self.fire(task.id, now)
-                task = self.repo.get_task(task.id)
-                if task.next_run_at is None:
-                    continue
-            next_due = min(next_due, task.next_run_at)
+                due = self.repo.get_task(task.id).next_run_at
+            if due is not None:
+                next_due = min(next_due, due)
         return next_due
 
     def fire(self, task_id: int, now: datetime) -> None:

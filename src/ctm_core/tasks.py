@@ -6,7 +6,7 @@ import posixpath
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 import attrs
 
@@ -21,7 +21,6 @@ from ctm_core.errors import (
     ScriptNotFound,
     ScriptOutsideRoots,
     TaskExists,
-    TaskNotFound,
     TaskNotRunning,
 )
 from ctm_core.models import Execution, ExecutionStatus, Principal, Task, TaskStatus
@@ -35,6 +34,7 @@ MAX_REQUIREMENTS_BYTES = 64 * 1024
 MAX_TASK_NAME = 128
 MAX_TIMEOUT = 30 * 24 * 3600
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STATE_UNCHANGED = "Environment unchanged: no package was installed or changed"
 STATE_INCONSISTENT = "Environment may be in an inconsistent state, consider restoring from backup"
 
@@ -132,7 +132,9 @@ class TaskService:
             or not isinstance(timeout, int | float)
             or not 0 < timeout <= MAX_TIMEOUT
         ):
-            raise InvalidInput("timeout_seconds", f"'timeout_seconds' must be in (0, {MAX_TIMEOUT}]")
+            raise InvalidInput(
+                "timeout_seconds", f"'timeout_seconds' must be in (0, {MAX_TIMEOUT}]"
+            )
         cron, delay = validate_schedule(body.get("cron_expression"), body.get("delay_seconds"))
 
         script_path: str | None = None
@@ -331,7 +333,7 @@ class TaskService:
         names = {t.id: t.name for t in tasks}
         started = sorted(
             (e for e in finished + self.running_executions() if e.start_time is not None),
-            key=lambda e: e.start_time or datetime.min,
+            key=lambda e: e.start_time or _EPOCH,
             reverse=True,
         )[:5]
         return TaskStats(

@@ -55,7 +55,7 @@ class RequestError(Exception):
 def status_for(exc: e.CtmError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ctm_core.auth import AuthPolicy, Authenticator
+from ctm_core.auth import Authenticator, AuthPolicy
 from ctm_core.environments import EnvironmentService, KeyedLocks
 from ctm_core.errors import CrossSiteRequest, CtmError, InvalidInput, TaskNotFound
 from ctm_core.models import Principal
