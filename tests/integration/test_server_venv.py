@@ -46,7 +46,8 @@ def test_offline_wheel_lifecycle(c: httpx.Client, srv: Server) -> None:
     r = c.request("DELETE", "/api/conda/environment/offline/packages",
                   json={"packages": ["tiny-pkg"]})
     assert r.status_code == 200
-    names = {p["name"].lower().replace("_", "-") for p in c.get("/api/conda/environment/offline").json()["packages"]}
+    packages = c.get("/api/conda/environment/offline").json()["packages"]
+    names = {p["name"].lower().replace("_", "-") for p in packages}
     assert "tiny-pkg" not in names
     r = c.request("DELETE", "/api/conda/environment/offline/packages",
                   json={"packages": ["tiny-pkg"]})
