@@ -97,9 +97,8 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
         absolute_lifetime=timedelta(hours=settings.session_max_hours),
     )
     auth = Authenticator(repo, hasher, clock, policy)
-    environments = EnvironmentService(
-        backend, repo, env_locks, default_python=settings.default_python
-    )
+    # The backends apply settings.default_python themselves (a version, or for venv a path).
+    environments = EnvironmentService(backend, repo, env_locks)
     coordinator = RunCoordinator(
         repo=repo, backend=backend, runner=runner, files=files, clock=clock,
         env_locks=env_locks, state_lock=state_lock,
@@ -157,7 +156,7 @@ def _process_runner(settings: Settings) -> ProcessRunner:
 def _file_store(settings: Settings) -> FileStore:
     from ctm_adapters.files import LocalFileStore
 
-    return LocalFileStore(settings.data_dir)
+    return LocalFileStore(settings.data_dir, run_as_user=settings.run_as_user)
 
 
 def choose_backend(settings: Settings) -> EnvironmentBackend:
@@ -172,9 +171,9 @@ def choose_backend(settings: Settings) -> EnvironmentBackend:
             return CondaEnvironmentBackend(exe, default_python=settings.default_python)
         if settings.backend == "conda":
             raise SystemExit("ctm: --backend conda but no conda, mamba or micromamba was found")
-    return VenvEnvironmentBackend(
-        os.path.join(settings.data_dir, "envs"), default_python=settings.default_python
-    )
+    envs = os.path.join(settings.data_dir, "envs")
+    os.makedirs(envs, mode=0o755, exist_ok=True)
+    return VenvEnvironmentBackend(envs, default_python=settings.default_python)
 
 
 def _write_admin_password(data_dir: str, password: str) -> str:
