@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
 
 import attrs
@@ -32,6 +33,8 @@ class Scheduler:
     tz: tzinfo
     state_lock: threading.RLock
     retention_days: int = 30
+    on_maintenance: Callable[[], object] = lambda: None
+    """Called with the hourly maintenance (the composition root purges expired sessions)."""
     _loop: asyncio.AbstractEventLoop | None = attrs.field(init=False, default=None)
     _wake: asyncio.Event | None = attrs.field(init=False, default=None)
     _next_maintenance: datetime | None = attrs.field(init=False, default=None)
@@ -132,6 +135,7 @@ class Scheduler:
     def maintenance(self) -> None:
         """Prune executions and logs past the retention period."""
         self.repo.delete_login_failures_before(self.clock.now() - timedelta(days=1))
+        self.on_maintenance()
         if self.retention_days > 0:
             before = self.clock.now() - timedelta(days=self.retention_days)
             self.files.delete(self.repo.prune_executions(before))

@@ -107,6 +107,7 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
     scheduler = Scheduler(
         repo=repo, clock=clock, coordinator=coordinator, files=files, tz=tz,
         state_lock=state_lock, retention_days=settings.retention_days,
+        on_maintenance=auth.purge_sessions,
     )
     tasks = TaskService(
         repo=repo, backend=backend, environments=environments, coordinator=coordinator,

@@ -208,3 +208,28 @@ def test_every_run_is_at_a_croniter_time_none_twice_none_missed(
     for tid, delay in delay_ids.items():
         fired = [d for t, d, _ in world.scheduler.fired if t == tid]
         assert fired == [T0 + timedelta(seconds=delay)]
+
+
+def test_retention_prunes_old_runs_and_their_logs() -> None:
+    """Over 40 simulated days of a daily task, the hourly upkeep keeps only the last 30 days."""
+    world = make_world(start=T0, auto_exit_code=0)
+    tid = add_task(world, cron_expression="0 0 * * *")
+    run_until(world, T0 + timedelta(days=40))
+    fired = [d for t, d, _ in world.scheduler.fired if t == tid]
+    kept = world.repo.list_executions(tid)
+    assert len(fired) == 40
+    assert len(kept) == 30
+    assert all(e.end_time and e.end_time >= world.clock.now() - timedelta(days=31) for e in kept)
+    assert len([p for p in world.files.deleted if p.endswith(".log")]) == 10
+
+
+def test_maintenance_purges_expired_sessions() -> None:
+    """The hourly maintenance hook ends sessions past their idle time."""
+    world = make_world(start=T0)
+    world.scheduler.on_maintenance = world.auth.purge_sessions
+    token, _ = world.auth.login("alice", "password-alice", "c")
+    world.clock.advance(3600)
+    world.scheduler.maintenance()
+    from ctm_core.auth import hash_token
+
+    assert world.repo.get_session(hash_token(token)) is None

@@ -314,6 +314,12 @@ async function boot() {
   $('#login-form').addEventListener('submit', onLoginSubmit);
   $('#logout-button').addEventListener('click', logout);
   $('#resume-button').addEventListener('click', markActivity);
+  // The skip link must not change the hash (the hash is the route).
+  $('.skip-link').addEventListener('click', (event) => {
+    event.preventDefault();
+    const target = $('#login-view').hidden ? ($('#view h1') || $('#main')) : $('#login-username');
+    target.focus();
+  });
   for (const type of ['keydown', 'pointerdown', 'wheel', 'touchstart']) {
     document.addEventListener(type, markActivity, { passive: true, capture: true });
   }

@@ -45,6 +45,17 @@ export function nextId(prefix = 'id') {
   return `${prefix}-${uid}`;
 }
 
+// Give every body cell the text of its column header (data-label), so a narrow screen can
+// show each row as a small card (CSS: .table.stack).
+export function stackable(table) {
+  const heads = [...table.querySelectorAll('thead th')].map((th) => th.textContent.trim());
+  for (const row of table.querySelectorAll('tbody tr')) {
+    [...row.children].forEach((cell, i) => { if (heads[i]) cell.dataset.label = heads[i]; });
+  }
+  table.classList.add('stack');
+  return table;
+}
+
 // --- formatting ---------------------------------------------------------------------------
 
 export function dash(value) {

@@ -3,7 +3,7 @@
 // (GET/PUT/DELETE /api/conda/environment/{name}, POST/DELETE .../packages).
 
 import { api } from './api.js';
-import { h, dash, fmtGB, fmtSeconds, splitSpecs, errorBox, successBox, badge } from './dom.js';
+import { h, dash, fmtGB, fmtSeconds, splitSpecs, errorBox, successBox, badge, stackable } from './dom.js';
 import { pieChart, barChart } from './charts.js';
 import {
   field, clearErrors, showFieldError, focusFirstError, showApiError, showResult, busy,
@@ -15,7 +15,7 @@ const LIST_POLL = 15000;
 const envHref = (name) => `#/environments/${encodeURIComponent(name)}`;
 
 function statCard(label, value, sub) {
-  return h('div', { class: 'stat' }, sub ? h('span', { class: 'stat-sub' }, sub) : null,
+  return h('div', { class: sub ? 'stat stat-text' : 'stat' }, sub ? h('span', { class: 'stat-sub' }, sub) : null,
     h('span', { class: 'stat-value' }, value), h('span', { class: 'stat-label' }, label));
 }
 
@@ -150,7 +150,7 @@ function renderEnvTable(list, disk, diskText) {
   if (!list.length) return h('p', { class: 'empty' }, 'No environments yet. Create one below.');
   const sorted = [...list].sort((a, b) => a.name.localeCompare(b.name));
   return h('div', { class: 'table-wrap' },
-    h('table', { class: 'table', id: 'environment-table' },
+    stackable(h('table', { class: 'table', id: 'environment-table' },
       h('caption', { class: 'visually-hidden' }, 'Environments'),
       h('thead', null, h('tr', null, ['Name', 'Python', 'Packages', 'Created', 'Disk']
         .map((x, i) => h('th', { scope: 'col', class: i === 2 || i === 4 ? 'num' : null }, x)))),
@@ -159,7 +159,7 @@ function renderEnvTable(list, disk, diskText) {
         h('td', null, dash(e.python_version)),
         h('td', { class: 'num' }, e.package_count ?? (e.packages ? e.packages.length : '—')),
         h('td', { class: 'nowrap' }, dash(e.created_at)),
-        h('td', { class: 'num', 'data-disk-for': e.name }, disk.has(e.name) ? diskText(disk.get(e.name)) : '…'))))));
+        h('td', { class: 'num', 'data-disk-for': e.name }, disk.has(e.name) ? diskText(disk.get(e.name)) : '…')))))));
 }
 
 // --- detail --------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ export async function busy(form, label, work) {
   form.setAttribute('aria-busy', 'true');
   form.classList.add('is-busy');
   for (const b of buttons) b.disabled = true;
-  if (submit) submit.textContent = `${label}…`;
+  if (submit) submit.textContent = `${label.split(' ')[0]}…`;
   if (status) {
     status.textContent = `${label}…`;
     status.hidden = false;

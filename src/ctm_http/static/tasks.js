@@ -2,7 +2,7 @@
 // (POST /api/tasks), and the detail (GET /api/tasks/{id}, POST .../stop, DELETE).
 
 import { api } from './api.js';
-import { h, badge, dash, fmtSeconds, fmtMB, errorBox } from './dom.js';
+import { h, badge, dash, fmtSeconds, fmtMB, errorBox, stackable } from './dom.js';
 import { lineChart, stackedColumns, GREEN, RED, PALETTE } from './charts.js';
 import {
   field, fieldset, radio, checkbox, clearErrors, showFieldError, focusFirstError,
@@ -11,6 +11,8 @@ import {
 import { patch, setLog } from './live.js';
 
 const FAST = 1500; // while something runs
+const HISTORY_PAGE = 20; // runs shown at first in the history table
+const CHART_POINTS = 200; // runs drawn at most in the performance charts
 const SOON = 2000; // while a one-shot run is waiting to start
 const SLOW = 5000; // otherwise (cron runs can start at any time)
 
@@ -89,7 +91,7 @@ function renderTaskTable(list) {
   }
   const sorted = [...list].sort((a, b) => b.task_id - a.task_id);
   return h('div', { class: 'table-wrap' },
-    h('table', { class: 'table', id: 'task-table' },
+    stackable(h('table', { class: 'table', id: 'task-table' },
       h('caption', { class: 'visually-hidden' }, 'Tasks, newest first'),
       h('thead', null, h('tr', null,
         ['Name', 'Status', 'Environment', 'Schedule', 'Next run', 'Last run', 'Last duration']
@@ -101,7 +103,7 @@ function renderTaskTable(list) {
         h('td', null, scheduleText(t)),
         h('td', { class: 'nowrap' }, dash(t.next_run_time_formatted)),
         h('td', { class: 'nowrap' }, dash(t.last_run_time_formatted)),
-        h('td', { class: 'num' }, fmtSeconds(t.last_run_duration_formatted)))))));
+        h('td', { class: 'num' }, fmtSeconds(t.last_run_duration_formatted))))))));
 }
 
 function renderStatCards(s) {
@@ -319,6 +321,7 @@ export async function detailView(view, ctx, id) {
   let current = null;
   let stopping = false;
   let poller = null;
+  let historyLimit = HISTORY_PAGE;
 
   function render(d) {
     const t = d.task;
@@ -337,16 +340,17 @@ export async function detailView(view, ctx, id) {
     const latest = d.latest_execution;
     patch(latestFacts, latest ? { ...latest, logs: undefined } : null, renderLatest);
     setLog(log, latest ? (latest.logs || (latest.status === 'running' ? '(no output yet)' : '(no output)')) : '(not run yet)');
-    const pm = d.performance_metrics;
+    const pm = lastRuns(d.performance_metrics, CHART_POINTS);
+    const ofN = pm.total > pm.timestamps.length ? ` (last ${pm.timestamps.length} of ${pm.total})` : '';
     patch(durationChart, pm, (m) => lineChart({
-      title: 'Duration per run',
+      title: `Duration per run${ofN}`,
       labels: m.timestamps,
       series: [{ name: 'Duration (s)', values: m.durations, color: PALETTE[0] }],
       format: (v) => (v === null || v === undefined ? '—' : `${Number(v).toFixed(v < 10 ? 2 : 1)} s`),
       short: shortTime,
     }));
     patch(memoryChart, pm, (m) => lineChart({
-      title: 'Memory per run',
+      title: `Memory per run${ofN}`,
       labels: m.timestamps,
       series: [
         { name: 'Peak memory (MB)', values: m.peak_memories, color: PALETTE[3] },
@@ -355,7 +359,7 @@ export async function detailView(view, ctx, id) {
       format: (v) => (v === null || v === undefined ? '—' : `${Number(v).toFixed(1)} MB`),
       short: shortTime,
     }));
-    patch(history, d.execution_history, renderHistory);
+    patch(history, { list: d.execution_history, limit: historyLimit }, ({ list, limit }) => renderHistory(list, limit));
   }
 
   async function refresh() {
@@ -378,6 +382,15 @@ export async function detailView(view, ctx, id) {
     if (isPendingOneShot(t)) return 1000; // it is about to start: catch it running
     return SLOW;
   }
+
+  history.addEventListener('click', (event) => {
+    if (!event.target.closest('[data-more-runs]')) return;
+    historyLimit += HISTORY_PAGE * 5;
+    if (current) render(current);
+    const rows = history.querySelectorAll('tbody tr');
+    const next = rows[historyLimit - HISTORY_PAGE * 5];
+    if (next) { next.setAttribute('tabindex', '-1'); next.focus(); }
+  });
 
   stopButton.addEventListener('click', async () => {
     stopping = true;
@@ -451,10 +464,28 @@ function renderLatest(ex) {
     ex.note ? row('Note', ex.note) : null);
 }
 
-function renderHistory(list) {
-  if (!list || !list.length) return h('p', { class: 'empty' }, 'No runs yet.');
-  return h('div', { class: 'table-wrap' },
-    h('table', { class: 'table' },
+// The last `max` finished runs of performance_metrics (it is oldest first).
+function lastRuns(pm, max) {
+  const total = pm.timestamps.length;
+  const from = Math.max(0, total - max);
+  return {
+    total,
+    timestamps: pm.timestamps.slice(from),
+    durations: pm.durations.slice(from),
+    peak_memories: pm.peak_memories.slice(from),
+    avg_memories: pm.avg_memories.slice(from),
+  };
+}
+
+function renderHistory(all, limit) {
+  if (!all || !all.length) return h('p', { class: 'empty' }, 'No runs yet.');
+  const list = all.slice(0, limit);
+  const more = all.length > list.length
+    ? h('p', { class: 'more' }, `Showing the latest ${list.length} of ${all.length} runs. `,
+      h('button', { type: 'button', class: 'button small secondary', 'data-more-runs': '1', 'data-focus-key': 'more-runs' }, 'Show more runs'))
+    : null;
+  return [h('div', { class: 'table-wrap' },
+    stackable(h('table', { class: 'table' },
       h('caption', { class: 'visually-hidden' }, 'Runs of this task, newest first'),
       h('thead', null, h('tr', null, ['Started', 'Status', 'Ended', 'Duration', 'Peak memory', 'Avg memory', 'Exit code', 'Note']
         .map((x) => h('th', { scope: 'col' }, x)))),
@@ -466,5 +497,5 @@ function renderHistory(list) {
         h('td', { class: 'num' }, fmtMB(ex.peak_memory)),
         h('td', { class: 'num' }, fmtMB(ex.avg_memory)),
         h('td', { class: 'num' }, dash(ex.exit_code)),
-        h('td', null, dash(ex.note)))))));
+        h('td', null, dash(ex.note)))))))), more];
 }
