@@ -78,6 +78,7 @@ class _Run:
     execution_id: str
     handle: RunHandle | None = None
     stop_requested: bool = False
+    shutting_down: bool = False
     started: threading.Event = attrs.field(factory=threading.Event)
     done: threading.Event = attrs.field(factory=threading.Event)
 
@@ -150,6 +151,7 @@ class RunCoordinator:
         with self._guard:
             runs = list(self._runs.values())
         for run in runs:
+            run.shutting_down = True
             self._slots.cancel(run)
             if run.handle is not None:
                 self.runner.stop(run.handle, grace)
@@ -241,7 +243,9 @@ class RunCoordinator:
         if run.stop_requested:
             self.runner.stop(run.handle, self.stop_grace)
         result = self.runner.wait(run.handle)
-        if run.stop_requested:
+        if run.shutting_down:
+            status, note = ExecutionStatus.FAILED, "ended because the server shut down"
+        elif run.stop_requested:
             status, note = ExecutionStatus.STOPPED, "stopped by a user"
         elif result.timed_out:
             status, note = ExecutionStatus.FAILED, "timed out"
@@ -280,6 +284,8 @@ class RunCoordinator:
             execution.duration = 0.0
         if note and execution.log_path and result is None:
             self.files.append_log(execution.log_path, f"[ctm: run not started: {note}]")
+        elif run.shutting_down and execution.log_path:
+            self.files.append_log(execution.log_path, f"[ctm: run {note}]")
         with self.state_lock:
             task = self._fresh_task(run.task_id)
             if task is None:

@@ -233,3 +233,16 @@ def test_maintenance_purges_expired_sessions() -> None:
     from ctm_core.auth import hash_token
 
     assert world.repo.get_session(hash_token(token)) is None
+
+
+def test_shutdown_ends_runs_as_failed_with_a_reason() -> None:
+    """A graceful shutdown stops runs and records why, never leaving them running."""
+    world = make_world(start=T0)
+    tid = add_task(world)
+    world.scheduler.tick()
+    world.runner.wait_started(1)
+    world.coordinator.stop_all(0.1)
+    [ex] = world.repo.list_executions(tid)
+    assert ex.status is ExecutionStatus.FAILED
+    assert ex.note == "ended because the server shut down"
+    assert "server shut down" in world.files.files[ex.log_path or ""]
