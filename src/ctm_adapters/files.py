@@ -6,6 +6,8 @@ import contextlib
 import os
 import shutil
 
+from ctm_adapters._logcap import read_log_tail
+
 
 class LocalFileStore:
     """``scripts/`` (stored scripts, readable by runs), ``runs/<execution>`` (working folders,
@@ -59,17 +61,9 @@ class LocalFileStore:
 
     def read_log(self, path: str, max_bytes: int) -> str:
         try:
-            with open(path, "rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                start = max(0, size - max_bytes)
-                f.seek(start)
-                data = f.read(max_bytes)
+            return read_log_tail(path, max_bytes)
         except OSError:
             return ""
-        text = data.decode("utf-8", errors="replace")
-        if start > 0:
-            text = f"[ctm: first {start} bytes of the log not shown]\n" + text
-        return text
 
     def append_log(self, path: str, line: str) -> None:
         with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as f:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -182,42 +182,37 @@ class EnvironmentService:
             return self.repo.rename_environment(name, target)
 
     def install(self, actor: Principal, name: str, packages: object) -> list[str]:
+        """Install specs; return them. Raises ``InvalidPackageSpec``, ``EnvironmentNotFound``,
+        ``NotOwner``, ``EnvironmentInUse`` and ``PackageOperationFailed``."""
         specs = validate_specs("packages", packages)
-        validate_environment_name(name)
-        with self.locks.hold(name):
-            self._require_existing(name)
-            require_owner(
-                actor,
-                self.repo.get_environment_owner(name),
-                "modify packages in this environment",
-            )
-            running = _running(self.repo.tasks_using_environment(name))
-            if running:
-                raise EnvironmentInUse(
-                    "Cannot modify packages in environment that is referenced by running tasks",
-                    [t.script_path for t in running],
-                )
-            self.backend.install(name, specs)
+        self._change_packages(
+            actor, name, "modify packages in this environment",
+            "Cannot modify packages in environment that is referenced by running tasks",
+            lambda: self.backend.install(name, specs),
+        )
         return specs
 
     def remove(self, actor: Principal, name: str, packages: object) -> list[str]:
+        """Remove packages by name; return them. Raises as ``install`` does."""
         names = validate_specs("packages", packages, names_only=True)
+        self._change_packages(
+            actor, name, "remove packages from this environment",
+            "Cannot remove packages from environment that is referenced by running tasks",
+            lambda: self.backend.remove(name, names),
+        )
+        return names
+
+    def _change_packages(
+        self, actor: Principal, name: str, action: str, in_use: str, change: Callable[[], None]
+    ) -> None:
         validate_environment_name(name)
         with self.locks.hold(name):
             self._require_existing(name)
-            require_owner(
-                actor,
-                self.repo.get_environment_owner(name),
-                "remove packages from this environment",
-            )
+            require_owner(actor, self.repo.get_environment_owner(name), action)
             running = _running(self.repo.tasks_using_environment(name))
             if running:
-                raise EnvironmentInUse(
-                    "Cannot remove packages from environment that is referenced by running tasks",
-                    [t.script_path for t in running],
-                )
-            self.backend.remove(name, names)
-        return names
+                raise EnvironmentInUse(in_use, [t.script_path for t in running])
+            change()
 
     def delete(self, actor: Principal, name: str) -> None:
         validate_environment_name(name)
