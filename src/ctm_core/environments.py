@@ -11,7 +11,7 @@ import attrs
 
 from ctm_core.auth import require_owner
 from ctm_core.errors import EnvironmentExists, EnvironmentInUse, EnvironmentNotFound, InvalidInput
-from ctm_core.models import Environment, ExecutionStatus, Principal, Task, TaskStatus
+from ctm_core.models import DiskUsage, Environment, ExecutionStatus, Principal, Task, TaskStatus
 from ctm_core.ports import EnvironmentBackend, Repository
 from ctm_core.validation import validate_environment_name, validate_specs
 
@@ -98,6 +98,9 @@ class EnvironmentService:
 
     def list_environments(self) -> list[Environment]:
         return self.backend.list_environments()
+
+    def disk_usage(self) -> DiskUsage:
+        return self.backend.disk_usage()
 
     def get_environment(self, name: str) -> Environment:
         validate_environment_name(name)

@@ -67,14 +67,14 @@ class InvalidCronExpression(CtmError, ValueError):
     message = "The provided cron expression is invalid"
 
     def __init__(self, detail: str):
-        super().__init__(error=f"Invalid cron expression: {detail}")
+        super().__init__(error=f"Invalid cron expression: {detail}", field="cron_expression")
 
 
 class InvalidDelay(CtmError, ValueError):
     message = "Please provide a non-negative delay value"
 
     def __init__(self) -> None:
-        super().__init__(error="Delay seconds must be non-negative")
+        super().__init__(error="Delay seconds must be non-negative", field="delay_seconds")
 
 
 # --- authentication and permission -------------------------------------------------------------
@@ -139,7 +139,7 @@ class UserExists(CtmError, ValueError):
     message = "User already exists"
 
     def __init__(self, username: str):
-        super().__init__(error=f"User '{username}' already exists")
+        super().__init__(error=f"User '{username}' already exists", field="username")
 
 
 # --- environments ------------------------------------------------------------------------------
@@ -209,21 +209,21 @@ class TaskExists(CtmError, ValueError):
     message = "Task with this name already exists"
 
     def __init__(self, name: str):
-        super().__init__(error=f"Task with name '{name}' already exists")
+        super().__init__(error=f"Task with name '{name}' already exists", field="task_name")
 
 
 class ReuseMissingEnvironment(CtmError, ValueError):
     message = "Cannot reuse non-existing environment"
 
     def __init__(self, name: str):
-        super().__init__(error=f"Environment '{name}' not found")
+        super().__init__(error=f"Environment '{name}' not found", field="conda_env")
 
 
 class ScriptNotFound(CtmError, ValueError):
     message = "Script file not found"
 
     def __init__(self, path: str):
-        super().__init__(error=f"No such file: '{path}'")
+        super().__init__(error=f"No such file: '{path}'", field="script")
 
 
 class RequirementsFailed(CtmError, ValueError):
@@ -244,6 +244,7 @@ class RequirementsFailed(CtmError, ValueError):
         details: dict[str, Any] = {
             "failed_packages": failed_packages,
             "error_details": error_details,
+            "field": "requirements",
         }
         if environment_state is not None:
             details["environment_state"] = environment_state

@@ -22,13 +22,14 @@ def gb(n: int) -> float:
     return round(n / GB, 2)
 
 
-def environment_summary(env: Environment, tz: tzinfo) -> dict[str, Any]:
+def environment_summary(env: Environment, disk_bytes: int | None, tz: tzinfo) -> dict[str, Any]:
     return {
         "name": env.name,
         "python_version": env.python_version,
         "packages": [p.name for p in env.packages],
         "package_count": len(env.packages),
         "created_at": fmt_time(env.created_at, tz),
+        "disk_usage": gb(disk_bytes) if disk_bytes is not None else None,
     }
 
 
@@ -113,7 +114,7 @@ def execution_body(ex: Execution, tz: tzinfo) -> dict[str, Any]:
     }
 
 
-def task_detail(detail: TaskDetail, tz: tzinfo) -> dict[str, Any]:
+def task_detail(detail: TaskDetail, tz: tzinfo, limit: int | None = None) -> dict[str, Any]:
     task = task_body(detail.task, tz)
     task["last_execution_id"] = detail.task.last_execution_id
     task["executions"] = [e.id for e in detail.executions]
@@ -125,7 +126,7 @@ def task_detail(detail: TaskDetail, tz: tzinfo) -> dict[str, Any]:
     return {
         "success": True,
         "task": task,
-        "execution_history": [execution_body(e, tz) for e in detail.executions],
+        "execution_history": [execution_body(e, tz) for e in detail.executions[:limit]],
         "performance_metrics": {
             "durations": [e.duration for e in finished],
             "timestamps": [fmt_time(e.start_time, tz) for e in finished],

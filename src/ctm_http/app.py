@@ -348,8 +348,13 @@ async def whoami(request: Request, actor: Principal) -> Response:
 @authenticated
 async def list_environments(request: Request, actor: Principal) -> Response:
     svc = services(request)
-    envs = await call(svc.environments.list_environments)
-    return ok([ser.environment_summary(e, svc.tz) for e in envs])
+
+    def load() -> list[dict[str, Any]]:
+        envs = svc.environments.list_environments()
+        disk = svc.environments.disk_usage().per_environment
+        return [ser.environment_summary(e, disk.get(e.name), svc.tz) for e in envs]
+
+    return ok(await call(load))
 
 
 @authenticated
@@ -490,8 +495,14 @@ async def list_tasks(request: Request, actor: Principal) -> Response:
 @authenticated
 async def get_task(request: Request, actor: Principal) -> Response:
     svc = services(request)
+    limit = None
+    raw = request.query_params.get("history_limit")
+    if raw is not None:
+        if not raw.isdigit() or not 0 < int(raw) <= 100_000:
+            raise InvalidInput("history_limit", "'history_limit' must be a whole number >= 1")
+        limit = int(raw)
     detail = await call(svc.tasks.detail, _task_id(request))
-    return ok(ser.task_detail(detail, svc.tz))
+    return ok(ser.task_detail(detail, svc.tz, limit))
 
 
 @authenticated

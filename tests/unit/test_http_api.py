@@ -293,8 +293,9 @@ def test_task_create_error_bodies(client: TestClient) -> None:
     r = client.post("/api/tasks", json={**base, "task_name": "t1", "cron_expression": "0 0 * * *"})
     assert r.status_code == 201
     r = client.post("/api/tasks", json={**base, "task_name": "t1"})
-    assert r.json() == {"success": False, "message": "Task with this name already exists",
-                        "error": "Task with name 't1' already exists"}
+    assert r.json().items() >= {"success": False, "message": "Task with this name already exists",
+                                "error": "Task with name 't1' already exists"}.items()
+    assert r.json()["field"] == "task_name"
     r = client.post("/api/tasks", json={**base, "conda_env": "n2", "requirements": "nope-pkg"})
     assert r.json()["message"] == "Failed to install requirements in new environment"
     assert r.json()["failed_packages"] == ["nope-pkg"]
@@ -346,3 +347,26 @@ def test_task_lifecycle_bodies(client: TestClient, parts: dict[str, Any]) -> Non
     assert client.get("/api/tasks/abc").status_code == 404
     assert client.delete(f"/api/tasks/{tid}").status_code == 204
     assert client.get(f"/api/tasks/{tid}").status_code == 404
+
+
+def test_history_limit_caps_the_execution_history(
+    client: TestClient, parts: dict[str, Any]
+) -> None:
+    """?history_limit=N returns only the N newest executions; a bad value is a 400."""
+    login(client)
+    r = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env",
+                                        "cron_expression": "* * * * * *"})
+    tid = r.json()["task"]["task_id"]
+    for n in range(1, 4):
+        parts["clock"].advance(1)
+        parts["runner"].wait_started(n)
+    full = client.get(f"/api/tasks/{tid}").json()["execution_history"]
+    for _ in range(100):
+        if len(full) >= 3:
+            break
+        full = client.get(f"/api/tasks/{tid}").json()["execution_history"]
+    assert len(full) == 3
+    assert client.get(f"/api/tasks/{tid}?history_limit=0").status_code == 400
+    assert client.get(f"/api/tasks/{tid}?history_limit=x").status_code == 400
+    body = client.get(f"/api/tasks/{tid}?history_limit=1").json()
+    assert [e["execution_id"] for e in body["execution_history"]] == [full[0]["execution_id"]]

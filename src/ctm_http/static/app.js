@@ -118,9 +118,14 @@ function every(gen, fn, firstDelay) {
 // --- routing ---------------------------------------------------------------------------------
 
 function parseRoute() {
-  const hash = decodeURIComponent(location.hash.replace(/^#\/?/, ''));
-  const parts = hash.split('/').filter(Boolean);
-  return parts;
+  const raw = location.hash.replace(/^#\/?/, '');
+  return raw.split('/').filter(Boolean).map((part) => {
+    try {
+      return decodeURIComponent(part);
+    } catch (err) {
+      return part; // a malformed %-escape: show "not found" rather than break
+    }
+  });
 }
 
 function setNav(section) {
@@ -190,14 +195,13 @@ async function route() {
     if (err instanceof ApiError && err.status === 401) return;
     if (gen === state.gen) showPageAlert(err, 'Could not load this page');
   }
-  if (gen === state.gen && !state.keepFocus) {
+  if (gen === state.gen) {
     const heading = view.querySelector('h1');
     if (heading) {
       heading.setAttribute('tabindex', '-1');
       heading.focus({ preventScroll: true });
     }
   }
-  state.keepFocus = false;
 }
 
 // --- users (admins) --------------------------------------------------------------------------

@@ -16,7 +16,10 @@ const CHART_POINTS = 200; // runs drawn at most in the performance charts
 const SOON = 2000; // while a one-shot run is waiting to start
 const SLOW = 5000; // otherwise (cron runs can start at any time)
 
-const isPendingOneShot = (t) => t.status === 'scheduled' && !t.cron_expression && t.next_run_time;
+// A one-shot task that has not started yet and starts soon (now, or after a short delay).
+// (Its next_run_time may already be cleared while the scheduler starts it.)
+const isPendingOneShot = (t) => t.status === 'scheduled' && !t.cron_expression
+  && !(Number(t.delay_seconds) > 60);
 
 function pollDelay(taskList) {
   if (taskList.some((t) => t.status === 'running')) return FAST;
@@ -187,7 +190,7 @@ export async function newView(view, ctx) {
       codeField, pathField] }),
     field({ name: 'conda_env', label: 'Environment', control: envInput,
       hint: envNames.length
-        ? `Existing: ${envNames.join(', ')}. A new name creates the environment (unless “reuse” is ticked).`
+        ? `Existing: ${envNames.slice(0, 8).join(', ')}${envNames.length > 8 ? `, … (${envNames.length} in all)` : ''}. A new name creates the environment (unless “reuse” is ticked).`
         : 'No environment exists yet: a new one with this name is created.' }),
     h('datalist', { id: listId }, envNames.map((n) => h('option', { value: n }))),
     h('div', { class: 'field', 'data-field': 'reuse_env' },
