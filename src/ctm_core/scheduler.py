@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, tzinfo
 
 import attrs
 
+from ctm_core.errors import TaskNotFound
 from ctm_core.models import Execution, ExecutionStatus, TaskStatus
 from ctm_core.ports import Clock, FileStore, Repository
 from ctm_core.runs import RunCoordinator
@@ -21,6 +22,7 @@ from ctm_core.schedule import following_run_time
 from ctm_core.tasks import new_execution_id
 
 MAINTENANCE_EVERY = timedelta(hours=1)
+RETRY_AFTER = timedelta(seconds=1)
 INTERRUPTED_NOTE = "the server stopped while this run was going on; its end was not observed"
 
 
@@ -35,6 +37,8 @@ class Scheduler:
     retention_days: int = 30
     on_maintenance: Callable[[], object] = lambda: None
     """Called with the hourly maintenance (the composition root purges expired sessions)."""
+    on_error: Callable[[BaseException], object] = lambda exc: None
+    """Told of an unexpected error in a tick; the loop goes on after ``RETRY_AFTER``."""
     _loop: asyncio.AbstractEventLoop | None = attrs.field(init=False, default=None)
     _wake: asyncio.Event | None = attrs.field(init=False, default=None)
     _next_maintenance: datetime | None = attrs.field(init=False, default=None)
@@ -84,7 +88,11 @@ class Scheduler:
         self._wake = asyncio.Event()
         while True:
             self._wake.clear()
-            next_due = await asyncio.to_thread(self.tick)
+            try:
+                next_due = await asyncio.to_thread(self.tick)
+            except Exception as exc:  # one bad tick must never end scheduling for good
+                self.on_error(exc)
+                next_due = self.clock.now() + RETRY_AFTER
             sleeper = asyncio.ensure_future(self.clock.sleep_until(next_due))
             waker = asyncio.ensure_future(self._wake.wait())
             try:
@@ -103,8 +111,11 @@ class Scheduler:
         for task in self.repo.list_tasks():
             due = task.next_run_at
             if due is not None and due <= now:
-                self.fire(task.id, now)
-                due = self.repo.get_task(task.id).next_run_at
+                try:
+                    self.fire(task.id, now)
+                    due = self.repo.get_task(task.id).next_run_at
+                except TaskNotFound:  # deleted since the listing
+                    continue
             if due is not None:
                 next_due = min(next_due, due)
         return next_due

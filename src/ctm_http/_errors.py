@@ -8,6 +8,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from ctm_core import errors as e
 
@@ -83,11 +84,24 @@ async def request_error_handler(request: Request, exc: Exception) -> Response:
     return JSONResponse(exc.body, status_code=exc.status)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method any route serves at this path (routes here are one per method)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return ", ".join(sorted(methods))
+
+
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {404: "Not found", 405: "Method not allowed"}
     body = {"success": False, "message": messages.get(exc.status_code, str(exc.detail))}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 async def internal_error_handler(request: Request, exc: Exception) -> Response:

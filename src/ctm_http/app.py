@@ -108,6 +108,7 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
         repo=repo, clock=clock, coordinator=coordinator, files=files, tz=tz,
         state_lock=state_lock, retention_days=settings.retention_days,
         on_maintenance=auth.purge_sessions,
+        on_error=lambda exc: log.error("scheduler tick failed", exc_info=exc),
     )
     tasks = TaskService(
         repo=repo, backend=backend, environments=environments, coordinator=coordinator,
@@ -452,10 +453,11 @@ async def remove_packages(request: Request, actor: Principal) -> Response:
 
 
 def _task_id(request: Request) -> int:
-    raw = request.path_params["task_id"]
-    if not raw.isdigit() or len(raw) > 18:
-        raise TaskNotFound(raw)
-    return int(raw)
+    """Task ids are digits only (so /api/tasks/stats is never an id); huge ones exist nowhere."""
+    value: int = request.path_params["task_id"]
+    if value >= 2**63:
+        raise TaskNotFound(value)
+    return value
 
 
 @authenticated
@@ -562,9 +564,9 @@ ROUTES = [
     Route("/api/tasks", list_tasks, methods=["GET"]),
     Route("/api/tasks/stats", task_stats, methods=["GET"]),
     Route("/api/tasks/history", task_history, methods=["GET"]),
-    Route("/api/tasks/{task_id}", get_task, methods=["GET"]),
-    Route("/api/tasks/{task_id}", delete_task, methods=["DELETE"]),
-    Route("/api/tasks/{task_id}/stop", stop_task, methods=["POST"]),
+    Route("/api/tasks/{task_id:int}", get_task, methods=["GET"]),
+    Route("/api/tasks/{task_id:int}", delete_task, methods=["DELETE"]),
+    Route("/api/tasks/{task_id:int}/stop", stop_task, methods=["POST"]),
 ]
 
 

@@ -1,14 +1,17 @@
 """The API description: ``GET /openapi.json`` (OpenAPI 3.1) and ``GET /docs`` (plain HTML).
 
 The description is Python data kept next to the routes: one ``_Op`` per route of ``app.ROUTES``
-names its bodies and the domain errors it can raise. Error responses are derived from those
-classes through the one error table (``_errors.STATUS``), so a change of a status there changes
-the description too; ``tests/unit/test_openapi.py`` checks that no route, method or reachable
-status is missing.
+(and the dashboard's ``/``) names its bodies and the domain errors it can raise. Error
+responses are derived from those classes through the one error table (``_errors.STATUS``), so a
+change of a status there changes the description too; patterns come from the validators'
+regexes. ``tests/unit/test_openapi.py`` checks that no route, method or reachable status is
+missing (with a call graph of each handler) and that docs/api.md is generated from it:
+``python -m ctm_http.openapi markdown > docs/api.md``.
 
 Both routes answer without a session, on purpose: the description is the public contract of
 the API (the same text as docs/api.md), it holds no data, and tools (schemathesis, client
-generators) can read it without logging in. Every route it describes still needs its session.
+generators, a liveness probe) can read it without logging in. Every route it describes still
+needs its session.
 """
 
 from __future__ import annotations
@@ -157,7 +160,7 @@ COMPONENT_SCHEMAS: dict[str, Schema] = {
     "EnvironmentSummary": _obj(
         {"name": STR, "python_version": _null(STR), "packages": STR_LIST,
          "created_at": _null(TIME)},
-        {"package_count": INT},
+        {"package_count": INT, "disk_usage": _null({**NUM, "description": "GB"})},
     ),
     "EnvironmentDetail": _obj({
         "name": STR,
@@ -276,6 +279,11 @@ def _starts(prefix: str) -> Schema:
 
 _FAILURE_DETAILS = {"failed_packages": STR_LIST, "error_details": STR_LIST}
 
+
+def _field(name: str) -> dict[str, Schema]:
+    """The optional ``field`` key naming the request field an error is about."""
+    return {"field": {**_const(name), "description": "The request field at fault"}}
+
 # One schema per domain error class (the body ``_errors.error_body`` renders).
 DOMAIN_ERRORS: dict[type[e.CtmError], tuple[str, Schema]] = {
     e.InvalidInput: ("InvalidInput", _error(
@@ -292,9 +300,11 @@ DOMAIN_ERRORS: dict[type[e.CtmError], tuple[str, Schema]] = {
     e.ScheduleConflict: ("ScheduleConflict", _error(
         e.ScheduleConflict.message, "Cannot specify both cron_expression and delay_seconds")),
     e.InvalidCronExpression: ("InvalidCronExpression", _error(
-        e.InvalidCronExpression.message, _starts("Invalid cron expression: "))),
+        e.InvalidCronExpression.message, _starts("Invalid cron expression: "),
+        optional=_field("cron_expression"))),
     e.InvalidDelay: ("InvalidDelay", _error(
-        e.InvalidDelay.message, "Delay seconds must be non-negative")),
+        e.InvalidDelay.message, "Delay seconds must be non-negative",
+        optional=_field("delay_seconds"))),
     e.AuthenticationRequired: ("AuthenticationRequired", _error(
         e.AuthenticationRequired.message, "Please log in to perform this operation")),
     e.InvalidCredentials: ("InvalidCredentials", _error(e.InvalidCredentials.message)),
@@ -309,7 +319,7 @@ DOMAIN_ERRORS: dict[type[e.CtmError], tuple[str, Schema]] = {
         description="Sec-Fetch-Site: cross-site, or an Origin that is not the server's own")),
     e.ScriptOutsideRoots: ("ScriptOutsideRoots", _error(
         e.ScriptOutsideRoots.message, _starts("Script path "))),
-    e.UserExists: ("UserExists", _error(e.UserExists.message, STR)),
+    e.UserExists: ("UserExists", _error(e.UserExists.message, STR, optional=_field("username"))),
     e.EnvironmentNotFound: ("EnvironmentNotFound", _error(e.EnvironmentNotFound.message)),
     e.EnvironmentExists: ("EnvironmentExists", _error(e.EnvironmentExists.message, STR)),
     e.EnvironmentInUse: ("EnvironmentInUse", _error(
@@ -331,17 +341,20 @@ DOMAIN_ERRORS: dict[type[e.CtmError], tuple[str, Schema]] = {
         STR, None, description="conda/pip failed in a way that is not the caller's fault")),
     e.TaskNotFound: ("TaskNotFound", _error({"type": "string",
                                               "pattern": "^Task with ID .* not found$"})),
-    e.TaskExists: ("TaskExists", _error(e.TaskExists.message, _starts("Task with name "))),
+    e.TaskExists: ("TaskExists", _error(e.TaskExists.message, _starts("Task with name "),
+                                        optional=_field("task_name"))),
     e.ReuseMissingEnvironment: ("ReuseMissingEnvironment", _error(
-        e.ReuseMissingEnvironment.message, _starts("Environment "))),
-    e.ScriptNotFound: ("ScriptNotFound", _error(e.ScriptNotFound.message, STR)),
+        e.ReuseMissingEnvironment.message, _starts("Environment "),
+        optional=_field("conda_env"))),
+    e.ScriptNotFound: ("ScriptNotFound", _error(e.ScriptNotFound.message, STR,
+                                                optional=_field("script"))),
     e.RequirementsFailed: ("RequirementsFailed", _error(
         {"enum": ["Failed to install requirements in new environment",
                   "Failed to install requirements in existing environment"]},
         STR, _FAILURE_DETAILS,
         {"environment_state": {
             **STR, "description": "Existing environment only: unchanged, or may be inconsistent"
-        }},
+        }, **_field("requirements")},
     )),
     e.TaskNotRunning: ("TaskNotRunning", _error(
         e.TaskNotRunning.message, _starts("Cannot stop a task with status: "),
@@ -408,6 +421,7 @@ class _Op:
     body_examples: tuple[Example, ...] = ()
     errors: tuple[type[e.CtmError], ...] = ()
     error_examples: tuple[tuple[int, str, Any], ...] = ()
+    query: tuple[Schema, ...] = ()  # query parameters
     auth: str = "required"  # required | none | optional
     description: str = ""
     sets_cookie: bool = False
@@ -688,7 +702,11 @@ OPERATIONS: tuple[_Op, ...] = (
             }, description="Finished executions, oldest first"),
             "latest_execution": _null(_ref("ExecutionWithLogs")),
         }),
-        errors=(e.TaskNotFound,),
+        query=({"name": "history_limit", "in": "query", "required": False,
+                "description": "At most this many entries of execution_history (newest "
+                "first); the other keys are unchanged",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 100_000}},),
+        errors=(e.TaskNotFound, e.InvalidInput),
         error_examples=((404, "missing", {"success": False,
                                           "message": "Task with ID 1 not found"}),),
     ),
@@ -842,7 +860,7 @@ def _operation(op: _Op) -> Schema:
         out["security"] = []
     elif op.auth == "optional":
         out["security"] = [{}, {"session": []}]
-    params = _path_params(op.path)
+    params = _path_params(op.path) + list(op.query)
     if params:
         out["parameters"] = params
     if op.body is not None:
@@ -1001,3 +1019,180 @@ def routes() -> list[BaseRoute]:
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/docs", docs_page, methods=["GET"]),
     ]
+
+
+# --- docs/api.md -------------------------------------------------------------------------------
+
+_MD_INTRO = """\
+# HTTP API
+
+Generated from `GET /openapi.json` (`python -m ctm_http.openapi markdown > docs/api.md`; a
+test fails when this file and the description differ). The description itself is served by
+every ctm at `/openapi.json` (OpenAPI 3.1) and as a page at `/docs`.
+
+## Conventions
+
+- Bodies are JSON; send `Content-Type: application/json`. A body that is missing, not JSON or
+  not an object: 400 `"Request body must be a JSON object"`; another content type: 415; larger
+  than `CTM_MAX_BODY_BYTES`: 413.
+- Every route except `POST /login` (and `/openapi.json`, `/docs`, the dashboard `/`) needs the
+  `session` cookie set by `POST /login`: without it, 401 `"Authentication required"`. Each
+  authenticated answer renews the cookie (15 minutes idle, 12 hours at most).
+- A state-changing request (POST, PUT, DELETE) that a browser marks `Sec-Fetch-Site:
+  cross-site`, or whose `Origin` is not the server's own, is refused with 403.
+- Every error body has `"success": false` and `"message"`, usually `"error"` with details, and
+  sometimes more keys (listed below). A 500 says only `"Internal server error"`.
+- Unknown path: 404 `"Not found"`; known path, other method: 405 `"Method not allowed"`.
+- Times are `"YYYY-MM-DD HH:MM:SS"` in the server's time zone; durations in seconds, memory in
+  MB, disk in GB. Objects may carry keys beyond the ones listed here.
+"""
+
+
+def _md_type(schema: Schema, components: dict[str, Any]) -> str:
+    if "$ref" in schema:
+        return f"`{schema['$ref'].rsplit('/', 1)[1]}`"
+    if "const" in schema:
+        return f"`{_json(schema['const'])}`"
+    if "enum" in schema:
+        return "one of " + ", ".join(f"`{_json(v)}`" for v in schema["enum"])
+    if "anyOf" in schema:
+        parts = [_md_type(s, components) for s in schema["anyOf"]]
+        return " or ".join(parts)
+    if "allOf" in schema:
+        return " and ".join(_md_type(s, components) for s in schema["allOf"])
+    kind = schema.get("type", "any")
+    kinds = kind if isinstance(kind, list) else [kind]
+    words = []
+    for k in kinds:
+        if k == "array":
+            words.append("array of " + _md_type(schema.get("items", {}), components))
+        else:
+            words.append(k)
+    return " or ".join(words)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _md_limits(schema: Schema) -> str:
+    inner = schema
+    if "anyOf" in schema:
+        inner = next((s for s in schema["anyOf"] if s.get("type") != "null"), schema)
+    notes = []
+    for key, label in (("minLength", "min length"), ("maxLength", "max length"),
+                       ("minimum", "min"), ("exclusiveMinimum", "above"), ("maximum", "max"),
+                       ("minItems", "min items"), ("maxItems", "max items"),
+                       ("pattern", "pattern"), ("default", "default")):
+        if key in inner:
+            value = inner[key]
+            notes.append(f"{label} `{value}`" if key == "pattern" else f"{label} {_json(value)}")
+    if "description" in inner:
+        notes.insert(0, inner["description"])
+    return "; ".join(notes)
+
+
+def _md_fields(schema: Schema, components: dict[str, Any]) -> list[str]:
+    if "$ref" in schema:
+        schema = components["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    props = schema.get("properties", {})
+    if not props:
+        return []
+    required = set(schema.get("required", []))
+    lines = ["| Field | Type | Required | Notes |", "|---|---|---|---|"]
+    for name, sub in props.items():
+        notes = _md_limits(sub).replace("|", "\\|")
+        kind = _md_type(sub, components).replace("|", "\\|")
+        lines.append(f"| `{name}` | {kind} | {'yes' if name in required else 'no'} | {notes} |")
+    return lines
+
+
+def render_markdown(document: dict[str, Any]) -> str:
+    """docs/api.md: the description as Markdown, in the order of the routes."""
+    components = document["components"]
+    out = [_MD_INTRO]
+    for tag in document["tags"]:
+        out.append(f"## {tag['name'].capitalize()}: {tag['description']}\n")
+        for path, methods in document["paths"].items():
+            for method, op in methods.items():
+                if op["tags"][0] != tag["name"]:
+                    continue
+                out.append(f"### `{method.upper()} {path}`: {op['summary']}\n")
+                if op.get("description"):
+                    out.append(op["description"] + "\n")
+                security = op.get("security")
+                auth = ("No session needed." if security == [] else
+                        "Session optional." if security and {} in security else
+                        "Needs the session cookie.")
+                out.append(auth + "\n")
+                for param in op.get("parameters", []):
+                    limits = _md_limits(param["schema"])
+                    optional = "" if param.get("required") else " (optional)"
+                    out.append(f"{param['in'].capitalize()} parameter `{param['name']}`{optional}: "
+                               f"{_md_type(param['schema'], components)}"
+                               f"{'; ' + limits if limits else ''}.\n")
+                body = op.get("requestBody", {}).get("content", {}).get("application/json")
+                if body:
+                    out.append("Request body:\n")
+                    out += _md_fields(body["schema"], components) + [""]
+                    for ex in body.get("examples", {}).values():
+                        out += ["```json", _json(ex["value"]), "```", ""]
+                out.append("| Status | Meaning | Body |")
+                out.append("|---|---|---|")
+                success_fields: list[str] = []
+                for status, response in op["responses"].items():
+                    content = response.get("content", {})
+                    media = content.get("application/json")
+                    if media is None:
+                        shape = "HTML" if "text/html" in content else "none"
+                    elif media["schema"].get("type") == "object":
+                        shape = "the object below"
+                        success_fields = _md_fields(media["schema"], components)
+                    else:
+                        schema = media["schema"]
+                        refs = schema.get("anyOf", [schema])
+                        shape = ", ".join(_md_type(s, components) for s in refs)
+                    meaning = response["description"].split(": ", 1)[0]
+                    out.append(f"| {status} | {meaning} | {shape} |")
+                out.append("")
+                if success_fields:
+                    out += success_fields + [""]
+                for status, response in op["responses"].items():
+                    media = response.get("content", {}).get("application/json", {})
+                    for name, ex in media.get("examples", {}).items():
+                        out += [f"{status} ({name}):", "", "```json", _json(ex["value"]), "```",
+                                ""]
+    out.append("## Schemas\n")
+    for name, schema in components["schemas"].items():
+        out.append(f"### `{name}`\n")
+        if schema.get("description"):
+            out.append(schema["description"] + "\n")
+        fields = _md_fields(schema, components)
+        if fields:
+            out += fields + [""]
+        else:
+            out += [_md_type(schema, components) + "\n"]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ctm_http.openapi [json|markdown]``: print the description."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    kind = args[0] if args else "json"
+    if kind == "markdown":
+        sys.stdout.write(render_markdown(spec()))
+    elif kind == "json":
+        sys.stdout.write(json.dumps(spec(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        sys.stderr.write("usage: python -m ctm_http.openapi [json|markdown]\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""Configuration: every option is a command-line flag and a ``CTM_*`` environment variable."""
+"""Configuration: every option is a ``CTM_*`` environment variable; the main ones are also
+command-line flags of ``ctm serve`` (--host, --port, --data-dir, --backend, --conda-exe)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from croniter import croniter
 from hypothesis import HealthCheck, given, settings
@@ -246,3 +247,38 @@ def test_shutdown_ends_runs_as_failed_with_a_reason() -> None:
     assert ex.status is ExecutionStatus.FAILED
     assert ex.note == "ended because the server shut down"
     assert "server shut down" in world.files.files[ex.log_path or ""]
+
+
+def test_a_failing_tick_never_ends_the_loop() -> None:
+    """An unexpected error in one tick is reported, and the loop fires tasks afterwards."""
+    world = make_world(start=T0, auto_exit_code=0)
+    errors: list[BaseException] = []
+    world.scheduler.on_error = errors.append
+    real_list = world.repo.list_tasks
+    calls = {"n": 0}
+
+    def flaky() -> list[Any]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("database hiccup")
+        return real_list()
+
+    world.repo.list_tasks = flaky  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        loop_task = asyncio.create_task(world.scheduler.run())
+        tid = add_task(world)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if errors:
+                break
+        world.clock.advance(1)
+        for _ in range(400):
+            await asyncio.sleep(0.005)
+            if world.repo.get_task(tid).status is TaskStatus.COMPLETED:
+                break
+        assert world.repo.get_task(tid).status is TaskStatus.COMPLETED
+        loop_task.cancel()
+
+    asyncio.run(scenario())
+    assert [str(e) for e in errors] == ["database hiccup"]
