@@ -69,6 +69,8 @@ SERVER_ONLY_VARIABLES = frozenset(
 )
 """Variables of the server's environment that a run never inherits (``env_add`` may set them)."""
 
+_EARLY_PEAK_READS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.3)
+"""Seconds after start at which a young run's own peak is read (see ``_early_peaks``)."""
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _READ_CHUNK = 256 * 1024
 _READS_PER_WAKE = 64  # then look at the wake-up pipe again, however fast the program prints
@@ -117,6 +119,7 @@ class PsutilRunHandle:
         self._notes: list[str] = []
         self._samples = 0
         self._sample_sum = 0
+        self._early_rss: list[int] = []
         self._sample_max = 0
         self._os_peak = 0
         self._main_exited = threading.Event()
@@ -434,6 +437,28 @@ class PsutilProcessRunner:
         self._terminate(run, grace_seconds)
         run._done.wait()
 
+    def _early_peaks(self, run: PsutilRunHandle, deadline: float | None) -> None:
+        """Read the main process's own peak (VmHWM) a few times in its first moments.
+
+        A short script reaches its peak within milliseconds and may end before the monitor's
+        next tick; without these reads its only figure would be the one taken right after
+        ``exec``, when almost nothing is mapped yet. Each read is one small /proc file.
+        """
+        for at in _EARLY_PEAK_READS:
+            wait = run.started + at - time.monotonic()
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+            if wait > 0 and _wait_pidfd(run._pidfd, wait):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            peak = read_peak_rss(run.pid)
+            main = read_stat(run.pid)
+            with run._lock:
+                run._os_peak = max(run._os_peak, peak)
+                if main is not None and main.alive:
+                    run._early_rss.append(main.rss_pages * PAGE_SIZE)
+
     def _follow(self, run: PsutilRunHandle) -> None:
         """The run's waiting thread: timeout, leftovers, reaping, end of output, result."""
         try:
@@ -441,6 +466,7 @@ class PsutilProcessRunner:
             self._monitor.add(run)
             timeout = run.spec.timeout_seconds
             deadline = None if timeout is None else run.started + timeout
+            self._early_peaks(run, deadline)
             while not _wait_pidfd(
                 run._pidfd, None if deadline is None else deadline - time.monotonic()
             ):
@@ -646,9 +672,14 @@ def _result(run: PsutilRunHandle, exit_code: int, duration: float, maxrss: int) 
         os_peak = run._os_peak
         if maxrss > run._pollution_bound:
             os_peak = max(os_peak, maxrss)
-        if run._samples:
+        if run._samples > 1:
             peak = max(run._sample_max, os_peak)
             avg = run._sample_sum // run._samples
+        elif run._samples or run._early_rss:
+            # Ended before a second regular sample: its early reads are all there is to average.
+            count = run._samples + len(run._early_rss)
+            peak = max(run._sample_max, os_peak, *run._early_rss)
+            avg = (run._sample_sum + sum(run._early_rss)) // count
         else:
             peak = avg = os_peak
     return RunResult(

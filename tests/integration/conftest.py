@@ -87,3 +87,11 @@ def server(tmp_path: Path) -> Iterator[Server]:
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def c(srv: Server) -> Iterator[httpx.Client]:
+    """A client logged in as admin to the module's ``srv`` server."""
+    with srv.client() as client:
+        srv.login(client)
+        yield client

@@ -32,12 +32,6 @@ def srv(fake: FakeConda, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     server.stop()
 
 
-@pytest.fixture
-def c(srv: Server) -> Iterator[httpx.Client]:
-    with srv.client() as client:
-        srv.login(client)
-        yield client
-
 
 def test_startup_line_names_the_conda_backend(srv: Server) -> None:
     """--backend conda with a conda found: the start-up line says conda."""

@@ -23,12 +23,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.stop()
 
 
-@pytest.fixture
-def c(srv: Server) -> Iterator[httpx.Client]:
-    with srv.client() as client:
-        srv.login(client)
-        yield client
-
 
 def test_offline_wheel_lifecycle(c: httpx.Client, srv: Server) -> None:
     """Create, install from a local wheel folder, see the version, remove, rename, delete."""
