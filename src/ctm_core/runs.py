@@ -1,7 +1,7 @@
 """Running executions: the global limit, waiting for environment changes, recording results.
 
-Each run is followed by a thread of its own (the wait for a child process blocks); the limit on
-runs at once is a FIFO queue, so runs over it start in the order they were due.
+Runs over the limit wait in a FIFO queue (in the order they were due) and hold no thread; a
+run that gets its turn is followed by a thread of its own, since waiting for a child blocks.
 """
 
 from __future__ import annotations
@@ -29,49 +29,6 @@ from ctm_core.ports import (
 MB = 1024 * 1024
 
 
-class FifoSlots:
-    """At most ``limit`` holders at once; waiters are served in arrival order."""
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        self.limit = limit
-        self._cond = threading.Condition()
-        self._queue: deque[object] = deque()
-        self._cancelled: set[int] = set()
-        self.active = 0
-        self.max_seen = 0
-
-    def acquire(self, key: object) -> bool:
-        """Wait for a slot; False when the waiter was cancelled first."""
-        with self._cond:
-            self._queue.append(key)
-            while True:
-                if id(key) in self._cancelled:
-                    self._cancelled.discard(id(key))
-                    self._queue.remove(key)
-                    self._cond.notify_all()
-                    return False
-                if self._queue[0] is key and self.active < self.limit:
-                    self._queue.popleft()
-                    self.active += 1
-                    self.max_seen = max(self.max_seen, self.active)
-                    self._cond.notify_all()
-                    return True
-                self._cond.wait()
-
-    def release(self) -> None:
-        with self._cond:
-            self.active -= 1
-            self._cond.notify_all()
-
-    def cancel(self, key: object) -> None:
-        with self._cond:
-            if key in self._queue:
-                self._cancelled.add(id(key))
-                self._cond.notify_all()
-
-
 @attrs.define(eq=False)
 class _Run:
     task_id: int
@@ -97,16 +54,21 @@ class RunCoordinator:
     max_concurrent: int = 4
     stop_grace: float = 10.0
     log_tail_bytes: int = 256 * 1024
-    _slots: FifoSlots = attrs.field(init=False)
     _runs: dict[int, _Run] = attrs.field(init=False, factory=dict)
+    _queue: deque[_Run] = attrs.field(init=False, factory=deque)
     _guard: threading.Condition = attrs.field(init=False, factory=threading.Condition)
+    running: int = attrs.field(init=False, default=0)
+    """Runs holding a slot now (at most ``max_concurrent``)."""
+    max_seen: int = attrs.field(init=False, default=0)
+    """The most runs that ever held a slot at once."""
 
     def __attrs_post_init__(self) -> None:
-        self._slots = FifoSlots(self.max_concurrent)
+        if self.max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
 
-    @property
-    def slots(self) -> FifoSlots:
-        return self._slots
+    def queued_count(self) -> int:
+        with self._guard:
+            return len(self._queue)
 
     def is_active(self, task_id: int) -> bool:
         """True while the task has a run queued or running."""
@@ -122,16 +84,35 @@ class RunCoordinator:
         with self._guard:
             return self._guard.wait_for(lambda: not self._runs, timeout)
 
-    def launch(self, task_id: int, execution_id: str) -> threading.Thread:
-        """Follow a queued execution in a thread of its own until it has ended."""
+    def launch(self, task_id: int, execution_id: str) -> None:
+        """Queue a stored execution; it starts when a slot is free, in the order of launches."""
         run = _Run(task_id=task_id, execution_id=execution_id)
         with self._guard:
             self._runs[task_id] = run
-        thread = threading.Thread(
-            target=self._follow, args=(run,), name=f"ctm-run-{execution_id}", daemon=True
-        )
-        thread.start()
-        return thread
+            self._queue.append(run)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Give free slots to the runs at the head of the queue, a thread each."""
+        while True:
+            with self._guard:
+                if self.running >= self.max_concurrent or not self._queue:
+                    return
+                run = self._queue.popleft()
+                self.running += 1
+                self.max_seen = max(self.max_seen, self.running)
+            threading.Thread(
+                target=self._follow, args=(run,), name=f"ctm-run-{run.execution_id}",
+                daemon=True,
+            ).start()
+
+    def _unqueue(self, run: _Run) -> bool:
+        """Take a run out of the queue before it started; False when it already left it."""
+        with self._guard:
+            if run not in self._queue:
+                return False
+            self._queue.remove(run)
+        return True
 
     def stop(self, task_id: int, *, timeout: float | None = None) -> bool:
         """Stop the task's running execution and wait until it is recorded. False when none."""
@@ -140,7 +121,10 @@ class RunCoordinator:
         if run is None:
             return False
         run.stop_requested = True
-        self._slots.cancel(run)
+        if self._unqueue(run):
+            self._finish_unstarted(run, ExecutionStatus.STOPPED, "stopped before it started")
+            self._forget(run)
+            return True
         if run.started.is_set() and run.handle is not None:
             self.runner.stop(run.handle, self.stop_grace)
         run.done.wait(timeout if timeout is not None else self.stop_grace + 30)
@@ -152,8 +136,9 @@ class RunCoordinator:
             runs = list(self._runs.values())
         for run in runs:
             run.shutting_down = True
-            self._slots.cancel(run)
-            if run.handle is not None:
+            if self._unqueue(run):  # stays queued in the database: run after the restart
+                self._forget(run)
+            elif run.handle is not None:
                 self.runner.stop(run.handle, grace)
         for run in runs:
             run.done.wait(grace + 5)
@@ -162,21 +147,21 @@ class RunCoordinator:
 
     def _follow(self, run: _Run) -> None:
         try:
-            if not self._slots.acquire(run):
-                self._finish_unstarted(run, ExecutionStatus.STOPPED, "stopped before it started")
-                return
-            try:
-                self._start_and_wait(run)
-            finally:
-                self._slots.release()
+            self._start_and_wait(run)
         except Exception as exc:  # never lose a record: an unexpected error fails the run
             self._finish_unstarted(run, ExecutionStatus.FAILED, f"internal error: {exc!r}")
         finally:
             with self._guard:
-                if self._runs.get(run.task_id) is run:
-                    del self._runs[run.task_id]
-                self._guard.notify_all()
-            run.done.set()
+                self.running -= 1
+            self._forget(run)
+            self._dispatch()
+
+    def _forget(self, run: _Run) -> None:
+        with self._guard:
+            if self._runs.get(run.task_id) is run:
+                del self._runs[run.task_id]
+            self._guard.notify_all()
+        run.done.set()
 
     def _start_and_wait(self, run: _Run) -> None:
         try:

@@ -70,7 +70,7 @@ def test_twenty_runs_with_a_limit_of_four(tmp_path: Path) -> None:
             peak = max(peak, running)
         assert len(events) == 40
         assert peak == 4
-        assert coordinator.slots.max_seen == 4
+        assert coordinator.max_seen == 4
     finally:
         runner.close()
         repo.close()

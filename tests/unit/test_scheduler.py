@@ -107,22 +107,24 @@ def test_global_limit_queues_runs_in_order() -> None:
     """With a limit of 2, five due runs start two at a time, in the order they were due."""
     world = make_world(start=T0, max_concurrent=2)
     ids = [add_task(world, delay_seconds=i) for i in range(5)]
+    scripts = [world.repo.get_task(i).script_path for i in ids]
     world.clock.advance(10)
     world.scheduler.tick()
     started = world.runner.wait_started(2)
-    assert len(world.runner.running()) == 2
-    order = []
-    for _ in range(5):
-        handles = world.runner.wait_started(len(order) + 1)
-        h = handles[len(order)]
-        order.append(h.spec.argv[-1])
+    assert {h.spec.argv[-1] for h in started} == set(scripts[:2])
+    assert world.coordinator.queued_count() == 3
+    for n in range(2, 5):
+        oldest = next(h for h in world.runner.started if h.spec.argv[-1] == scripts[n - 2])
+        world.runner.finish(oldest, 0)
+        handles = world.runner.wait_started(n + 1)
+        assert handles[n].spec.argv[-1] == scripts[n]
+        assert len(world.runner.running()) == 2
+        assert world.coordinator.running <= 2
+    for h in world.runner.running():
         world.runner.finish(h, 0)
-        assert world.coordinator.slots.active <= 2
     settle(world)
-    assert world.coordinator.slots.max_seen == 2
-    scripts = [world.repo.get_task(i).script_path for i in ids]
-    assert order == scripts
-    assert started[0].spec.argv[-1] == scripts[0]
+    assert world.coordinator.max_seen == 2
+    assert all(world.repo.get_task(i).status is TaskStatus.COMPLETED for i in ids)
 
 
 def test_restart_marks_running_failed_and_reruns_queued() -> None:
@@ -282,3 +284,20 @@ def test_a_failing_tick_never_ends_the_loop() -> None:
 
     asyncio.run(scenario())
     assert [str(e) for e in errors] == ["database hiccup"]
+
+
+def test_queued_runs_hold_no_thread_and_survive_shutdown() -> None:
+    """Runs waiting for a slot use no thread; at shutdown they stay queued for the restart."""
+    import threading
+
+    world = make_world(start=T0, max_concurrent=1)
+    ids = [add_task(world) for _ in range(30)]
+    before = threading.active_count()
+    world.scheduler.tick()
+    world.runner.wait_started(1)
+    assert world.coordinator.queued_count() == 29
+    assert threading.active_count() <= before + 1
+    world.coordinator.stop_all(0.1)
+    statuses = [world.repo.list_executions(i)[0].status for i in ids]
+    assert statuses[0] is ExecutionStatus.FAILED
+    assert set(statuses[1:]) == {ExecutionStatus.QUEUED}
