@@ -69,6 +69,7 @@ SERVER_ONLY_VARIABLES = frozenset(
 )
 """Variables of the server's environment that a run never inherits (``env_add`` may set them)."""
 
+_MAX_POLL_MS = 2**31 - 1
 _EARLY_PEAK_READS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.3)
 """Seconds after start at which a young run's own peak is read (see ``_early_peaks``)."""
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -241,8 +242,16 @@ def _wait_pidfd(pidfd: int, timeout: float | None) -> bool:
     """Wait until the process of ``pidfd`` has exited (True) or ``timeout`` passed (False)."""
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
-    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-    return bool(poller.poll(ms))
+    if timeout is None:
+        return bool(poller.poll(None))
+    end = time.monotonic() + timeout
+    while True:
+        # poll() takes at most a C int of milliseconds (~24.8 days); longer waits go in steps.
+        ms = max(0, min(int((end - time.monotonic()) * 1000 + 0.999), _MAX_POLL_MS))
+        if poller.poll(ms):
+            return True
+        if time.monotonic() >= end:
+            return False
 
 
 def _self_peak_rss() -> int:

@@ -642,7 +642,7 @@ def _relocate(
         base = os.path.basename(path)
         if prompt_re is not None and (base.startswith("activate") or base == "pyvenv.cfg"):
             changed = b"\n".join(
-                prompt_re.sub(rb"\1" + new_name.encode() + rb"\2", line)
+                prompt_re.sub(lambda m: m.group(1) + new_name.encode() + m.group(2), line)
                 if re.search(rb"prompt|PROMPT|PS1|printf", line)
                 else line
                 for line in changed.split(b"\n")

@@ -585,3 +585,14 @@ def test_runs_of_a_crashed_server_are_stopped_at_startup(tmp_path: Path) -> None
         for p in other:
             p.kill()
         fresh.close()
+
+
+def test_a_timeout_of_30_days_is_accepted(runner: PsutilProcessRunner, tmp_path: Path) -> None:
+    """A timeout longer than poll()'s limit (~24.8 days) runs normally, not a crash."""
+    s = spec(tmp_path, "print('long timeout ok')")
+    s = RunSpec(argv=s.argv, cwd=s.cwd, log_path=s.log_path, env_add={},
+                timeout_seconds=30 * 24 * 3600)
+    result = run(runner, s)
+    assert result.exit_code == 0
+    assert not result.timed_out
+    assert log_text(s) == "long timeout ok\n"

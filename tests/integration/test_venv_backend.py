@@ -441,6 +441,13 @@ def test_rename_moves_a_working_env(backend: VenvEnvironmentBackend, fresh: str)
     assert _run(os.path.join(bindir, "tiny")).stdout.strip() == "tiny 2.0"
 
 
+def test_rename_to_a_name_starting_with_digits(backend: VenvEnvironmentBackend, fresh: str) -> None:
+    """A new name like '19x' is written literally into the prompt (no regex group reference)."""
+    backend.rename(fresh, "19x" + fresh)
+    activate = Path(backend.root, "19x" + fresh, "bin", "activate").read_text()
+    assert f"(19x{fresh})" in activate
+
+
 def test_rename_refuses_existing_target_and_missing_source(
     backend: VenvEnvironmentBackend, shared: Environment
 ) -> None:
