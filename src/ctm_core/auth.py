@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
+import threading
 from datetime import timedelta
 
 import attrs
@@ -50,6 +51,7 @@ class Authenticator:
     hasher: PasswordHasher
     clock: Clock
     policy: AuthPolicy = attrs.field(factory=AuthPolicy)
+    _attempts: threading.Lock = attrs.field(init=False, factory=threading.Lock)
 
     def login(self, username: object, password: object, client: str) -> tuple[str, Principal]:
         """Check the credentials and open a session; return the cookie token and the user.
@@ -61,12 +63,18 @@ class Authenticator:
         name = username if isinstance(username, str) else ""
         now = self.clock.now()
         since = now - self.policy.failure_window
-        failures = self.repo.login_failures_since(username=name[:64], client=client, since=since)
-        if len(failures) >= self.policy.max_failures:
-            # The block lifts when enough failures have left the window.
-            release = sorted(failures)[len(failures) - self.policy.max_failures]
-            wait = (release + self.policy.failure_window - now).total_seconds()
-            raise TooManyLoginAttempts(max(1, math.floor(wait) + 1))
+        with self._attempts:
+            # Counted and booked as a failure before the slow hash check, so parallel guesses
+            # cannot all slip through the check; a success clears the booking again.
+            failures = self.repo.login_failures_since(
+                username=name[:64], client=client, since=since
+            )
+            if len(failures) >= self.policy.max_failures:
+                # The block lifts when enough failures have left the window.
+                release = sorted(failures)[len(failures) - self.policy.max_failures]
+                wait = (release + self.policy.failure_window - now).total_seconds()
+                raise TooManyLoginAttempts(max(1, math.floor(wait) + 1))
+            self.repo.add_login_failure(username=name[:64], client=client, at=now)
         user = self.repo.get_user_by_name(name) if name else None
         ok = False
         if isinstance(password, str) and 0 < len(password) <= 1024:
@@ -75,7 +83,6 @@ class Authenticator:
             else:
                 ok = self.hasher.verify(user.password_hash, password)
         if not ok or user is None:
-            self.repo.add_login_failure(username=name[:64], client=client, at=now)
             raise InvalidCredentials()
         self.repo.clear_login_failures(username=name)
         token = secrets.token_urlsafe(32)

@@ -173,58 +173,18 @@ class RunCoordinator:
             return
         log_path = self.files.log_path(execution.id)
         execution.log_path = log_path
-        with self.env_locks.hold(task.conda_env):
-            if run.stop_requested:
-                self._end(run, execution, None, ExecutionStatus.STOPPED, "stopped before start")
-                return
-            try:
-                run_env = self.backend.run_environment(task.conda_env)
-            except EnvironmentNotFound:
-                self._end(
-                    run, execution, None, ExecutionStatus.FAILED,
-                    f"environment '{task.conda_env}' not found",
-                )
-                return
-            if not self.files.is_file(task.script_path):
-                self._end(
-                    run, execution, None, ExecutionStatus.FAILED,
-                    f"script file not found: {task.script_path}",
-                )
-                return
-            cwd = (
-                self.files.run_dir(execution.id)
-                if task.script_stored
-                else posixpath.dirname(task.script_path)
-            )
-            spec = RunSpec(
-                argv=(run_env.python, "-u", task.script_path),
-                cwd=cwd,
-                log_path=log_path,
-                env_add={**run_env.variables, "PYTHONUNBUFFERED": "1"},
-                path_prepend=run_env.path_prepend,
-                timeout_seconds=task.timeout_seconds,
-            )
-            start_time = self.clock.now()
-            try:
-                run.handle = self.runner.start(spec)
-            except OSError as exc:
-                self._end(
-                    run, execution, None, ExecutionStatus.FAILED, f"could not start: {exc}"
-                )
-                return
-            execution.status = ExecutionStatus.RUNNING
-            execution.start_time = start_time
-            execution.pid = run.handle.pid
-            with self.state_lock:
+        while True:  # the env may be renamed while this run waits for its lock: follow it
+            env_name = task.conda_env
+            with self.env_locks.hold(env_name):
                 fresh = self._fresh_task(run.task_id)
-                if fresh is not None:
-                    fresh.status = TaskStatus.RUNNING
-                    fresh.last_run_at = start_time
-                    fresh.last_execution_id = execution.id
-                    self.repo.save_run_state(fresh, execution)
-                else:
-                    self.repo.update_execution(execution)
-            run.started.set()
+                if fresh is None:
+                    return
+                task = fresh
+                if task.conda_env == env_name:
+                    self._start_locked(run, task, execution, log_path)
+                    break
+        if run.handle is None or not run.started.is_set():
+            return
         if run.stop_requested:
             self.runner.stop(run.handle, self.stop_grace)
         result = self.runner.wait(run.handle)
@@ -239,6 +199,62 @@ class RunCoordinator:
         else:
             status, note = ExecutionStatus.FAILED, None
         self._end(run, execution, result, status, note)
+
+    def _start_locked(
+        self, run: _Run, task: Task, execution: Execution, log_path: str
+    ) -> None:
+        """Start the process while holding the env's lock (no change can be half-way)."""
+        if run.stop_requested:
+            self._end(run, execution, None, ExecutionStatus.STOPPED, "stopped before start")
+            return
+        try:
+            run_env = self.backend.run_environment(task.conda_env)
+        except EnvironmentNotFound:
+            self._end(
+                run, execution, None, ExecutionStatus.FAILED,
+                f"environment '{task.conda_env}' not found",
+            )
+            return
+        if not self.files.is_file(task.script_path):
+            self._end(
+                run, execution, None, ExecutionStatus.FAILED,
+                f"script file not found: {task.script_path}",
+            )
+            return
+        cwd = (
+            self.files.run_dir(execution.id)
+            if task.script_stored
+            else posixpath.dirname(task.script_path)
+        )
+        spec = RunSpec(
+            argv=(run_env.python, "-u", task.script_path),
+            cwd=cwd,
+            log_path=log_path,
+            env_add={**run_env.variables, "PYTHONUNBUFFERED": "1"},
+            path_prepend=run_env.path_prepend,
+            timeout_seconds=task.timeout_seconds,
+        )
+        start_time = self.clock.now()
+        try:
+            run.handle = self.runner.start(spec)
+        except OSError as exc:
+            self._end(
+                run, execution, None, ExecutionStatus.FAILED, f"could not start: {exc}"
+            )
+            return
+        execution.status = ExecutionStatus.RUNNING
+        execution.start_time = start_time
+        execution.pid = run.handle.pid
+        with self.state_lock:
+            fresh = self._fresh_task(run.task_id)
+            if fresh is not None:
+                fresh.status = TaskStatus.RUNNING
+                fresh.last_run_at = start_time
+                fresh.last_execution_id = execution.id
+                self.repo.save_run_state(fresh, execution)
+            else:
+                self.repo.update_execution(execution)
+        run.started.set()
 
     def _fresh_task(self, task_id: int) -> Task | None:
         try:

@@ -171,10 +171,14 @@ class TaskService:
         with self.state_lock:
             task = self.repo.add_task(task)
             if script_path is None:
-                if task_name is None:
-                    task.name = self._free_name(f"task_{task.id}.py")
-                task.script_path = self.files.store_script(f"task_{task.id}.py", script)
-                self.repo.update_task(task)
+                try:
+                    if task_name is None:
+                        task.name = self._free_name(f"task_{task.id}.py")
+                    task.script_path = self.files.store_script(f"task_{task.id}.py", script)
+                    self.repo.update_task(task)
+                except BaseException:
+                    self.repo.delete_task(task.id)  # never leave a task without its script
+                    raise
         self.on_change()
         return CreatedTask(task=task, environment_message=message)
 
@@ -188,13 +192,13 @@ class TaskService:
     def _check_script_path(self, actor: Principal, path: str) -> str:
         if not posixpath.isabs(path):
             raise InvalidInput("script", "A script path must be absolute")
-        if not self.files.is_file(path):
-            raise ScriptNotFound(path)
         real = self.files.resolve(path)
-        if not actor.is_admin:
+        if not actor.is_admin:  # before the existence check: others may not probe for files
             roots = [self.files.resolve(r) for r in self.script_roots]
             if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots):
                 raise ScriptOutsideRoots(path)
+        if not self.files.is_file(path):
+            raise ScriptNotFound(path)
         return real
 
     def _prepare_environment(
@@ -208,13 +212,15 @@ class TaskService:
             try:
                 with self.env_locks.hold(env_name):
                     self.backend.install_requirements(env_name, requirements or "")
-            except PackageOperationFailed as exc:
-                try:
+            except BaseException as exc:
+                try:  # a new environment whose requirements failed is removed again
                     with self.env_locks.hold(env_name):
                         self.backend.delete(env_name)
                         self.repo.forget_environment(env_name)
                 except Exception:  # noqa: S110 - the original failure is what the user needs
                     pass
+                if not isinstance(exc, PackageOperationFailed):
+                    raise
                 raise RequirementsFailed(
                     new_environment=True,
                     failed_packages=exc.failed_packages,

@@ -126,7 +126,10 @@ def task_detail(detail: TaskDetail, tz: tzinfo, limit: int | None = None) -> dic
     return {
         "success": True,
         "task": task,
-        "execution_history": [execution_body(e, tz) for e in detail.executions[:limit]],
+        # api.md shows a "logs" key here too; the full log is only in latest_execution.
+        "execution_history": [
+            {**execution_body(e, tz), "logs": None} for e in detail.executions[:limit]
+        ],
         "performance_metrics": {
             "durations": [e.duration for e in finished],
             "timestamps": [fmt_time(e.start_time, tz) for e in finished],

@@ -195,8 +195,18 @@ def services(request: Request) -> Services:
 
 
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking use case off the event loop."""
+    """Run a quick blocking use case (a read, a login) off the event loop."""
     return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
+
+
+SLOW_CALLS = 32
+
+
+async def call_slow(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a use case that may take long (conda, pip, stopping a run) with threads of its own
+    budget, so that however many are waiting, reads and logins still get a thread."""
+    limiter: anyio.CapacityLimiter = request.app.state.slow_limiter
+    return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=limiter)
 
 
 async def read_json(request: Request, *, required: bool = True) -> dict[str, Any]:
@@ -233,6 +243,12 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
         raise RequestError(
             400, "Request body must be a JSON object", f"Got a JSON {type(data).__name__}"
         )
+    try:  # JSON admits lone surrogates ("\ud800"), which no file, database or tool takes
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(
+            400, "Request body must be a JSON object", "Strings must be valid Unicode text"
+        ) from None
     return data
 
 
@@ -272,7 +288,12 @@ def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         check_same_site(request)
         token = request.cookies.get(COOKIE)
         principal = await call(services(request).auth.authenticate, token)
-        response = await handler(request, principal)
+        try:
+            response = await handler(request, principal)
+        except CtmError as exc:  # an error answer renews the session too
+            response = await ctm_error_handler(request, exc)
+        except RequestError as exc:
+            response = await request_error_handler(request, exc)
         assert token is not None
         set_session_cookie(response, request, token)
         return response
@@ -376,8 +397,8 @@ async def get_environment(request: Request, actor: Principal) -> Response:
 async def create_environment(request: Request, actor: Principal) -> Response:
     svc = services(request)
     body = await read_json(request)
-    env = await call(
-        svc.environments.create,
+    env = await call_slow(
+        request, svc.environments.create,
         actor, body.get("name"), body.get("python_version"), body.get("packages"),
     )
     return ok(
@@ -401,7 +422,7 @@ async def rename_environment(request: Request, actor: Principal) -> Response:
     body = await read_json(request)
     if "new_name" not in body:
         raise InvalidInput("new_name", "'new_name' is required")
-    count = await call(svc.environments.rename, actor, name, body.get("new_name"))
+    count = await call_slow(request, svc.environments.rename, actor, name, body.get("new_name"))
     return ok(
         {
             "success": True,
@@ -415,7 +436,8 @@ async def rename_environment(request: Request, actor: Principal) -> Response:
 
 @authenticated
 async def delete_environment(request: Request, actor: Principal) -> Response:
-    await call(services(request).environments.delete, actor, request.path_params["name"])
+    name = request.path_params["name"]
+    await call_slow(request, services(request).environments.delete, actor, name)
     return Response(status_code=204)
 
 
@@ -423,7 +445,9 @@ async def delete_environment(request: Request, actor: Principal) -> Response:
 async def install_packages(request: Request, actor: Principal) -> Response:
     name = request.path_params["name"]
     body = await read_json(request)
-    specs = await call(services(request).environments.install, actor, name, body.get("packages"))
+    specs = await call_slow(
+        request, services(request).environments.install, actor, name, body.get("packages")
+    )
     return ok(
         {
             "success": True,
@@ -438,7 +462,9 @@ async def install_packages(request: Request, actor: Principal) -> Response:
 async def remove_packages(request: Request, actor: Principal) -> Response:
     name = request.path_params["name"]
     body = await read_json(request)
-    names = await call(services(request).environments.remove, actor, name, body.get("packages"))
+    names = await call_slow(
+        request, services(request).environments.remove, actor, name, body.get("packages")
+    )
     return ok(
         {
             "success": True,
@@ -464,7 +490,7 @@ def _task_id(request: Request) -> int:
 async def create_task(request: Request, actor: Principal) -> Response:
     svc = services(request)
     body = await read_json(request)
-    created = await call(svc.tasks.create_task, actor, body)
+    created = await call_slow(request, svc.tasks.create_task, actor, body)
     return ok(
         {
             "success": True,
@@ -511,7 +537,7 @@ async def get_task(request: Request, actor: Principal) -> Response:
 async def stop_task(request: Request, actor: Principal) -> Response:
     svc = services(request)
     task_id = _task_id(request)
-    previous = await call(svc.tasks.stop_task, actor, task_id)
+    previous = await call_slow(request, svc.tasks.stop_task, actor, task_id)
     task = await call(svc.tasks.get_task, task_id)
     return ok(
         {
@@ -529,7 +555,7 @@ async def stop_task(request: Request, actor: Principal) -> Response:
 
 @authenticated
 async def delete_task(request: Request, actor: Principal) -> Response:
-    await call(services(request).tasks.delete_task, actor, _task_id(request))
+    await call_slow(request, services(request).tasks.delete_task, actor, _task_id(request))
     return Response(status_code=204)
 
 
@@ -590,6 +616,7 @@ def create_app(settings: Settings, **overrides: Any) -> Starlette:
             log.warning("ctm: stopped %d processes left by runs of a previous server", stale)
         await call(svc.scheduler.recover)
         app.state.services = svc
+        app.state.slow_limiter = anyio.CapacityLimiter(SLOW_CALLS)
         log.info(
             "ctm listening on http://%s:%s, data directory %s, backend %s",
             settings.host, settings.port, os.path.abspath(settings.data_dir), svc.backend.kind,

@@ -123,3 +123,34 @@ def test_bootstrap_creates_admin_once(world: World) -> None:
     assert generated is not None and len(generated) >= 16
     _, user = fresh.auth.login("admin", generated, "c")
     assert user.is_admin
+
+
+def test_parallel_guesses_cannot_exceed_the_limit(world: World) -> None:
+    """Twenty wrong logins at once: at most five passwords are checked, the rest get 429."""
+    import threading
+
+    checked = []
+    real_verify = world.auth.hasher.verify
+
+    def slow_verify(h: str, p: str) -> bool:
+        checked.append(p)
+        return real_verify(h, p)
+
+    world.auth.hasher.verify = slow_verify  # type: ignore[method-assign]
+    outcomes: list[str] = []
+    barrier = threading.Barrier(20)
+
+    def guess(i: int) -> None:
+        barrier.wait()
+        try:
+            world.auth.login("alice", f"wrong-{i}", "c")
+        except (InvalidCredentials, TooManyLoginAttempts) as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(checked) == 5
+    assert outcomes.count("TooManyLoginAttempts") == 15

@@ -370,3 +370,36 @@ def test_history_limit_caps_the_execution_history(
     assert client.get(f"/api/tasks/{tid}?history_limit=x").status_code == 400
     body = client.get(f"/api/tasks/{tid}?history_limit=1").json()
     assert [e["execution_id"] for e in body["execution_history"]] == [full[0]["execution_id"]]
+
+
+def test_lone_surrogates_are_a_400_not_a_500(client: TestClient, parts: dict[str, Any]) -> None:
+    """JSON text with a lone surrogate is refused on every route, login included."""
+    login(client)
+    bodies = {
+        "/login": b'{"username": "\\ud800", "password": "xxxxxxxxxx"}',
+        "/api/tasks": b'{"script": "print(1)", "conda_env": "env", "task_name": "\\ud800"}',
+        "/api/conda/environment": b'{"name": "ok", "packages": ["\\udcff"]}',
+    }
+    for path, raw in bodies.items():
+        r = client.post(path, content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["error"] == "Strings must be valid Unicode text"
+    assert client.get("/api/tasks").json() == []
+
+
+def test_error_answers_renew_the_session_too(client: TestClient) -> None:
+    """An authenticated request renews the cookie even when it answers 404."""
+    login(client)
+    r = client.get("/api/tasks/999")
+    assert r.status_code == 404
+    assert "Max-Age=900" in r.headers["set-cookie"]
+
+
+def test_history_items_carry_a_logs_key(client: TestClient, parts: dict[str, Any]) -> None:
+    """execution_history items have api.md's logs key (null: full logs are in latest_execution)."""
+    login(client)
+    tid = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env"}
+                      ).json()["task"]["task_id"]
+    parts["runner"].wait_started(1)
+    history = client.get(f"/api/tasks/{tid}").json()["execution_history"]
+    assert history and all("logs" in e and e["logs"] is None for e in history)

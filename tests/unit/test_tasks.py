@@ -203,3 +203,37 @@ def test_run_in_missing_env_fails_with_a_reason(world: World) -> None:
     [ex] = world.repo.list_executions(tid)
     assert ex.status is ExecutionStatus.FAILED
     assert "not found" in (ex.note or "")
+
+
+def test_run_waiting_during_a_rename_follows_the_new_name(world: World) -> None:
+    """A run due while its env is being renamed waits, then starts in the renamed env."""
+
+    world.envs.create(world.alice, "e1", None, [])
+    tid = create(world, conda_env="e1").task.id
+    with world.envs.locks.hold("e1"):  # a rename under way holds the env's lock
+        world.scheduler.tick()
+        world.backend.rename("e1", "e2")
+        world.repo.rename_environment("e1", "e2")
+        assert world.runner.started == []
+    [handle] = world.runner.wait_started(1)
+    assert handle.spec.argv[0] == "/fake/envs/e2/bin/python"
+    world.runner.finish(handle, 0)
+    assert world.coordinator.wait_idle(5)
+    assert world.repo.get_task(tid).status is TaskStatus.COMPLETED
+
+
+def test_outside_roots_is_refused_before_existence_is_checked(world: World) -> None:
+    """A non-admin cannot learn whether a file outside the roots exists."""
+    with pytest.raises(ScriptOutsideRoots):
+        create(world, script="/etc/does-not-exist.py")
+
+
+def test_a_failed_script_store_leaves_no_task(world: World) -> None:
+    """If the script cannot be stored, the half-made task is removed again."""
+    def broken(name: str, content: str) -> str:
+        raise OSError("disk full")
+
+    world.files.store_script = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk full"):
+        create(world)
+    assert world.repo.list_tasks() == []
