@@ -65,6 +65,7 @@ def create_task_in_ui(ui: UI, name: str, code: str, env: str = ENV) -> int:
 
 
 def test_page_is_public_strict_and_self_contained(server: Server) -> None:
+    """The page loads without a session, with a strict CSP and nothing from outside."""
     r = httpx.get(server.base + "/")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
@@ -90,6 +91,7 @@ def test_page_is_public_strict_and_self_contained(server: Server) -> None:
 
 
 def test_login_by_keyboard_with_errors_in_words(make_ui: Callable[..., UI]) -> None:
+    """Login works from the keyboard alone, and a wrong password is explained in words."""
     ui = make_ui()
     ui.open()
     page = ui.page
@@ -120,6 +122,7 @@ def test_login_by_keyboard_with_errors_in_words(make_ui: Callable[..., UI]) -> N
 
 
 def test_environment_create_rename_and_failed_install(ui: UI, admin_api: httpx.Client) -> None:
+    """An env is created with a busy state, renamed, and a failed install names the package."""
     if admin_api.get(f"/api/conda/environment/{ENV}").status_code == 200:
         pytest.skip(f"{ENV} exists already (tests run out of order)")
     page = ui.page
@@ -174,6 +177,7 @@ def test_environment_create_rename_and_failed_install(ui: UI, admin_api: httpx.C
 
 
 def test_task_runs_and_updates_live(ui: UI, web_env: str) -> None:
+    """A created task's badge and log change from running to completed without a reload."""
     page = ui.page
     tid = create_task_in_ui(ui, "hello-web", HELLO, web_env)
     page.locator("#task-status").wait_for(state="attached")
@@ -220,6 +224,7 @@ def test_task_runs_and_updates_live(ui: UI, web_env: str) -> None:
 
 
 def test_task_form_shows_api_validation_next_to_fields(ui: UI, web_env: str) -> None:
+    """The API's validation messages appear under the field they are about."""
     page = ui.page
     ui.go("#/tasks/new")
     form = page.locator("#task-form")
@@ -263,6 +268,7 @@ def test_task_form_shows_api_validation_next_to_fields(ui: UI, web_env: str) -> 
 
 
 def test_stop_and_delete_a_long_running_task(ui: UI, web_env: str, admin_api: httpx.Client) -> None:
+    """A running task is stopped from its page, then deleted after confirmation."""
     page = ui.page
     tid = create_task_in_ui(ui, "long-web", LONG, web_env)
     page.wait_for_function(
@@ -295,6 +301,7 @@ def test_stop_and_delete_a_long_running_task(ui: UI, web_env: str, admin_api: ht
 def test_environment_charts_and_refused_delete(
     ui: UI, web_env: str, admin_api: httpx.Client
 ) -> None:
+    """The pie and bar charts are drawn from real data; deleting a used env is refused in words."""
     if not admin_api.get("/api/tasks").json():
         admin_api.post("/api/tasks", json={"script": "print(1)", "conda_env": web_env})
     page = ui.page
@@ -324,6 +331,7 @@ def test_environment_charts_and_refused_delete(
 
 
 def test_admin_creates_user_who_logs_in_and_out(make_ui: Callable[..., UI]) -> None:
+    """An admin creates a user, who logs in, sees no Users link, and logs out."""
     admin = make_ui()
     admin.open()
     admin.login()
@@ -356,6 +364,7 @@ def test_admin_creates_user_who_logs_in_and_out(make_ui: Callable[..., UI]) -> N
 
 
 def test_session_end_goes_back_to_login(ui: UI) -> None:
+    """When the session ends, the next action returns to the login form."""
     page = ui.page
     ui.go("#/environments")
     page.get_by_role("heading", level=1, name="Environments").wait_for()
@@ -369,6 +378,7 @@ def test_session_end_goes_back_to_login(ui: UI) -> None:
 
 def test_phone_layout_has_no_sideways_scroll(make_ui: Callable[..., UI], admin_api: httpx.Client,
                                              web_env: str) -> None:
+    """On a phone-sized screen every page fits without sideways scrolling."""
     phone = make_ui(PHONE, tag="phone")
     phone.open()
     phone.page.locator("#login-form").wait_for()
