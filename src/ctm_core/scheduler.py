@@ -49,10 +49,13 @@ class Scheduler:
 
     def recover(self) -> None:
         """Resolve what a previous process left unfinished: queued runs are run again, runs that
-        were going on are marked failed with a line in their log saying why."""
+        were going on are followed to their end when the runner can adopt them, or else marked
+        failed with a line in their log saying why."""
         for execution in self.repo.unfinished_executions():
             if execution.status is ExecutionStatus.QUEUED:
                 self.coordinator.launch(execution.task_id, execution.id)
+                continue
+            if self.coordinator.adopt(execution):
                 continue
             now = self.clock.now()
             execution.status = ExecutionStatus.FAILED
