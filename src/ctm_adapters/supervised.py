@@ -171,7 +171,7 @@ class SupervisedProcessRunner:
             )
             with open(err_fd, "ab") as err:
                 popen = subprocess.Popen(
-                    [sys.executable, "-m", "ctm_adapters._supervisor", directory],
+                    [sys.executable, "-P", "-m", "ctm_adapters._supervisor", directory],
                     stdin=subprocess.DEVNULL,
                     stdout=write_fd,
                     stderr=err,
