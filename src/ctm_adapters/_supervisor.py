@@ -118,6 +118,7 @@ def main(state_dir: str) -> int:
             "peak_memory": result.peak_memory,
             "avg_memory": result.avg_memory,
             "timed_out": result.timed_out,
+            "token": config["token"],  # a later run of the same execution id is told apart
         },
     )
     runner.close()

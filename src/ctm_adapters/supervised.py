@@ -224,7 +224,7 @@ class SupervisedProcessRunner:
         supervisor_pid = int(state["supervisor_pid"])
 
         def ended() -> SupervisedRunHandle | None:
-            result = _read_result(directory)
+            result = _read_result(directory, token)
             if result is None:
                 return None
             return SupervisedRunHandle(
@@ -261,7 +261,7 @@ class SupervisedProcessRunner:
                 run._popen.wait()
             run.close()
             self._active_tokens.discard(run.token)
-            result = _read_result(run.directory)
+            result = _read_result(run.directory, run.token)
             if result is None:
                 # The supervisor was killed: nothing recorded the end; leave nothing running.
                 stop_marked_runs(self._instance_id, set(), 0.0, only=run.token)
@@ -283,8 +283,49 @@ class SupervisedProcessRunner:
             stop_marked_runs(self._instance_id, set(), 0.0, only=run.token)
 
     def kill_stale_runs(self, grace_seconds: float) -> int:
-        """Stop the processes of runs of earlier lives that were not adopted."""
-        return stop_marked_runs(self._instance_id, set(self._active_tokens), grace_seconds)
+        """Stop the processes of runs of earlier lives that were not adopted, and wait until
+        their supervisors have exited (so none writes to a log or folder reused after this)."""
+        own = set(self._active_tokens)
+        stopped = stop_marked_runs(self._instance_id, own, grace_seconds)
+        for pid in self._stale_supervisors(own):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:
+                if not _wait_pidfd(pidfd, max(0.0, grace_seconds) + 5.0):
+                    with contextlib.suppress(OSError):
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    _wait_pidfd(pidfd, 5.0)
+            finally:
+                os.close(pidfd)
+        return stopped
+
+    def _stale_supervisors(self, own: set[str]) -> list[int]:
+        """Pids of live supervisors of this instance whose run is not one of ``own``."""
+        found = []
+        prefix = f"{self._instance_id}:"
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if len(args) < 3 or args[-3] != b"ctm_adapters._supervisor":
+                continue
+            state = read_json(os.path.join(os.fsdecode(args[-2]), STATE))
+            token = None if state is None else state.get("token")
+            if (
+                isinstance(token, str)
+                and token.startswith(prefix)
+                and token not in own
+                and state is not None
+                and state.get("supervisor_pid") == int(name)
+            ):
+                found.append(int(name))
+        return found
 
 
 def _own(handle: RunHandle) -> SupervisedRunHandle:
@@ -293,9 +334,11 @@ def _own(handle: RunHandle) -> SupervisedRunHandle:
     return handle
 
 
-def _read_result(directory: str) -> RunResult | None:
+def _read_result(directory: str, token: str) -> RunResult | None:
+    """The result the supervisor of the run marked ``token`` wrote (an earlier, stale supervisor
+    of the same execution may have written its own: it is not this run's)."""
     data = read_json(os.path.join(directory, RESULT))
-    if data is None:
+    if data is None or data.get("token") != token:
         return None
     return RunResult(
         exit_code=int(data["exit_code"]),

@@ -611,10 +611,13 @@ def create_app(settings: Settings, **overrides: Any) -> Starlette:
                 f"ctm: created user 'admin' with password {generated} (also in {path})",
                 flush=True,
             )
-        await call(svc.scheduler.recover)  # adopts the runs of a previous server it can follow
-        stale = await call(svc.runner.kill_stale_runs, min(settings.stop_grace_seconds, 5.0))
-        if stale:
-            log.warning("ctm: stopped %d processes left by runs of a previous server", stale)
+
+        def kill_stale() -> None:  # after adoption: what is left cannot be followed
+            stale = svc.runner.kill_stale_runs(min(settings.stop_grace_seconds, 5.0))
+            if stale:
+                log.warning("ctm: stopped %d processes left by runs of a previous server", stale)
+
+        await call(svc.scheduler.recover, kill_stale)
         app.state.services = svc
         app.state.slow_limiter = anyio.CapacityLimiter(SLOW_CALLS)
         log.info(

@@ -88,6 +88,7 @@ def test_runs_that_cannot_be_adopted_are_stopped_as_stale(tmp_path: Path) -> Non
     second = SupervisedProcessRunner(instance_id="sv-e")
     assert second.kill_stale_runs(1.0) == 1
     assert gone(handle.pid)
+    assert gone(handle.supervisor_pid), "its supervisor has finished too"
     assert first.wait(handle).exit_code == -signal.SIGTERM  # its supervisor saw it end
 
 
@@ -108,3 +109,13 @@ def test_the_run_environment_is_not_left_on_disk(tmp_path: Path) -> None:
     assert not (directory / "spec.json").exists()
     state = json.loads((directory / "state.json").read_text())
     assert "env" not in state and state["pid"] == handle.pid
+
+
+def test_a_result_of_another_run_of_the_same_log_is_ignored(tmp_path: Path) -> None:
+    runner = SupervisedProcessRunner(instance_id="sv-h")
+    handle = runner.start(spec(tmp_path, "print('x')"))
+    runner.wait(handle)
+    result_file = Path(state_dir(str(tmp_path / "run.log"))) / "result.json"
+    data = json.loads(result_file.read_text())
+    result_file.write_text(json.dumps({**data, "token": "sv-h:someone-else"}))
+    assert runner.adopt(handle.pid, str(tmp_path / "run.log")) is None

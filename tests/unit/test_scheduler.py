@@ -140,7 +140,11 @@ def test_restart_marks_running_failed_and_reruns_queued() -> None:
     fresh.scheduler.repo = fresh.coordinator.repo = world.repo
     fresh.scheduler.files = fresh.coordinator.files = world.files
     fresh.coordinator.backend = world.backend
-    fresh.scheduler.recover()
+    statuses: list[ExecutionStatus] = []
+    fresh.scheduler.recover(
+        lambda: statuses.extend(e.status for e in world.repo.list_executions(first))
+    )
+    assert statuses == [ExecutionStatus.RUNNING], "marked failed only after stale runs stopped"
     settle(fresh)
     [ex] = world.repo.list_executions(first)
     assert ex.status is ExecutionStatus.FAILED
@@ -252,7 +256,9 @@ def test_restart_adopts_a_run_the_runner_can_follow() -> None:
     fresh.scheduler.files = fresh.coordinator.files = world.files
     fresh.coordinator.backend = world.backend
     fresh.runner.adoptable[old.pid] = old.spec
-    fresh.scheduler.recover()
+    seen: list[int] = []
+    fresh.scheduler.recover(lambda: seen.append(len(fresh.runner.adopted)))
+    assert seen == [1], "stale runs are stopped after adoption"
     [adopted] = fresh.runner.adopted
     assert adopted.pid == old.pid
     assert fresh.coordinator.is_active(first) and fresh.coordinator.running == 1
