@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,19 +72,22 @@ class SupervisedRunHandle:
         self._popen = popen
         self._result = result
         self._lock = threading.Lock()
+        if pidfd is not None:
+            # Closed with the handle, never earlier: a late stop() must not use a reused number.
+            weakref.finalize(self, _close_fd, pidfd)
 
     def __repr__(self) -> str:
         return f"<SupervisedRunHandle pid={self.pid} supervisor={self.supervisor_pid}>"
 
     @property
     def done(self) -> bool:
+        """True once the supervisor has exited (the run has ended and its result is written)."""
         return self._result is not None or self._pidfd is None or _wait_pidfd(self._pidfd, 0)
 
-    def close(self) -> None:
-        if self._pidfd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._pidfd)
-            self._pidfd = None
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 class SupervisedProcessRunner:
@@ -200,7 +204,10 @@ class SupervisedProcessRunner:
                 errno, strerror, filename = message["error"]
                 raise OSError(errno, strerror, filename)
             raise OSError(f"the run supervisor failed: {_tail(directory)}")
-        pidfd = os.pidfd_open(popen.pid)
+        try:
+            pidfd: int | None = os.pidfd_open(popen.pid)
+        except OSError:  # it ended already (and was reaped?): the Popen is enough to wait
+            pidfd = None
         return SupervisedRunHandle(
             pid=int(message["pid"]),
             supervisor_pid=popen.pid,
@@ -259,7 +266,6 @@ class SupervisedProcessRunner:
                 _wait_pidfd(run._pidfd, None)
             if run._popen is not None:
                 run._popen.wait()
-            run.close()
             self._active_tokens.discard(run.token)
             result = _read_result(run.directory, run.token)
             if result is None:
