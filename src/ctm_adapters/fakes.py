@@ -180,6 +180,9 @@ class FakeProcessRunner:
         self._lock = threading.Lock()
         self.fail_start: str | None = None
         self.started_event = threading.Condition()
+        self.runs_survive_restart = False
+        self.adoptable: dict[int, RunSpec] = {}
+        self.adopted: list[FakeHandle] = []
 
     def start(self, spec: RunSpec) -> FakeHandle:
         if self.fail_start:
@@ -243,6 +246,18 @@ class FakeProcessRunner:
     def stop(self, handle: FakeHandle, grace_seconds: float) -> None:
         self.stopped.append(handle.pid)
         self._end(handle, -15)
+
+    def adopt(self, pid: int, log_path: str) -> FakeHandle | None:
+        """A handle for a run listed in ``adoptable`` (by pid), as if left by an earlier server;
+        it ends like any other (``finish``/``stop``)."""
+        spec = self.adoptable.pop(pid, None)
+        if spec is None:
+            return None
+        handle = FakeHandle(pid=pid, spec=spec)
+        with self.started_event:
+            self.adopted.append(handle)
+            self.started_event.notify_all()
+        return handle
 
     def kill_stale_runs(self, grace_seconds: float) -> int:
         return 0

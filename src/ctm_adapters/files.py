@@ -81,6 +81,8 @@ class LocalFileStore:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(real)
+                # a run's supervisor files, next to its log (ctm_adapters.supervised)
+                shutil.rmtree(real + ".run", ignore_errors=True)
             run_dir = os.path.join(self.runs_dir, os.path.basename(real).removesuffix(".log"))
             if real.startswith(self.logs_dir) and os.path.isdir(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)

@@ -27,7 +27,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 from ctm_adapters._logcap import LogCapper, read_log_tail
@@ -45,6 +45,7 @@ from ctm_core.ports import RunHandle, RunResult, RunSpec
 
 __all__ = [
     "RUN_MARKER_VARIABLE",
+    "stop_marked_runs",
     "PsutilProcessRunner",
     "PsutilRunHandle",
     "read_log_tail",
@@ -273,6 +274,9 @@ class PsutilProcessRunner:
     marker variable, so that ``kill_stale_runs`` can find the runs of its earlier lives.
     """
 
+    runs_survive_restart = False
+    """The server is each run's parent: a run ends with it (see ``SupervisedProcessRunner``)."""
+
     def __init__(
         self,
         *,
@@ -340,13 +344,23 @@ class PsutilProcessRunner:
 
     def start(self, spec: RunSpec) -> PsutilRunHandle:
         """Start the run; raises ``OSError`` when the program cannot be started."""
-        if self._monitor.closed:
-            raise RuntimeError("the runner is closed")
+        env, token = self.prepare_environment(spec)
+        return self.start_prepared(spec, env, token)
+
+    def prepare_environment(self, spec: RunSpec) -> tuple[dict[str, str], str]:
+        """A run's whole environment and its new marker token (in the environment already)."""
         env = self.child_environment(spec)
         token = secrets.token_hex(16)
         if self._instance_id is not None:
             token = f"{self._instance_id}:{token}"
         env[RUN_MARKER_VARIABLE] = token
+        return env, token
+
+    def start_prepared(self, spec: RunSpec, env: dict[str, str], token: str) -> PsutilRunHandle:
+        """``start`` with the environment (marker included) made by ``prepare_environment``,
+        perhaps by another process (the run supervisor)."""
+        if self._monitor.closed:
+            raise RuntimeError("the runner is closed")
         log_file = _open_log(spec.log_path)
         try:
             read_fd, write_fd = os.pipe()
@@ -521,6 +535,10 @@ class PsutilProcessRunner:
             self._active_tokens.discard(run._token)
             run._done.set()
 
+    def adopt(self, pid: int, log_path: str) -> RunHandle | None:
+        """Runs of an earlier life cannot be followed here (they lost their output pipe)."""
+        return None
+
     def kill_stale_runs(self, grace_seconds: float = 5.0) -> int:
         """Stop the runs an earlier life of this server left running; return how many processes.
 
@@ -532,46 +550,9 @@ class PsutilProcessRunner:
         """
         if self._instance_id is None:
             raise ValueError("kill_stale_runs needs the runner's instance_id")
-        prefix = f"{self._instance_id}:".encode()
-        own = {token.encode() for token in self._active_tokens}
-        variable = RUN_MARKER_VARIABLE.encode()
-        trees: dict[bytes, RunTree] = {}
-        for p in sorted(scan().values(), key=lambda p: p.starttime):
-            if not p.alive or p.pid == os.getpid():
-                continue
-            token = read_environ_value(p.pid, variable)
-            if token is None or not token.startswith(prefix) or token in own:
-                continue
-            tree = trees.get(token)
-            if tree is None:  # the oldest process of that run stands for its main process
-                trees[token] = RunTree(p.pid, p.starttime, token)
-            else:
-                tree.known[p.pid] = p.starttime
-        if not trees:
-            return 0
-
-        def alive() -> list[ProcStat]:
-            self._monitor.refresh(list(trees.values()))
-            return [p for tree in trees.values() for p in tree.members.values()]
-
-        victims = alive()
-        seen = {(p.pid, p.starttime) for p in victims}
-        for p in victims:
-            _signal_process(p.pid, p.starttime, signal.SIGTERM)
-        deadline = time.monotonic() + max(0.0, grace_seconds)
-        kill_deadline = deadline + _KILL_WAIT_LIMIT
-        while victims:
-            if time.monotonic() >= kill_deadline:
-                log.warning("stale run processes survive SIGKILL: %s", [p.pid for p in victims])
-                break
-            time.sleep(0.05)
-            victims = alive()
-            seen.update((p.pid, p.starttime) for p in victims)
-            if time.monotonic() >= deadline:
-                for p in victims:
-                    _signal_process(p.pid, p.starttime, signal.SIGKILL)
-        log.info("stopped %d processes of runs left by an earlier server", len(seen))
-        return len(seen)
+        return stop_marked_runs(
+            self._instance_id, set(self._active_tokens), grace_seconds, self._monitor.refresh
+        )
 
     def _alive(self, run: PsutilRunHandle) -> list[ProcStat]:
         """Every process of the run alive now: a fresh scan."""
@@ -622,6 +603,69 @@ class PsutilProcessRunner:
         for p in members:
             if not (group_signalled and p.pgrp == run.pid):
                 _signal_process(p.pid, p.starttime, sig)
+
+
+
+def stop_marked_runs(
+    instance_id: str,
+    own_tokens: set[str],
+    grace_seconds: float,
+    refresh: Callable[[list[RunTree]], None] | None = None,
+    *,
+    only: str | None = None,
+) -> int:
+    """Stop every process whose marker names ``instance_id`` but none of ``own_tokens`` (with
+    their descendants and sessions): SIGTERM, SIGKILL after ``grace_seconds``. Returns how many
+    processes were stopped. ``refresh`` rescans the trees (a fresh scanner when None).
+    ``only``: stop that one run's processes and no other."""
+    prefix = f"{instance_id}:".encode()
+    own = {token.encode() for token in own_tokens}
+    variable = RUN_MARKER_VARIABLE.encode()
+    if refresh is None:
+        scanner = TreeScanner(variable)
+
+        def refresh(trees: list[RunTree]) -> None:
+            scanner.attribute(trees, scan())
+
+    trees: dict[bytes, RunTree] = {}
+    for p in sorted(scan().values(), key=lambda p: p.starttime):
+        if not p.alive or p.pid == os.getpid():
+            continue
+        token = read_environ_value(p.pid, variable)
+        if token is None or not token.startswith(prefix) or token in own:
+            continue
+        if only is not None and token != only.encode():
+            continue
+        tree = trees.get(token)
+        if tree is None:  # the oldest process of that run stands for its main process
+            trees[token] = RunTree(p.pid, p.starttime, token)
+        else:
+            tree.known[p.pid] = p.starttime
+    if not trees:
+        return 0
+
+    def alive() -> list[ProcStat]:
+        refresh(list(trees.values()))
+        return [p for tree in trees.values() for p in tree.members.values()]
+
+    victims = alive()
+    seen = {(p.pid, p.starttime) for p in victims}
+    for p in victims:
+        _signal_process(p.pid, p.starttime, signal.SIGTERM)
+    deadline = time.monotonic() + max(0.0, grace_seconds)
+    kill_deadline = deadline + _KILL_WAIT_LIMIT
+    while victims:
+        if time.monotonic() >= kill_deadline:
+            log.warning("stale run processes survive SIGKILL: %s", [p.pid for p in victims])
+            break
+        time.sleep(0.05)
+        victims = alive()
+        seen.update((p.pid, p.starttime) for p in victims)
+        if time.monotonic() >= deadline:
+            for p in victims:
+                _signal_process(p.pid, p.starttime, signal.SIGKILL)
+    log.info("stopped %d processes of runs left by an earlier server", len(seen))
+    return len(seen)
 
 
 def _signal_process(pid: int, starttime: int, sig: int) -> None:

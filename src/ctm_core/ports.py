@@ -148,6 +148,10 @@ class RunHandle(Protocol):
 
 
 class ProcessRunner(Protocol):
+    runs_survive_restart: bool
+    """True when runs go on while the server is down and ``adopt`` can follow them afterwards;
+    then the server leaves its runs going when it shuts down."""
+
     def start(self, spec: RunSpec) -> RunHandle:
         """Start ``spec.argv`` in a new session/process group with the server's environment less
         ctm's secrets, plus ``env_add`` and ``path_prepend``; stdout and stderr merged in order into
@@ -166,9 +170,16 @@ class ProcessRunner(Protocol):
         escaped the group. Returns once no process of the run is alive."""
         ...
 
+    def adopt(self, pid: int, log_path: str) -> RunHandle | None:
+        """At start-up: follow a run that an earlier life of this server started (``pid`` and
+        ``log_path`` as recorded). Returns a handle for ``wait`` and ``stop`` (``wait`` returns
+        at once when the run ended while the server was down), or None when the run cannot be
+        followed (its end is unknown)."""
+        ...
+
     def kill_stale_runs(self, grace_seconds: float) -> int:
-        """At start-up: stop every process left by runs of an earlier life of this server (it
-        died without stopping them); return how many processes were stopped."""
+        """At start-up, after every adoption: stop every process left by runs of an earlier
+        life of this server that were not adopted; return how many processes were stopped."""
         ...
 
 

@@ -36,6 +36,8 @@ class _Run:
     handle: RunHandle | None = None
     stop_requested: bool = False
     shutting_down: bool = False
+    detached: bool = False
+    """Left going at shutdown (the runner's runs survive it): the next server records its end."""
     started: threading.Event = attrs.field(factory=threading.Event)
     done: threading.Event = attrs.field(factory=threading.Event)
 
@@ -134,14 +136,53 @@ class RunCoordinator:
         """On shutdown: end every run (recorded as failed by the server's shutdown)."""
         with self._guard:
             runs = list(self._runs.values())
+        survive = self.runner.runs_survive_restart
         for run in runs:
-            run.shutting_down = True
+            if survive:
+                run.detached = True
+            else:
+                run.shutting_down = True
             if self._unqueue(run):  # stays queued in the database: run after the restart
                 self._forget(run)
-            elif run.handle is not None:
+            elif run.handle is not None and not survive:
                 self.runner.stop(run.handle, grace)
+        if survive:
+            return  # still running in the database: the next server adopts them
         for run in runs:
             run.done.wait(grace + 5)
+
+    def adopt(self, execution: Execution) -> bool:
+        """At start-up: follow an execution an earlier server left ``running``, when the runner
+        can (``ProcessRunner.adopt``); it holds a run slot until it ends and is recorded then.
+        False when it cannot be followed."""
+        if execution.pid is None or not execution.log_path:
+            return False
+        handle = self.runner.adopt(execution.pid, execution.log_path)
+        if handle is None:
+            return False
+        run = _Run(task_id=execution.task_id, execution_id=execution.id, handle=handle)
+        run.started.set()
+        with self._guard:
+            self._runs[run.task_id] = run
+            self.running += 1
+            self.max_seen = max(self.max_seen, self.running)
+        threading.Thread(
+            target=self._follow_adopted, args=(run, execution),
+            name=f"ctm-run-{run.execution_id}", daemon=True,
+        ).start()
+        return True
+
+    def _follow_adopted(self, run: _Run, execution: Execution) -> None:
+        try:
+            assert run.handle is not None
+            self._record(run, execution, self.runner.wait(run.handle))
+        except Exception as exc:  # never lose a record: an unexpected error fails the run
+            self._finish_unstarted(run, ExecutionStatus.FAILED, f"internal error: {exc!r}")
+        finally:
+            with self._guard:
+                self.running -= 1
+            self._forget(run)
+            self._dispatch()
 
     # --- the run itself ------------------------------------------------------------------------
 
@@ -187,7 +228,12 @@ class RunCoordinator:
             return
         if run.stop_requested:
             self.runner.stop(run.handle, self.stop_grace)
-        result = self.runner.wait(run.handle)
+        self._record(run, execution, self.runner.wait(run.handle))
+
+    def _record(self, run: _Run, execution: Execution, result: RunResult) -> None:
+        """Record how a started run ended (not when it was left going at shutdown)."""
+        if run.detached:
+            return
         if run.shutting_down:
             status, note = ExecutionStatus.FAILED, "ended because the server shut down"
         elif run.stop_requested:

@@ -47,13 +47,19 @@ class Scheduler:
 
     # --- start-up ------------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Resolve what a previous process left unfinished: queued runs are run again, runs that
-        were going on are marked failed with a line in their log saying why."""
-        for execution in self.repo.unfinished_executions():
-            if execution.status is ExecutionStatus.QUEUED:
-                self.coordinator.launch(execution.task_id, execution.id)
-                continue
+    def recover(self, after_adoption: Callable[[], object] = lambda: None) -> None:
+        """Resolve what a previous process left unfinished: runs that were going on are followed
+        to their end when the runner can adopt them; then ``after_adoption`` is called (the
+        composition root stops what could not be adopted); then the runs not adopted are marked
+        failed with a line in their log saying why, and queued runs are run again."""
+        unfinished = self.repo.unfinished_executions()
+        queued = [e for e in unfinished if e.status is ExecutionStatus.QUEUED]
+        lost = [
+            e for e in unfinished
+            if e.status is not ExecutionStatus.QUEUED and not self.coordinator.adopt(e)
+        ]
+        after_adoption()
+        for execution in lost:
             now = self.clock.now()
             execution.status = ExecutionStatus.FAILED
             execution.end_time = now
@@ -72,6 +78,8 @@ class Scheduler:
                     task.status = TaskStatus.FAILED
                     task.last_run_duration = execution.duration
                 self.repo.save_run_state(task, execution)
+        for execution in queued:
+            self.coordinator.launch(execution.task_id, execution.id)
 
     # --- the loop ------------------------------------------------------------------------------
 

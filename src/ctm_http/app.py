@@ -143,11 +143,11 @@ def _argon2() -> PasswordHasher:
 
 
 def _process_runner(settings: Settings) -> ProcessRunner:
-    from ctm_adapters.process import PsutilProcessRunner
+    from ctm_adapters.supervised import SupervisedProcessRunner
 
     # Runs carry this id, so a restarted server finds the processes of its earlier life.
     instance = hashlib.sha256(os.path.abspath(settings.data_dir).encode()).hexdigest()[:16]
-    return PsutilProcessRunner(
+    return SupervisedProcessRunner(
         sample_interval=settings.sample_interval,
         log_cap_bytes=settings.log_max_bytes,
         run_as_user=settings.run_as_user,
@@ -611,10 +611,13 @@ def create_app(settings: Settings, **overrides: Any) -> Starlette:
                 f"ctm: created user 'admin' with password {generated} (also in {path})",
                 flush=True,
             )
-        stale = await call(svc.runner.kill_stale_runs, min(settings.stop_grace_seconds, 5.0))
-        if stale:
-            log.warning("ctm: stopped %d processes left by runs of a previous server", stale)
-        await call(svc.scheduler.recover)
+
+        def kill_stale() -> None:  # after adoption: what is left cannot be followed
+            stale = svc.runner.kill_stale_runs(min(settings.stop_grace_seconds, 5.0))
+            if stale:
+                log.warning("ctm: stopped %d processes left by runs of a previous server", stale)
+
+        await call(svc.scheduler.recover, kill_stale)
         app.state.services = svc
         app.state.slow_limiter = anyio.CapacityLimiter(SLOW_CALLS)
         log.info(

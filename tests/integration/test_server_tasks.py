@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -148,8 +149,9 @@ def test_stats_and_history_agree_with_what_ran(c: httpx.Client) -> None:
 
 
 def test_kill_9_then_restart_resolves_everything(tmp_path: Path) -> None:
-    """After kill -9: nothing stays running (its processes too), the pending one-shot runs,
-    cron resumes."""
+    """After kill -9: nothing stays running (a run that cannot be adopted, here because its
+    supervisor's files are lost, is stopped and failed), the pending one-shot runs, cron
+    resumes."""
     srv = Server(tmp_path / "data")
     srv.start()
     try:
@@ -171,6 +173,8 @@ def test_kill_9_then_restart_resolves_everything(tmp_path: Path) -> None:
             pid = int(wait_for(pid_file.read_text, what="pid"))
             srv.stop(signal.SIGKILL)
             assert psutil.pid_exists(pid), "the run outlives a killed server"
+            for state in (tmp_path / "data").rglob("*.log.run"):
+                shutil.rmtree(state)  # nothing left to adopt the runs by
             srv.start()
             srv.login(c)
             wait_for(lambda: task_status(c, long) == "failed", what="interrupted run resolved")
@@ -184,5 +188,72 @@ def test_kill_9_then_restart_resolves_everything(tmp_path: Path) -> None:
             assert all(t["status"] != "running" or t["task_id"] == cron
                        for t in c.get("/api/tasks").json())
             assert orphan["task"]["status"] == "running"
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "graceful"])
+def test_a_run_survives_a_server_restart(tmp_path: Path, sig: int) -> None:
+    """A run going on when the server dies (or is restarted gracefully) keeps running while it
+    is down; the restarted server adopts it and records its real end: exit code, duration, the
+    whole log and its memory."""
+    srv = Server(tmp_path / "data")
+    srv.start()
+    try:
+        with srv.client() as c:
+            srv.login(c)
+            assert c.post("/api/conda/environment", json={"name": "sv"}).status_code == 201
+            pid_file = tmp_path / "run.pid"
+            script = (f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+                      "for i in range(8):\n    print(f'tick {i}', flush=True)\n"
+                      "    time.sleep(0.5)\nprint('done')\n")
+            tid = c.post("/api/tasks", json={"script": script, "conda_env": "sv"}
+                         ).json()["task"]["task_id"]
+            wait_for(lambda: "tick 1" in (c.get(f"/api/tasks/{tid}").json()
+                                          ["latest_execution"] or {}).get("logs", ""),
+                     what="first lines")
+            pid = int(pid_file.read_text())
+            srv.stop(sig)
+            assert psutil.pid_exists(pid), "the run goes on while the server is down"
+            time.sleep(1.0)
+            srv.start()
+            srv.login(c)
+            assert task_status(c, tid) in ("running", "completed")
+            wait_for(lambda: task_status(c, tid) == "completed", what="adopted run's end")
+            latest = c.get(f"/api/tasks/{tid}").json()["latest_execution"]
+            assert latest["exit_code"] == 0
+            for i in range(8):
+                assert f"tick {i}" in latest["logs"]
+            assert "done" in latest["logs"] and "server" not in latest["logs"]
+            assert 3.8 <= latest["duration"] <= 6.0
+            assert latest["peak_memory"] > 1 and latest["avg_memory"] > 0
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    finally:
+        srv.stop()
+
+
+def test_an_adopted_run_can_be_stopped(tmp_path: Path) -> None:
+    """After a restart the adopted run is still ``running`` and a user can stop it."""
+    srv = Server(tmp_path / "data", extra_env={"CTM_STOP_GRACE_SECONDS": "2"})
+    srv.start()
+    try:
+        with srv.client() as c:
+            srv.login(c)
+            assert c.post("/api/conda/environment", json={"name": "sv"}).status_code == 201
+            pid_file = tmp_path / "long.pid"
+            script = (f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+                      "time.sleep(600)\n")
+            tid = c.post("/api/tasks", json={"script": script, "conda_env": "sv"}
+                         ).json()["task"]["task_id"]
+            pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="pid"))
+            srv.stop(signal.SIGKILL)
+            srv.start()
+            srv.login(c)
+            assert task_status(c, tid) == "running"
+            assert psutil.pid_exists(pid)
+            r = c.post(f"/api/tasks/{tid}/stop")
+            assert r.status_code == 200, r.text
+            wait_for(lambda: task_status(c, tid) == "stopped", what="stopped")
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     finally:
         srv.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -139,7 +140,11 @@ def test_restart_marks_running_failed_and_reruns_queued() -> None:
     fresh.scheduler.repo = fresh.coordinator.repo = world.repo
     fresh.scheduler.files = fresh.coordinator.files = world.files
     fresh.coordinator.backend = world.backend
-    fresh.scheduler.recover()
+    statuses: list[ExecutionStatus] = []
+    fresh.scheduler.recover(
+        lambda: statuses.extend(e.status for e in world.repo.list_executions(first))
+    )
+    assert statuses == [ExecutionStatus.RUNNING], "marked failed only after stale runs stopped"
     settle(fresh)
     [ex] = world.repo.list_executions(first)
     assert ex.status is ExecutionStatus.FAILED
@@ -236,6 +241,52 @@ def test_maintenance_purges_expired_sessions() -> None:
     from ctm_core.auth import hash_token
 
     assert world.repo.get_session(hash_token(token)) is None
+
+
+def test_restart_adopts_a_run_the_runner_can_follow() -> None:
+    """Recovery with a runner whose runs survive: the run left running is adopted, holds a slot,
+    and is recorded with its real result when it ends."""
+    world = make_world(start=T0)
+    first = add_task(world)
+    world.scheduler.tick()
+    [old] = world.runner.wait_started(1)
+    fresh = make_world(start=T0 + timedelta(minutes=1))
+    fresh.repo = world.repo
+    fresh.scheduler.repo = fresh.coordinator.repo = world.repo
+    fresh.scheduler.files = fresh.coordinator.files = world.files
+    fresh.coordinator.backend = world.backend
+    fresh.runner.adoptable[old.pid] = old.spec
+    seen: list[int] = []
+    fresh.scheduler.recover(lambda: seen.append(len(fresh.runner.adopted)))
+    assert seen == [1], "stale runs are stopped after adoption"
+    [adopted] = fresh.runner.adopted
+    assert adopted.pid == old.pid
+    assert fresh.coordinator.is_active(first) and fresh.coordinator.running == 1
+    [ex] = world.repo.list_executions(first)
+    assert ex.status is ExecutionStatus.RUNNING
+    fresh.runner.finish(adopted, 0, duration=4.0)
+    settle(fresh)
+    [ex] = world.repo.list_executions(first)
+    assert ex.status is ExecutionStatus.COMPLETED and ex.exit_code == 0 and ex.duration == 4.0
+    assert world.repo.get_task(first).status is TaskStatus.COMPLETED
+    assert "server" not in world.files.files.get(ex.log_path or "", "")
+    assert fresh.coordinator.running == 0
+
+
+def test_shutdown_leaves_surviving_runs_going() -> None:
+    """With a runner whose runs outlive the server, shutdown neither stops nor records them:
+    they stay running in the store for the next server to adopt."""
+    world = make_world(start=T0)
+    world.runner.runs_survive_restart = True
+    tid = add_task(world)
+    world.scheduler.tick()
+    [handle] = world.runner.wait_started(1)
+    world.coordinator.stop_all(0.1)
+    assert world.runner.stopped == []
+    world.runner.finish(handle, 0)  # ends while the server goes down: the next one records it
+    time.sleep(0.1)
+    [ex] = world.repo.list_executions(tid)
+    assert ex.status is ExecutionStatus.RUNNING
 
 
 def test_shutdown_ends_runs_as_failed_with_a_reason() -> None:

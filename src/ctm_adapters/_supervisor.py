@@ -1,0 +1,129 @@
+"""The run supervisor: one small process per run, so that a run outlives its server.
+
+``python -m ctm_adapters._supervisor STATE_DIR``, started by ``SupervisedProcessRunner`` in a
+session of its own. It reads ``STATE_DIR/spec.json`` (and deletes it: it holds the run's
+environment), starts the program with an in-process ``PsutilProcessRunner`` (capped log, memory
+of the whole tree, timeout, leftovers, ``wait4``), writes ``state.json`` (its own pid and start
+time, the program's pid and marker token), tells the server the program's pid (or why it could
+not start) in one JSON line on stdout, and at the end writes ``result.json`` atomically. SIGTERM
+asks it to stop the run, with the grace in ``stop.json``.
+
+It is the program's parent, not the server: the program's exit status, output and peak memory
+(``ru_maxrss`` counts the supervisor's small memory before ``exec``, not the server's) never
+depend on the server being alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+SPEC = "spec.json"
+STATE = "state.json"
+STOP = "stop.json"
+RESULT = "result.json"
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename), mode 0600."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """The object in ``path``; None when missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def main(state_dir: str) -> int:
+    from ctm_adapters._proctree import read_stat
+    from ctm_adapters.process import PsutilProcessRunner
+    from ctm_core.ports import RunSpec
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop_asked: list[int] = []  # a plain flag: the handler runs between two bytecodes
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop_asked.append(signum))
+
+    spec_path = os.path.join(state_dir, SPEC)
+    config = read_json(spec_path)
+    if config is None:
+        print(json.dumps({"error": [0, "run supervisor: no spec", spec_path]}), flush=True)
+        return 2
+    os.remove(spec_path)
+    runner = PsutilProcessRunner(
+        sample_interval=config["sample_interval"],
+        log_cap_bytes=config["log_cap_bytes"],
+        secret_env_prefixes=(),
+        run_as_user=config["run_as_user"],
+        timeout_grace=config["timeout_grace"],
+        leftover_grace=config["leftover_grace"],
+        log_flush_interval=config["log_flush_interval"],
+    )
+    spec = RunSpec(
+        argv=tuple(config["argv"]),
+        cwd=config["cwd"],
+        log_path=config["log_path"],
+        env_add={},
+        timeout_seconds=config["timeout_seconds"],
+    )
+    try:
+        handle = runner.start_prepared(spec, config["env"], config["token"])
+    except OSError as exc:
+        print(json.dumps({"error": [exc.errno, exc.strerror, exc.filename]}), flush=True)
+        return 0
+    me = read_stat(os.getpid())
+    write_json(
+        os.path.join(state_dir, STATE),
+        {
+            "supervisor_pid": os.getpid(),
+            "supervisor_starttime": me.starttime if me else 0,
+            "pid": handle.pid,
+            "token": config["token"],
+        },
+    )
+    print(json.dumps({"pid": handle.pid}), flush=True)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # the server may be gone: never write to its pipe again
+    os.close(devnull)
+
+    stopper: threading.Thread | None = None
+    while not handle.done:
+        if stop_asked and stopper is None:
+            stop = read_json(os.path.join(state_dir, STOP)) or {}
+            grace = float(stop.get("grace", config["timeout_grace"]))
+            stopper = threading.Thread(target=runner.stop, args=(handle, grace), daemon=True)
+            stopper.start()
+        handle._done.wait(0.1)
+    result = runner.wait(handle)
+    write_json(
+        os.path.join(state_dir, RESULT),
+        {
+            "exit_code": result.exit_code,
+            "duration": result.duration,
+            "peak_memory": result.peak_memory,
+            "avg_memory": result.avg_memory,
+            "timed_out": result.timed_out,
+            "token": config["token"],  # a later run of the same execution id is told apart
+        },
+    )
+    runner.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,388 @@
+"""``SupervisedProcessRunner``: runs that outlive the server (Linux).
+
+Each run has a small supervisor process of its own (``ctm_adapters._supervisor``, in a new
+session) that starts the program, copies its output into the capped log, samples its memory,
+enforces its timeout, reaps it and writes its result to ``<log>.run/result.json``. The server
+only follows the supervisor through a pidfd, asks it to stop the run (SIGTERM plus the grace in
+``stop.json``) and reads the result. When the server dies (kill -9) or restarts, the run goes
+on; the next server ``adopt``s it from ``<log>.run/state.json`` and records its real end.
+
+See docs/runs.md and docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from ctm_adapters._proctree import read_stat
+from ctm_adapters._supervisor import RESULT, SPEC, STATE, STOP, read_json, write_json
+from ctm_adapters.process import (
+    RUN_MARKER_VARIABLE,
+    PsutilProcessRunner,
+    _wait_pidfd,
+    stop_marked_runs,
+)
+from ctm_core.ports import RunHandle, RunResult, RunSpec
+
+__all__ = ["SupervisedProcessRunner", "SupervisedRunHandle", "state_dir"]
+
+_START_TIMEOUT = 60.0  # for the supervisor to report the program's pid
+_STOP_SLACK = 40.0  # beyond the grace: SIGKILL escalation and the end of output, in the supervisor
+
+
+def state_dir(log_path: str) -> str:
+    """The folder of a run's supervisor files, next to its log."""
+    return log_path + ".run"
+
+
+class SupervisedRunHandle:
+    """One run followed through its supervisor."""
+
+    pid: int
+    """The program's main process (its process group and session)."""
+
+    def __init__(
+        self,
+        *,
+        pid: int,
+        supervisor_pid: int,
+        pidfd: int | None,
+        directory: str,
+        token: str,
+        popen: subprocess.Popen[bytes] | None = None,
+        result: RunResult | None = None,
+    ) -> None:
+        self.pid = pid
+        self.supervisor_pid = supervisor_pid
+        self.directory = directory
+        self.token = token
+        self._pidfd = pidfd
+        self._popen = popen
+        self._result = result
+        self._lock = threading.Lock()
+        if pidfd is not None:
+            # Closed with the handle, never earlier: a late stop() must not use a reused number.
+            weakref.finalize(self, _close_fd, pidfd)
+
+    def __repr__(self) -> str:
+        return f"<SupervisedRunHandle pid={self.pid} supervisor={self.supervisor_pid}>"
+
+    @property
+    def done(self) -> bool:
+        """True once the supervisor has exited (the run has ended and its result is written)."""
+        return self._result is not None or self._pidfd is None or _wait_pidfd(self._pidfd, 0)
+
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+class SupervisedProcessRunner:
+    """The ``ProcessRunner`` port with one supervisor process per run; runs survive restarts.
+
+    Options as ``PsutilProcessRunner``'s (they go to each run's supervisor); ``instance_id`` is
+    required: it marks every run, so ``kill_stale_runs`` finds those that cannot be adopted.
+    """
+
+    runs_survive_restart = True
+
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        sample_interval: float = 0.5,
+        log_cap_bytes: int = 10 * 1024 * 1024,
+        secret_env_prefixes: Sequence[str] = ("CTM_",),
+        run_as_user: str | None = None,
+        timeout_grace: float = 10.0,
+        leftover_grace: float = 2.0,
+        log_flush_interval: float = 1.0,
+    ) -> None:
+        # Checks every option and makes each run's environment; never starts a run itself.
+        self._env = PsutilProcessRunner(
+            sample_interval=sample_interval,
+            log_cap_bytes=log_cap_bytes,
+            secret_env_prefixes=secret_env_prefixes,
+            run_as_user=run_as_user,
+            timeout_grace=timeout_grace,
+            leftover_grace=leftover_grace,
+            log_flush_interval=log_flush_interval,
+            instance_id=instance_id,
+        )
+        self._instance_id = instance_id
+        self._secret_prefixes = tuple(secret_env_prefixes)
+        self._options = {
+            "sample_interval": sample_interval,
+            "log_cap_bytes": log_cap_bytes,
+            "run_as_user": run_as_user,
+            "timeout_grace": timeout_grace,
+            "leftover_grace": leftover_grace,
+            "log_flush_interval": log_flush_interval,
+        }
+        self._active_tokens: set[str] = set()
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop starting runs. Runs going on are left to their supervisors."""
+        self._closed = True
+        self._env.close()
+
+    # ---------------------------------------------------------------- start
+
+    def start(self, spec: RunSpec) -> SupervisedRunHandle:
+        if self._closed:
+            raise RuntimeError("the runner is closed")
+        env, token = self._env.prepare_environment(spec)
+        directory = state_dir(spec.log_path)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, mode=0o700)
+        write_json(
+            os.path.join(directory, SPEC),
+            {
+                **self._options,
+                "argv": list(spec.argv),
+                "cwd": spec.cwd,
+                "log_path": spec.log_path,
+                "timeout_seconds": spec.timeout_seconds,
+                "env": env,
+                "token": token,
+            },
+        )
+        own_env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(self._secret_prefixes) and key != RUN_MARKER_VARIABLE
+        }
+        self._active_tokens.add(token)  # before it exists: kill_stale_runs must never see it
+        read_fd, write_fd = os.pipe()
+        try:
+            err_fd = os.open(
+                os.path.join(directory, "supervisor.err"),
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600,
+            )
+            with open(err_fd, "ab") as err:
+                popen = subprocess.Popen(
+                    [sys.executable, "-P", "-m", "ctm_adapters._supervisor", directory],
+                    stdin=subprocess.DEVNULL,
+                    stdout=write_fd,
+                    stderr=err,
+                    start_new_session=True,
+                    close_fds=True,
+                    env=own_env,
+                    cwd="/",
+                )
+        except BaseException:
+            os.close(read_fd)
+            self._active_tokens.discard(token)
+            raise
+        finally:
+            os.close(write_fd)
+        try:
+            line = _read_line(read_fd, _START_TIMEOUT)
+        finally:
+            os.close(read_fd)
+        message = _parse(line)
+        if message is None or "pid" not in message:
+            if message is None:
+                popen.kill()
+            popen.wait()
+            self._active_tokens.discard(token)
+            if message is not None and "error" in message:
+                errno, strerror, filename = message["error"]
+                raise OSError(errno, strerror, filename)
+            raise OSError(f"the run supervisor failed: {_tail(directory)}")
+        try:
+            pidfd: int | None = os.pidfd_open(popen.pid)
+        except OSError:  # it ended already (and was reaped?): the Popen is enough to wait
+            pidfd = None
+        return SupervisedRunHandle(
+            pid=int(message["pid"]),
+            supervisor_pid=popen.pid,
+            pidfd=pidfd,
+            directory=directory,
+            token=token,
+            popen=popen,
+        )
+
+    # ---------------------------------------------------------------- adopt
+
+    def adopt(self, pid: int, log_path: str) -> SupervisedRunHandle | None:
+        """Follow a run an earlier life of the server started: a handle whose ``wait`` gives
+        its real result (at once when it has ended already), or None when nothing is known of
+        it (no supervisor state, or its supervisor died without a result)."""
+        directory = state_dir(log_path)
+        state = read_json(os.path.join(directory, STATE))
+        if state is None or state.get("pid") != pid:
+            return None
+        token = str(state["token"])
+        supervisor_pid = int(state["supervisor_pid"])
+
+        def ended() -> SupervisedRunHandle | None:
+            result = _read_result(directory, token)
+            if result is None:
+                return None
+            return SupervisedRunHandle(
+                pid=pid, supervisor_pid=supervisor_pid, pidfd=None, directory=directory,
+                token=token, result=result,
+            )
+
+        handle = ended()
+        if handle is not None:
+            return handle
+        try:
+            pidfd = os.pidfd_open(supervisor_pid)
+        except OSError:
+            return ended()
+        stat = read_stat(supervisor_pid)  # after the pidfd: the pid cannot be reused under it
+        if stat is None or stat.starttime != state["supervisor_starttime"]:
+            os.close(pidfd)
+            return ended()
+        self._active_tokens.add(token)
+        return SupervisedRunHandle(
+            pid=pid, supervisor_pid=supervisor_pid, pidfd=pidfd, directory=directory, token=token
+        )
+
+    # ---------------------------------------------------------------- wait / stop
+
+    def wait(self, handle: RunHandle) -> RunResult:
+        run = _own(handle)
+        with run._lock:
+            if run._result is not None:
+                return run._result
+            if run._pidfd is not None:
+                _wait_pidfd(run._pidfd, None)
+            if run._popen is not None:
+                run._popen.wait()
+            self._active_tokens.discard(run.token)
+            result = _read_result(run.directory, run.token)
+            if result is None:
+                # The supervisor was killed: nothing recorded the end; leave nothing running.
+                stop_marked_runs(self._instance_id, set(), 0.0, only=run.token)
+                raise RuntimeError(f"the supervisor of run {run.pid} ended without a result")
+            run._result = result
+            return result
+
+    def stop(self, handle: RunHandle, grace_seconds: float) -> None:
+        run = _own(handle)
+        pidfd = run._pidfd
+        if run._result is not None or pidfd is None:
+            return
+        with contextlib.suppress(OSError):
+            write_json(os.path.join(run.directory, STOP), {"grace": grace_seconds})
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        if not _wait_pidfd(pidfd, max(0.0, grace_seconds) + _STOP_SLACK):
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            stop_marked_runs(self._instance_id, set(), 0.0, only=run.token)
+
+    def kill_stale_runs(self, grace_seconds: float) -> int:
+        """Stop the processes of runs of earlier lives that were not adopted, and wait until
+        their supervisors have exited (so none writes to a log or folder reused after this)."""
+        own = set(self._active_tokens)
+        stopped = stop_marked_runs(self._instance_id, own, grace_seconds)
+        for pid in self._stale_supervisors(own):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:
+                if not _wait_pidfd(pidfd, max(0.0, grace_seconds) + 5.0):
+                    with contextlib.suppress(OSError):
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    _wait_pidfd(pidfd, 5.0)
+            finally:
+                os.close(pidfd)
+        return stopped
+
+    def _stale_supervisors(self, own: set[str]) -> list[int]:
+        """Pids of live supervisors of this instance whose run is not one of ``own``."""
+        found = []
+        prefix = f"{self._instance_id}:"
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if len(args) < 3 or args[-3] != b"ctm_adapters._supervisor":
+                continue
+            state = read_json(os.path.join(os.fsdecode(args[-2]), STATE))
+            token = None if state is None else state.get("token")
+            if (
+                isinstance(token, str)
+                and token.startswith(prefix)
+                and token not in own
+                and state is not None
+                and state.get("supervisor_pid") == int(name)
+            ):
+                found.append(int(name))
+        return found
+
+
+def _own(handle: RunHandle) -> SupervisedRunHandle:
+    if not isinstance(handle, SupervisedRunHandle):
+        raise TypeError(f"not a handle of this runner: {handle!r}")
+    return handle
+
+
+def _read_result(directory: str, token: str) -> RunResult | None:
+    """The result the supervisor of the run marked ``token`` wrote (an earlier, stale supervisor
+    of the same execution may have written its own: it is not this run's)."""
+    data = read_json(os.path.join(directory, RESULT))
+    if data is None or data.get("token") != token:
+        return None
+    return RunResult(
+        exit_code=int(data["exit_code"]),
+        duration=float(data["duration"]),
+        peak_memory=int(data["peak_memory"]),
+        avg_memory=int(data["avg_memory"]),
+        timed_out=bool(data["timed_out"]),
+    )
+
+
+def _read_line(fd: int, timeout: float) -> bytes:
+    """Bytes from ``fd`` up to a newline, end of file or ``timeout``."""
+    data = b""
+    end = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while b"\n" not in data:
+        remaining = end - time.monotonic()
+        if remaining <= 0 or not poller.poll(int(remaining * 1000) + 1):
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        message = json.loads(line.split(b"\n", 1)[0])
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _tail(directory: str) -> str:
+    try:
+        with open(os.path.join(directory, "supervisor.err"), "rb") as f:
+            return f.read()[-2000:].decode(errors="replace").strip() or "no message"
+    except OSError:
+        return "no message"
