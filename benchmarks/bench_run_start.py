@@ -21,9 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 from ctm_adapters._proctree import scan
 from ctm_adapters.process import PsutilProcessRunner
+from ctm_adapters.supervised import SupervisedProcessRunner
 from ctm_core.ports import RunSpec
 
 CHILD = "import time; print(time.monotonic(), flush=True)"
@@ -54,8 +56,10 @@ def bench_bare(runs: int) -> tuple[list[float], list[float]]:
     return total, child
 
 
-def bench_runner(runs: int, workdir: str) -> tuple[list[float], list[float], list[float]]:
-    runner = PsutilProcessRunner()
+def bench_runner(
+    runs: int, workdir: str, runner: Any = None
+) -> tuple[list[float], list[float], list[float]]:
+    runner = runner or PsutilProcessRunner()
     total, child, call = [], [], []
     try:
         for i in range(runs):
@@ -134,6 +138,17 @@ def main() -> None:
             f"  ratio runner/bare (first line delivered): p50 "
             f"{pct(run_total, 0.5) / pct(bare_total, 0.5):.2f}x, "
             f"p95 {pct(run_total, 0.95) / pct(bare_total, 0.95):.2f}x"
+        )
+        # What the server uses: a supervisor process per run, so runs survive a restart.
+        sup = SupervisedProcessRunner(instance_id="bench")
+        sup_total, sup_child, sup_call = bench_runner(args.runs, workdir, sup)
+        show("supervised runner: first line in the log", sup_total)
+        show("supervised runner: child's first line", sup_child)
+        show("supervised runner: start() returned", sup_call)
+        print(
+            f"  ratio supervised/bare (first line delivered): p50 "
+            f"{pct(sup_total, 0.5) / pct(bare_total, 0.5):.2f}x, "
+            f"p95 {pct(sup_total, 0.95) / pct(bare_total, 0.95):.2f}x"
         )
 
         t0 = time.perf_counter()

@@ -368,7 +368,9 @@ def test_session_end_goes_back_to_login(ui: UI) -> None:
     page = ui.page
     ui.go("#/environments")
     page.get_by_role("heading", level=1, name="Environments").wait_for()
-    ui.context.clear_cookies()  # as when the session expires
+    # End the session server-side, as expiry does (clearing the browser's cookie alone races
+    # with an in-flight poll whose answer renews it).
+    page.evaluate("() => fetch('/logout', {method: 'POST', credentials: 'same-origin'})")
     ui.go("#/tasks")  # the next API call answers 401
     page.locator("#login-form").wait_for(state="visible")
     assert "session has ended" in page.locator("#login-notice").inner_text()
