@@ -5,7 +5,7 @@ and prints, for 100 one-shots due in the same second and for cron firings, the l
 each run's start (execution start_time - scheduled time) as p50/p99/max, next to the floor:
 100 bare ``subprocess.Popen`` starts of the same interpreter from one thread.
 
-    .venv/bin/python benchmarks/bench_scheduling.py
+    .venv/bin/python benchmarks/bench_scheduling.py [--in-process]
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ import threading
 import time
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 from ctm_adapters.clock import SystemClock
 from ctm_adapters.fakes import FakeEnvironmentBackend
 from ctm_adapters.files import LocalFileStore
 from ctm_adapters.process import PsutilProcessRunner
 from ctm_adapters.sqlite import SqliteRepository
+from ctm_adapters.supervised import SupervisedProcessRunner
 from ctm_core.environments import EnvironmentService, KeyedLocks
 from ctm_core.models import Principal, RunEnvironment
 from ctm_core.runs import RunCoordinator
@@ -36,6 +38,9 @@ class HostPython(FakeEnvironmentBackend):
         env = super().run_environment(name)
         return RunEnvironment(python=sys.executable, prefix=env.prefix,
                               variables=env.variables, path_prepend=())
+
+
+SUPERVISED = "--in-process" not in sys.argv  # the server's runner, unless asked otherwise
 
 
 def pct(values: list[float], q: float) -> float:
@@ -64,7 +69,9 @@ def build(tmp: Path, limit: int) -> tuple[Scheduler, TaskService, SqliteReposito
                                           PsutilProcessRunner, Principal, RunCoordinator]:
     repo = SqliteRepository(str(tmp / "db.sqlite3"))
     files = LocalFileStore(str(tmp / "data"))
-    runner = PsutilProcessRunner()
+    runner: Any = (
+        SupervisedProcessRunner(instance_id="bench-sched") if SUPERVISED else PsutilProcessRunner()
+    )
     backend = HostPython()
     clock = SystemClock()
     locks, state = KeyedLocks(), threading.RLock()
@@ -121,7 +128,8 @@ async def cron_firings(tmp: Path, seconds: int) -> list[float]:
 
 
 def main() -> None:
-    print(f"python {sys.version.split()[0]}, lateness = run start - due time")
+    kind = "supervised (as the server)" if SUPERVISED else "in-process"
+    print(f"python {sys.version.split()[0]}, runner {kind}, lateness = run start - due time")
     floor = bare_floor(100)
     show("floor: 100 bare Popen starts (time to i-th)", floor)
     with tempfile.TemporaryDirectory() as d:

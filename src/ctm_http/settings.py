@@ -52,6 +52,7 @@ class Settings:
     session_max_hours: float = 12.0
     default_python: str | None = None
     run_as_user: str | None = None
+    supervised_runs: bool = True
     max_body_bytes: int = 2 * 1024 * 1024
 
 
@@ -75,6 +76,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "CTM_SESSION_MAX_HOURS": ("session_max_hours", float),
     "CTM_DEFAULT_PYTHON": ("default_python", str),
     "CTM_RUN_AS_USER": ("run_as_user", str),
+    "CTM_SUPERVISED_RUNS": ("supervised_runs", _bool),
     "CTM_MAX_BODY_BYTES": ("max_body_bytes", int),
 }
 

@@ -257,3 +257,37 @@ def test_an_adopted_run_can_be_stopped(tmp_path: Path) -> None:
             assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     finally:
         srv.stop()
+
+
+def test_in_process_runs_are_failed_after_kill_9(tmp_path: Path) -> None:
+    """CTM_SUPERVISED_RUNS=0: runs are the server's children; after kill -9 they are stopped and
+    recorded failed at the next start."""
+    srv = Server(tmp_path / "data", extra_env={"CTM_SUPERVISED_RUNS": "0"})
+    srv.start()
+    try:
+        with srv.client() as c:
+            srv.login(c)
+            assert c.post("/api/conda/environment", json={"name": "ip"}).status_code == 201
+            quick = create_in(c, "ip", "print('quick')\n")
+            wait_for(lambda: task_status(c, quick) == "completed", what="quick run")
+            pid_file = tmp_path / "ip.pid"
+            script = (f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+                      "time.sleep(600)\n")
+            long = create_in(c, "ip", script)
+            wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="pid")
+            pid = int(pid_file.read_text())
+            srv.stop(signal.SIGKILL)
+            srv.start()
+            srv.login(c)
+            wait_for(lambda: task_status(c, long) == "failed", what="interrupted run resolved")
+            latest = c.get(f"/api/tasks/{long}").json()["latest_execution"]
+            assert "server stopped" in latest["logs"]
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    finally:
+        srv.stop()
+
+
+def create_in(c: httpx.Client, env: str, script: str) -> int:
+    r = c.post("/api/tasks", json={"script": script, "conda_env": env})
+    assert r.status_code == 201, r.text
+    return int(r.json()["task"]["task_id"])
