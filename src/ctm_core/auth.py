@@ -61,11 +61,12 @@ class Authenticator:
         password (with a dummy hash check, so both take about the same time).
         """
         name = username if isinstance(username, str) else ""
-        now = self.clock.now()
-        since = now - self.policy.failure_window
+        # One check at a time: the count, the slow hash check and the booking of a failure
+        # happen together, so parallel guesses cannot slip past the limit. Blocked attempts
+        # answer at once, without a hash check.
         with self._attempts:
-            # Counted and booked as a failure before the slow hash check, so parallel guesses
-            # cannot all slip through the check; a success clears the booking again.
+            now = self.clock.now()
+            since = now - self.policy.failure_window
             failures = self.repo.login_failures_since(
                 username=name[:64], client=client, since=since
             )
@@ -74,16 +75,16 @@ class Authenticator:
                 release = sorted(failures)[len(failures) - self.policy.max_failures]
                 wait = (release + self.policy.failure_window - now).total_seconds()
                 raise TooManyLoginAttempts(max(1, math.floor(wait) + 1))
-            self.repo.add_login_failure(username=name[:64], client=client, at=now)
-        user = self.repo.get_user_by_name(name) if name else None
-        ok = False
-        if isinstance(password, str) and 0 < len(password) <= 1024:
-            if user is None:
-                self.hasher.dummy_verify(password)
-            else:
-                ok = self.hasher.verify(user.password_hash, password)
-        if not ok or user is None:
-            raise InvalidCredentials()
+            user = self.repo.get_user_by_name(name) if name else None
+            ok = False
+            if isinstance(password, str) and 0 < len(password) <= 1024:
+                if user is None:
+                    self.hasher.dummy_verify(password)
+                else:
+                    ok = self.hasher.verify(user.password_hash, password)
+            if not ok or user is None:
+                self.repo.add_login_failure(username=name[:64], client=client, at=now)
+                raise InvalidCredentials()
         self.repo.clear_login_failures(username=name)
         token = secrets.token_urlsafe(32)
         self.repo.add_session(

@@ -154,3 +154,22 @@ def test_parallel_guesses_cannot_exceed_the_limit(world: World) -> None:
         t.join(10)
     assert len(checked) == 5
     assert outcomes.count("TooManyLoginAttempts") == 15
+
+
+def test_many_parallel_correct_logins_all_succeed(world: World) -> None:
+    """Fifty people logging in at once from one address are all let in (no false 429)."""
+    import threading
+
+    tokens: list[str] = []
+    barrier = threading.Barrier(50)
+
+    def log_in() -> None:
+        barrier.wait()
+        tokens.append(world.auth.login("alice", "password-alice", "10.0.0.1")[0])
+
+    threads = [threading.Thread(target=log_in) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(set(tokens)) == 50
