@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 import threading
 from collections import deque
+from collections.abc import Callable
 
 import attrs
 
@@ -173,22 +174,18 @@ class RunCoordinator:
         return True
 
     def _follow_adopted(self, run: _Run, execution: Execution) -> None:
-        try:
+        def record() -> None:
             assert run.handle is not None
             self._record(run, execution, self.runner.wait(run.handle))
-        except Exception as exc:  # never lose a record: an unexpected error fails the run
-            self._finish_unstarted(run, ExecutionStatus.FAILED, f"internal error: {exc!r}")
-        finally:
-            with self._guard:
-                self.running -= 1
-            self._forget(run)
-            self._dispatch()
+
+        self._follow(run, record)
 
     # --- the run itself ------------------------------------------------------------------------
 
-    def _follow(self, run: _Run) -> None:
+    def _follow(self, run: _Run, body: Callable[[], None] | None = None) -> None:
+        """Run ``body`` (by default: start and wait) in the run's thread, then free its slot."""
         try:
-            self._start_and_wait(run)
+            (body or (lambda: self._start_and_wait(run)))()
         except Exception as exc:  # never lose a record: an unexpected error fails the run
             self._finish_unstarted(run, ExecutionStatus.FAILED, f"internal error: {exc!r}")
         finally:
