@@ -135,6 +135,20 @@ def _initial_schema(db: Database) -> None:
         db.execute(statement)
 
 
+@MIGRATIONS(name="0002_task_run_limits_and_skip_runs")
+def _task_run_limits_and_skip_runs(db: Database) -> None:
+    for statement in (
+        "ALTER TABLE tasks ADD COLUMN memory_limit_mb REAL",
+        "ALTER TABLE tasks ADD COLUMN max_processes INTEGER",
+        "ALTER TABLE tasks ADD COLUMN cpu_limit REAL",
+        "ALTER TABLE tasks ADD COLUMN network INTEGER CHECK (network IN (0, 1))",
+        "ALTER TABLE executions ADD COLUMN skip_count INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE executions ADD COLUMN first_skipped_at TEXT",
+        "ALTER TABLE executions ADD COLUMN last_skipped_at TEXT",
+    ):
+        db.execute(statement)
+
+
 # --- value conversion --------------------------------------------------------------------------
 
 
@@ -213,6 +227,10 @@ _TASK_COLUMNS = (
     "last_run_at",
     "last_run_duration",
     "last_execution_id",
+    "memory_limit_mb",
+    "max_processes",
+    "cpu_limit",
+    "network",
 )
 
 
@@ -234,6 +252,10 @@ def _task_to_row(task: Task) -> _Row:
         "last_run_at": _opt_dt_out(task.last_run_at),
         "last_run_duration": task.last_run_duration,
         "last_execution_id": task.last_execution_id,
+        "memory_limit_mb": task.memory_limit_mb,
+        "max_processes": task.max_processes,
+        "cpu_limit": task.cpu_limit,
+        "network": None if task.network is None else int(task.network),
     }
 
 
@@ -255,6 +277,10 @@ def _task_from_row(row: _Row) -> Task:
         last_run_at=_opt_dt_in(row["last_run_at"]),
         last_run_duration=_opt_float(row["last_run_duration"]),
         last_execution_id=_opt_str(row["last_execution_id"]),
+        memory_limit_mb=_opt_float(row["memory_limit_mb"]),
+        max_processes=_opt_int(row["max_processes"]),
+        cpu_limit=_opt_float(row["cpu_limit"]),
+        network=None if row["network"] is None else bool(row["network"]),
     )
 
 
@@ -272,6 +298,9 @@ _EXECUTION_COLUMNS = (
     "log_path",
     "pid",
     "note",
+    "skip_count",
+    "first_skipped_at",
+    "last_skipped_at",
 )
 
 
@@ -290,6 +319,9 @@ def _execution_to_row(execution: Execution) -> _Row:
         "log_path": execution.log_path,
         "pid": execution.pid,
         "note": execution.note,
+        "skip_count": execution.skip_count,
+        "first_skipped_at": _opt_dt_out(execution.first_skipped_at),
+        "last_skipped_at": _opt_dt_out(execution.last_skipped_at),
     }
 
 
@@ -308,47 +340,28 @@ def _execution_from_row(row: _Row) -> Execution:
         log_path=_opt_str(row["log_path"]),
         pid=_opt_int(row["pid"]),
         note=_opt_str(row["note"]),
+        skip_count=int(row["skip_count"] or 0),
+        first_skipped_at=_opt_dt_in(row["first_skipped_at"]),
+        last_skipped_at=_opt_dt_in(row["last_skipped_at"]),
     )
 
 
-_TASK_INSERT = """
-    INSERT INTO tasks (
-        name, owner_id, script_path, script_stored, conda_env, requirements, cron_expression,
-        delay_seconds, timeout_seconds, status, created_at, next_run_at, last_run_at,
-        last_run_duration, last_execution_id
-    ) VALUES (
-        :name, :owner_id, :script_path, :script_stored, :conda_env, :requirements,
-        :cron_expression, :delay_seconds, :timeout_seconds, :status, :created_at, :next_run_at,
-        :last_run_at, :last_run_duration, :last_execution_id
+def _insert(table: str, columns: Sequence[str]) -> str:
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(':' + c for c in columns)})"
     )
-"""
-_TASK_UPDATE = """
-    UPDATE tasks SET
-        name = :name, owner_id = :owner_id, script_path = :script_path,
-        script_stored = :script_stored, conda_env = :conda_env, requirements = :requirements,
-        cron_expression = :cron_expression, delay_seconds = :delay_seconds,
-        timeout_seconds = :timeout_seconds, status = :status, created_at = :created_at,
-        next_run_at = :next_run_at, last_run_at = :last_run_at,
-        last_run_duration = :last_run_duration, last_execution_id = :last_execution_id
-    WHERE id = :id
-"""
-_EXECUTION_INSERT = """
-    INSERT INTO executions (
-        id, task_id, status, scheduled_for, start_time, end_time, duration, peak_memory_mb,
-        avg_memory_mb, exit_code, log_path, pid, note
-    ) VALUES (
-        :id, :task_id, :status, :scheduled_for, :start_time, :end_time, :duration,
-        :peak_memory_mb, :avg_memory_mb, :exit_code, :log_path, :pid, :note
-    )
-"""
-_EXECUTION_UPDATE = """
-    UPDATE executions SET
-        task_id = :task_id, status = :status, scheduled_for = :scheduled_for,
-        start_time = :start_time, end_time = :end_time, duration = :duration,
-        peak_memory_mb = :peak_memory_mb, avg_memory_mb = :avg_memory_mb,
-        exit_code = :exit_code, log_path = :log_path, pid = :pid, note = :note
-    WHERE id = :id
-"""
+
+
+def _update(table: str, columns: Sequence[str]) -> str:
+    sets = ", ".join(f"{c} = :{c}" for c in columns if c != "id")
+    return f"UPDATE {table} SET {sets} WHERE id = :id"
+
+
+_TASK_INSERT = _insert("tasks", _TASK_COLUMNS)
+_TASK_UPDATE = _update("tasks", _TASK_COLUMNS)
+_EXECUTION_INSERT = _insert("executions", _EXECUTION_COLUMNS)
+_EXECUTION_UPDATE = _update("executions", _EXECUTION_COLUMNS)
 # Newest first: not yet started first (a queued run is the newest thing a task has), then by start
 # time, then by scheduled time (unscheduled first), then the latest inserted first.
 _EXECUTIONS_OF_TASK = """

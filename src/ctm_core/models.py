@@ -132,6 +132,12 @@ class Task:
     last_run_at: datetime | None = attrs.field(default=None, validator=_aware)
     last_run_duration: float | None = None
     last_execution_id: str | None = None
+    # Per-run limits asked for by the task (None: the server's default applies at run time).
+    memory_limit_mb: float | None = None
+    max_processes: int | None = None
+    cpu_limit: float | None = None
+    network: bool | None = None
+    """False cuts the run's network; None follows the server's setting."""
 
 
 @attrs.define(kw_only=True)
@@ -149,3 +155,28 @@ class Execution:
     log_path: str | None = None
     pid: int | None = None
     note: str | None = None
+    # A ``skipped`` record stands for consecutive skipped occurrences of one task.
+    skip_count: int = 0
+    first_skipped_at: datetime | None = attrs.field(default=None, validator=_aware)
+    last_skipped_at: datetime | None = attrs.field(default=None, validator=_aware)
+
+
+@attrs.frozen(kw_only=True)
+class RunPolicy:
+    """The server's defaults and maxima for per-run limits (None: no default / no maximum).
+
+    A task's own value must not exceed the maximum; a task without one gets the default.
+    """
+
+    default_memory_limit_mb: float | None = None
+    max_memory_limit_mb: float | None = None
+    default_max_processes: int | None = None
+    max_max_processes: int | None = None
+    default_cpu_limit: float | None = None
+    max_cpu_limit: float | None = None
+    default_timeout_seconds: float | None = None
+    network: bool = True
+    """The server's network setting: False (``CTM_RUN_NETWORK=off``) cuts every run's network."""
+    max_runs_per_user: int | None = None
+    max_tasks_per_user: int | None = None
+    """For non-admins."""

@@ -120,8 +120,23 @@ class EnvironmentBackend(Protocol):
 
 
 @attrs.frozen(kw_only=True)
+class RunLimits:
+    """What one run may use (None: no limit). Memory counts the whole process tree; processes
+    count every process of the run at once; CPU is in cores."""
+
+    memory_mb: float | None = None
+    max_processes: int | None = None
+    cpu_cores: float | None = None
+
+
+@attrs.frozen(kw_only=True)
 class RunSpec:
-    """What to start: ``argv`` without a shell, in ``cwd``, its output to ``log_path``."""
+    """What to start: ``argv`` without a shell, in ``cwd``, its output to ``log_path``.
+
+    A containing runner (the sandbox) shows the run only ``prefix`` and ``readonly_paths``
+    (read-only), ``cwd`` (writable, private to the run), a private ``/tmp`` and the HOME of
+    ``owner``; it runs it as ``owner``'s own uid when the server is root.
+    """
 
     argv: tuple[str, ...]
     cwd: str
@@ -129,6 +144,15 @@ class RunSpec:
     env_add: dict[str, str]
     path_prepend: tuple[str, ...] = ()
     timeout_seconds: float | None = None
+    limits: RunLimits = RunLimits()
+    network: bool = True
+    owner: str | None = None
+    """The ctm username the run belongs to (its HOME and, under root, its uid)."""
+    owner_id: int | None = None
+    prefix: str | None = None
+    """The environment's prefix."""
+    readonly_paths: tuple[str, ...] = ()
+    """Files or folders the run reads besides the prefix (its script)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -141,6 +165,9 @@ class RunResult:
     avg_memory: int
     timed_out: bool = False
     start_failed: str | None = None
+    limit_exceeded: str | None = None
+    """Set when a limit of ``RunLimits`` ended the run: which one, e.g.
+    ``"memory limit 256 MB exceeded (peak 260.1 MB)"``."""
 
 
 class RunHandle(Protocol):

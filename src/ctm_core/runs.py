@@ -15,7 +15,7 @@ import attrs
 
 from ctm_core.environments import KeyedLocks
 from ctm_core.errors import EnvironmentNotFound, TaskNotFound
-from ctm_core.models import Execution, ExecutionStatus, Task, TaskStatus
+from ctm_core.models import Execution, ExecutionStatus, RunPolicy, Task, TaskStatus
 from ctm_core.ports import (
     Clock,
     EnvironmentBackend,
@@ -57,6 +57,8 @@ class RunCoordinator:
     max_concurrent: int = 4
     stop_grace: float = 10.0
     log_tail_bytes: int = 256 * 1024
+    policy: RunPolicy = RunPolicy()
+    """Default limits, the network setting and the per-user run limit."""
     _runs: dict[int, _Run] = attrs.field(init=False, factory=dict)
     _queue: deque[_Run] = attrs.field(init=False, factory=deque)
     _guard: threading.Condition = attrs.field(init=False, factory=threading.Condition)

@@ -23,7 +23,7 @@ from ctm_core.errors import (
     TaskExists,
     TaskNotRunning,
 )
-from ctm_core.models import Execution, ExecutionStatus, Principal, Task, TaskStatus
+from ctm_core.models import Execution, ExecutionStatus, Principal, RunPolicy, Task, TaskStatus
 from ctm_core.ports import Clock, EnvironmentBackend, FileStore, Repository
 from ctm_core.runs import RunCoordinator
 from ctm_core.schedule import first_run_time, validate_schedule
@@ -95,6 +95,8 @@ class TaskService:
     script_roots: Sequence[str] = ()
     on_change: Callable[[], None] = lambda: None
     retention_days: int = 30
+    policy: RunPolicy = RunPolicy()
+    """Maxima of the per-run limits a task may ask for; the per-user task limit."""
 
     # --- create --------------------------------------------------------------------------------
 

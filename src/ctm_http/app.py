@@ -46,7 +46,7 @@ from ctm_http._errors import (
     internal_error_handler,
     request_error_handler,
 )
-from ctm_http.settings import Settings
+from ctm_http.settings import Settings, run_policy
 
 log = logging.getLogger("ctm")
 T = TypeVar("T")
@@ -92,6 +92,7 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
     files: FileStore = overrides.get("files") or _file_store(settings)
     env_locks = KeyedLocks()
     state_lock = threading.RLock()
+    run_limits = run_policy(settings)
     policy = AuthPolicy(
         idle_timeout=timedelta(minutes=settings.session_idle_minutes),
         absolute_lifetime=timedelta(hours=settings.session_max_hours),
@@ -103,6 +104,7 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
         repo=repo, backend=backend, runner=runner, files=files, clock=clock,
         env_locks=env_locks, state_lock=state_lock,
         max_concurrent=settings.max_concurrent_runs, stop_grace=settings.stop_grace_seconds,
+        policy=run_limits,
     )
     scheduler = Scheduler(
         repo=repo, clock=clock, coordinator=coordinator, files=files, tz=tz,
@@ -114,7 +116,7 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
         repo=repo, backend=backend, environments=environments, coordinator=coordinator,
         files=files, clock=clock, tz=tz, env_locks=env_locks, state_lock=state_lock,
         script_roots=settings.script_roots, on_change=scheduler.wake,
-        retention_days=settings.retention_days,
+        retention_days=settings.retention_days, policy=run_limits,
     )
     return Services(
         settings=settings, tz=tz, repo=repo, clock=clock, backend=backend, runner=runner,

@@ -9,6 +9,8 @@ from typing import Any
 
 import attrs
 
+from ctm_core.models import RunPolicy
+
 
 def default_data_dir(environ: Mapping[str, str]) -> str:
     base = environ.get("XDG_DATA_HOME") or os.path.join(
@@ -24,6 +26,49 @@ def _bool(value: str) -> bool:
     if v in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(f"not a boolean: {value!r}")
+
+
+def _on_off(value: str) -> bool:
+    return _bool(value)
+
+
+def _sandbox_mode(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ("auto", "required", "off"):
+        raise ValueError(f"not one of auto, required, off: {value!r}")
+    return v
+
+
+def _uid_range(value: str) -> tuple[int, int]:
+    """``FIRST-LAST`` (inclusive), both above 999 (never a system account)."""
+    first, sep, last = value.partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        raise ValueError(f"not a range FIRST-LAST: {value!r}")
+    lo, hi = int(first), int(last)
+    if not 1000 <= lo <= hi < 2**32 - 1:
+        raise ValueError(f"need 1000 <= FIRST <= LAST < 4294967295: {value!r}")
+    return lo, hi
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"must be > 0: {value!r}")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"must be >= 1: {value!r}")
+    return number
+
+
+def _total_memory_mb() -> float:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return 4096.0
 
 
 def _roots(value: str) -> tuple[str, ...]:
@@ -54,6 +99,38 @@ class Settings:
     run_as_user: str | None = None
     supervised_runs: bool = True
     max_body_bytes: int = 2 * 1024 * 1024
+    # Contained runs (docs/security.md).
+    sandbox: str = attrs.field(
+        default="auto", validator=attrs.validators.in_(("auto", "required", "off"))
+    )
+    run_network: bool = True
+    homes_dir: str | None = None
+    """Per-user HOME folders of runs; default ``<data dir>-homes`` (outside the data dir)."""
+    run_uids: tuple[int, int] = (200000, 265535)
+    """Under root: user ``id`` runs as uid ``first + id`` (no passwd entry needed)."""
+    install_only_binary: bool = False
+    default_memory_limit_mb: float | None = 2048.0
+    max_memory_limit_mb: float | None = attrs.field(
+        factory=lambda: float(int(_total_memory_mb() / 2))
+    )
+    default_max_processes: int | None = 256
+    max_processes: int | None = 4096
+    default_cpu_limit: float | None = None
+    max_cpu_limit: float | None = attrs.field(factory=lambda: float(os.cpu_count() or 1))
+    default_timeout_seconds: float | None = 24 * 3600.0
+    max_runs_per_user: int | None = None
+    """None: half of ``max_concurrent_runs``, at least 1."""
+    max_tasks_per_user: int | None = 200
+
+    @property
+    def effective_homes_dir(self) -> str:
+        return self.homes_dir or os.path.abspath(self.data_dir).rstrip("/") + "-homes"
+
+    @property
+    def effective_max_runs_per_user(self) -> int:
+        if self.max_runs_per_user is not None:
+            return self.max_runs_per_user
+        return max(1, self.max_concurrent_runs // 2)
 
 
 # CTM_<NAME> -> (field, parser). docs/configuration.md lists every one (checked by a test).
@@ -78,6 +155,20 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "CTM_RUN_AS_USER": ("run_as_user", str),
     "CTM_SUPERVISED_RUNS": ("supervised_runs", _bool),
     "CTM_MAX_BODY_BYTES": ("max_body_bytes", int),
+    "CTM_SANDBOX": ("sandbox", _sandbox_mode),
+    "CTM_RUN_NETWORK": ("run_network", _on_off),
+    "CTM_HOMES_DIR": ("homes_dir", str),
+    "CTM_RUN_UIDS": ("run_uids", _uid_range),
+    "CTM_INSTALL_ONLY_BINARY": ("install_only_binary", _bool),
+    "CTM_DEFAULT_MEMORY_LIMIT_MB": ("default_memory_limit_mb", _positive_float),
+    "CTM_MAX_MEMORY_LIMIT_MB": ("max_memory_limit_mb", _positive_float),
+    "CTM_DEFAULT_MAX_PROCESSES": ("default_max_processes", _positive_int),
+    "CTM_MAX_PROCESSES": ("max_processes", _positive_int),
+    "CTM_DEFAULT_CPU_LIMIT": ("default_cpu_limit", _positive_float),
+    "CTM_MAX_CPU_LIMIT": ("max_cpu_limit", _positive_float),
+    "CTM_DEFAULT_TIMEOUT_SECONDS": ("default_timeout_seconds", _positive_float),
+    "CTM_MAX_RUNS_PER_USER": ("max_runs_per_user", _positive_int),
+    "CTM_MAX_TASKS_PER_USER": ("max_tasks_per_user", _positive_int),
 }
 
 
@@ -95,3 +186,19 @@ def settings_from_env(environ: Mapping[str, str], **overrides: Any) -> Settings:
         values["data_dir"] = default_data_dir(environ)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)
+
+
+def run_policy(settings: Settings) -> RunPolicy:
+    """The per-run limits the core applies, from the settings."""
+    return RunPolicy(
+        default_memory_limit_mb=settings.default_memory_limit_mb,
+        max_memory_limit_mb=settings.max_memory_limit_mb,
+        default_max_processes=settings.default_max_processes,
+        max_max_processes=settings.max_processes,
+        default_cpu_limit=settings.default_cpu_limit,
+        max_cpu_limit=settings.max_cpu_limit,
+        default_timeout_seconds=settings.default_timeout_seconds,
+        network=settings.run_network,
+        max_runs_per_user=settings.effective_max_runs_per_user,
+        max_tasks_per_user=settings.max_tasks_per_user,
+    )

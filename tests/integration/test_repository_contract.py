@@ -676,7 +676,7 @@ def test_sqlite_migrations_applied_once(db_path: str) -> None:
     db = Database(db_path)
     try:
         names = [r["name"] for r in db.table("_sqlite_migrations").rows]
-        assert names == ["0001_initial_schema"]
+        assert names == ["0001_initial_schema", "0002_task_run_limits_and_skip_runs"]
         assert MIGRATIONS.pending(db) == []
         assert {"users", "sessions", "login_failures", "environment_owners", "tasks"} <= set(
             db.table_names()
