@@ -346,16 +346,15 @@ def _execution_from_row(row: _Row) -> Execution:
     )
 
 
+# Built once at import from the constant column tuples above, never from input.
 def _insert(table: str, columns: Sequence[str]) -> str:
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) "
-        f"VALUES ({', '.join(':' + c for c in columns)})"
-    )
+    names, values = ", ".join(columns), ", ".join(":" + c for c in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({values})"  # noqa: S608
 
 
 def _update(table: str, columns: Sequence[str]) -> str:
     sets = ", ".join(f"{c} = :{c}" for c in columns if c != "id")
-    return f"UPDATE {table} SET {sets} WHERE id = :id"
+    return f"UPDATE {table} SET {sets} WHERE id = :id"  # noqa: S608
 
 
 _TASK_INSERT = _insert("tasks", _TASK_COLUMNS)
