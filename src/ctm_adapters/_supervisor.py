@@ -51,7 +51,7 @@ def read_json(path: str) -> dict[str, Any] | None:
 
 def main(state_dir: str) -> int:
     from ctm_adapters._proctree import read_stat
-    from ctm_adapters.process import PsutilProcessRunner
+    from ctm_adapters.process import Launch, PsutilProcessRunner
     from ctm_core.ports import RunSpec
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -69,7 +69,6 @@ def main(state_dir: str) -> int:
         sample_interval=config["sample_interval"],
         log_cap_bytes=config["log_cap_bytes"],
         secret_env_prefixes=(),
-        run_as_user=config["run_as_user"],
         timeout_grace=config["timeout_grace"],
         leftover_grace=config["leftover_grace"],
         log_flush_interval=config["log_flush_interval"],
@@ -81,8 +80,9 @@ def main(state_dir: str) -> int:
         env_add={},
         timeout_seconds=config["timeout_seconds"],
     )
+    launch = Launch.from_json(config["launch"])
     try:
-        handle = runner.start_prepared(spec, config["env"], config["token"])
+        handle = runner.start_prepared(spec, launch)
     except OSError as exc:
         print(json.dumps({"error": [exc.errno, exc.strerror, exc.filename]}), flush=True)
         return 0
@@ -93,7 +93,7 @@ def main(state_dir: str) -> int:
             "supervisor_pid": os.getpid(),
             "supervisor_starttime": me.starttime if me else 0,
             "pid": handle.pid,
-            "token": config["token"],
+            "token": launch.token,
         },
     )
     print(json.dumps({"pid": handle.pid}), flush=True)
@@ -118,7 +118,8 @@ def main(state_dir: str) -> int:
             "peak_memory": result.peak_memory,
             "avg_memory": result.avg_memory,
             "timed_out": result.timed_out,
-            "token": config["token"],  # a later run of the same execution id is told apart
+            "limit_exceeded": result.limit_exceeded,
+            "token": launch.token,  # a later run of the same execution id is told apart
         },
     )
     runner.close()

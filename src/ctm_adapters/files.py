@@ -10,25 +10,21 @@ from ctm_adapters._logcap import read_log_tail
 
 
 class LocalFileStore:
-    """``scripts/`` (stored scripts, readable by runs), ``runs/<execution>`` (working folders,
-    owned by the run-as user when one is set) and ``logs/`` (written by the server only)."""
+    """``scripts/`` (stored scripts), ``runs/<execution>`` (working folders, made the run's own
+    by the runner) and ``logs/`` (written by the server only).
 
-    def __init__(self, data_dir: str, run_as_user: str | None = None) -> None:
+    ``crossable``: runs have uids of their own (server as root): they may cross the data
+    directory and ``scripts/`` and ``runs/`` (not list them) to reach what the sandbox binds.
+    """
+
+    def __init__(self, data_dir: str, crossable: bool = False) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.scripts_dir = os.path.join(self.data_dir, "scripts")
         self.logs_dir = os.path.join(self.data_dir, "logs")
         self.runs_dir = os.path.join(self.data_dir, "runs")
-        self._owner: tuple[int, int] | None = None
-        if run_as_user is not None:
-            import pwd
-
-            entry = pwd.getpwnam(run_as_user)
-            self._owner = (entry.pw_uid, entry.pw_gid)
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        # With a run-as user the data directory may be crossed (not listed) by it, so runs
-        # reach their scripts and folders; the database and logs stay owner-only.
-        os.chmod(self.data_dir, 0o711 if self._owner else 0o700)
-        for d, mode in ((self.scripts_dir, 0o755), (self.logs_dir, 0o700),
+        os.chmod(self.data_dir, 0o711 if crossable else 0o700)
+        for d, mode in ((self.scripts_dir, 0o711), (self.logs_dir, 0o700),
                         (self.runs_dir, 0o711)):
             os.makedirs(d, mode=mode, exist_ok=True)
             os.chmod(d, mode)
@@ -52,8 +48,6 @@ class LocalFileStore:
     def run_dir(self, execution_id: str) -> str:
         path = os.path.join(self.runs_dir, os.path.basename(execution_id))
         os.makedirs(path, mode=0o700, exist_ok=True)
-        if self._owner is not None:
-            os.chown(path, *self._owner)
         return path
 
     def log_path(self, execution_id: str) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pwd
 import re
 import secrets
 import select
@@ -29,6 +28,8 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
+
+import attrs
 
 from ctm_adapters._logcap import LogCapper, read_log_tail
 from ctm_adapters._proctree import (
@@ -41,9 +42,11 @@ from ctm_adapters._proctree import (
     read_stat,
     scan,
 )
+from ctm_adapters._sandbox import Identities, RunIdentity, Sandbox, interpreter_roots
 from ctm_core.ports import RunHandle, RunResult, RunSpec
 
 __all__ = [
+    "Launch",
     "RUN_MARKER_VARIABLE",
     "stop_marked_runs",
     "PsutilProcessRunner",
@@ -77,8 +80,41 @@ _INSTANCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _READ_CHUNK = 256 * 1024
 _READS_PER_WAKE = 64  # then look at the wake-up pipe again, however fast the program prints
 _PIPE_SIZE = 1024 * 1024
+_PAYLOAD_POLL = 0.002  # seconds between looks for a sandboxed script's process at its start
+_SIGNAL_EXIT = 128
+MB = 1024 * 1024
 _KILL_WAIT_LIMIT = 30.0  # after SIGKILL: how long to wait for processes in uninterruptible sleep
 _DRAIN_TIMEOUT = 2.0  # after every known process is gone: how long to wait for end of output
+
+
+@attrs.frozen(kw_only=True)
+class Launch:
+    """A run made ready to start: the whole command (inside its sandbox when contained), its
+    environment and marker token, the uid/gid to switch to, and the limits the runner enforces.
+    Plain data, so the run supervisor (another process) can start what the server prepared."""
+
+    argv: tuple[str, ...]
+    cwd: str
+    env: dict[str, str]
+    token: str
+    uid: int | None = None
+    gid: int | None = None
+    sandboxed: bool = False
+    memory_limit_bytes: int | None = None
+    max_processes: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Launch:
+        return cls(
+            argv=tuple(data["argv"]), cwd=data["cwd"], env=dict(data["env"]),
+            token=data["token"], uid=data.get("uid"), gid=data.get("gid"),
+            sandboxed=bool(data.get("sandboxed")),
+            memory_limit_bytes=data.get("memory_limit_bytes"),
+            max_processes=data.get("max_processes"),
+        )
 
 
 class PsutilRunHandle:
@@ -98,8 +134,13 @@ class PsutilRunHandle:
         read_fd: int,
         started: float,
         pollution_bound: int,
+        launch: Launch | None = None,
     ) -> None:
         self.pid = popen.pid
+        self.launch = launch
+        self._limit_note: str | None = None
+        self._payload: tuple[int, int] | None = None
+        """Inside a sandbox: the script's own process (pid, start time), bwrap's init's child."""
         self.spec = spec
         self.log_path = spec.log_path
         self.started = started  # time.monotonic() just before the program was started
@@ -148,10 +189,45 @@ class PsutilRunHandle:
                 self._tree_cache = RunTree(
                     self.pid, main.starttime if main else 0, self._token.encode()
                 )
-                if main is not None and main.alive:
+                if main is not None and main.alive and not self._sandboxed:
                     # The first sample, right away: the tree is the main process alone this early.
                     self._record_sample(main.rss_pages * PAGE_SIZE, read_peak_rss(self.pid))
             return self._tree_cache
+
+    @property
+    def _sandboxed(self) -> bool:
+        return self.launch is not None and self.launch.sandboxed
+
+    def payload_pid(self) -> int | None:
+        """The process whose own peak is the run's floor: the main process, or inside a sandbox
+        the script's process (found once bubblewrap has started it)."""
+        if not self._sandboxed:
+            return self.pid
+        if self._payload is not None:
+            stat = read_stat(self._payload[0])
+            if stat is not None and stat.starttime == self._payload[1]:
+                return self._payload[0]
+            return None
+        init = _first_child(self.pid)  # bwrap (outside) -> bwrap init (pid 1 inside)
+        script = None if init is None else _first_child(init)
+        if script is None:
+            return None
+        stat = read_stat(script)
+        if stat is None:
+            return None
+        self._payload = (script, stat.starttime)
+        return script
+
+    def tree_rss(self, tree: RunTree) -> int:
+        """The run's memory: its processes' summed RSS, less bubblewrap's own two processes."""
+        total = tree.rss_bytes()
+        if self._sandboxed:
+            init = _first_child(self.pid)
+            for pid in (self.pid, init):
+                member = None if pid is None else tree.members.get(pid)
+                if member is not None:
+                    total -= member.rss_pages * PAGE_SIZE
+        return max(0, total)
 
     def _record_sample(self, rss: int, main_peak: int) -> None:
         with self._lock:
@@ -166,6 +242,7 @@ class _Monitor:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
+        self.on_limit: Callable[[PsutilRunHandle], None] | None = None
         self.scanner = TreeScanner(RUN_MARKER_VARIABLE.encode())
         self.scan_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -236,7 +313,30 @@ class _Monitor:
         for run in live:
             tree = run._tree
             if tree.main_alive():
-                run._record_sample(tree.rss_bytes(), read_peak_rss(run.pid))
+                payload = run.payload_pid()
+                rss = run.tree_rss(tree)
+                run._record_sample(rss, 0 if payload is None else read_peak_rss(payload))
+                self._check_limits(run, tree, rss)
+
+    def _check_limits(self, run: PsutilRunHandle, tree: RunTree, rss: int) -> None:
+        """End a run whose tree passed its memory or process limit (the note says which)."""
+        launch = run.launch
+        if launch is None or run._limit_note is not None or self.on_limit is None:
+            return
+        note = None
+        if launch.memory_limit_bytes is not None and rss > launch.memory_limit_bytes:
+            note = (
+                f"memory limit {_mb(launch.memory_limit_bytes)} MB exceeded "
+                f"(peak {rss / MB:.1f} MB)"
+            )
+        elif launch.max_processes is not None and not launch.sandboxed:
+            # Inside a sandbox the kernel refuses the extra fork (prlimit --nproc) instead.
+            count = len(tree.members)
+            if count > launch.max_processes:
+                note = f"process limit {launch.max_processes} exceeded ({count} processes)"
+        if note is not None:
+            run._limit_note = note
+            self.on_limit(run)
 
 
 def _wait_pidfd(pidfd: int, timeout: float | None) -> bool:
@@ -265,8 +365,10 @@ class PsutilProcessRunner:
     ``sample_interval``: seconds between memory samples (one ``/proc`` scan for all runs).
     ``log_cap_bytes``: the most a log keeps (head half, marker, tail half).
     ``secret_env_prefixes``: server variables starting with these are never passed to a run.
-    ``run_as_user``: when the server runs as root, runs execute as this user (its own group, no
-    supplementary groups). The data directory must not be readable by that user.
+    ``identities``: who each run is (per-user uid under root, HOME folder); None: the server's
+    own uid and HOME.
+    ``sandbox``: contain every run in bubblewrap (see ``_sandbox``); None: runs are not
+    contained.
     ``timeout_grace``: seconds between SIGTERM and SIGKILL when a run's timeout ends it.
     ``leftover_grace``: the same for processes still alive after the main process exited.
     ``log_flush_interval``: how often the tail of a log past its cap is rewritten on disk.
@@ -283,11 +385,12 @@ class PsutilProcessRunner:
         sample_interval: float = 0.5,
         log_cap_bytes: int = 10 * 1024 * 1024,
         secret_env_prefixes: Sequence[str] = ("CTM_",),
-        run_as_user: str | None = None,
         timeout_grace: float = 10.0,
         leftover_grace: float = 2.0,
         log_flush_interval: float = 1.0,
         instance_id: str | None = None,
+        identities: Identities | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         if not hasattr(os, "pidfd_open"):
             raise RuntimeError("PsutilProcessRunner needs Linux >= 5.3 (pidfd_open)")
@@ -304,13 +407,9 @@ class PsutilProcessRunner:
         self._instance_id = instance_id
         self._active_tokens: set[str] = set()
         self._monitor = _Monitor(sample_interval)
-        self._user: pwd.struct_passwd | None = None
-        if run_as_user is not None:
-            user = pwd.getpwnam(run_as_user)  # KeyError: no such user
-            if user.pw_uid != os.geteuid():
-                if os.geteuid() != 0:
-                    raise ValueError(f"run_as_user={run_as_user!r} needs the server to run as root")
-                self._user = user
+        self._monitor.on_limit = self._end_over_limit
+        self._identities = identities
+        self._sandbox = sandbox
 
     @property
     def sample_interval(self) -> float:
@@ -322,7 +421,9 @@ class PsutilProcessRunner:
 
     # ---------------------------------------------------------------- environment
 
-    def child_environment(self, spec: RunSpec) -> dict[str, str]:
+    def child_environment(
+        self, spec: RunSpec, identity: RunIdentity | None = None
+    ) -> dict[str, str]:
         """The environment a run gets (without the run token variable)."""
         env = {
             key: value
@@ -332,9 +433,11 @@ class PsutilProcessRunner:
             and not _is_stacked_conda_prefix(key)
         }
         env["PYTHONUNBUFFERED"] = "1"
-        if self._user is not None:
-            env["HOME"] = self._user.pw_dir
-            env["USER"] = env["LOGNAME"] = self._user.pw_name
+        if identity is not None:
+            env["HOME"] = identity.home
+            env["USER"] = env["LOGNAME"] = identity.username
+        if self._sandbox is not None:
+            env["TMPDIR"] = "/tmp"  # noqa: S108 - the sandbox's own private /tmp
         env.update(spec.env_add)
         server_path = os.environ.get("PATH") or os.defpath
         env["PATH"] = os.pathsep.join([*spec.path_prepend, server_path])
@@ -342,23 +445,56 @@ class PsutilProcessRunner:
 
     # ---------------------------------------------------------------- start
 
+    @property
+    def contained(self) -> bool:
+        """True when runs go into a sandbox."""
+        return self._sandbox is not None
+
     def start(self, spec: RunSpec) -> PsutilRunHandle:
         """Start the run; raises ``OSError`` when the program cannot be started."""
-        env, token = self.prepare_environment(spec)
-        return self.start_prepared(spec, env, token)
+        return self.start_prepared(spec, self.prepare(spec))
 
-    def prepare_environment(self, spec: RunSpec) -> tuple[dict[str, str], str]:
-        """A run's whole environment and its new marker token (in the environment already)."""
-        env = self.child_environment(spec)
+    def prepare(self, spec: RunSpec) -> Launch:
+        """Everything to start ``spec``: identity, HOME and working folder made the run's, the
+        environment with a new marker token, the sandboxed command line. Raises ``OSError``
+        when the run has no identity here (e.g. its user id is outside the uid range)."""
+        identity = None
+        if self._identities is not None:
+            try:
+                identity = self._identities.for_user(spec.owner, spec.owner_id)
+            except ValueError as exc:
+                raise OSError(str(exc)) from None
+            self._identities.prepare_home(identity)
+            self._identities.give(identity, spec.cwd)
+        env = self.child_environment(spec, identity)
         token = secrets.token_hex(16)
         if self._instance_id is not None:
             token = f"{self._instance_id}:{token}"
         env[RUN_MARKER_VARIABLE] = token
-        return env, token
+        limits = spec.limits
+        memory = None if limits.memory_mb is None else int(limits.memory_mb * MB)
+        argv: list[str] = list(spec.argv)
+        cwd = spec.cwd
+        if self._sandbox is not None:
+            readonly = list(spec.readonly_paths)
+            if spec.prefix is not None:
+                readonly = [spec.prefix, *interpreter_roots(spec.prefix, spec.argv[0]), *readonly]
+            writable = [spec.cwd] + ([identity.home] if identity is not None else [])
+            argv = self._sandbox.command(
+                argv, cwd=spec.cwd, readonly=readonly, writable=writable,
+                network=spec.network, max_processes=limits.max_processes,
+            )
+            cwd = "/"
+        return Launch(
+            argv=tuple(argv), cwd=cwd, env=env, token=token,
+            uid=None if identity is None else identity.uid,
+            gid=None if identity is None else identity.gid,
+            sandboxed=self._sandbox is not None,
+            memory_limit_bytes=memory, max_processes=limits.max_processes,
+        )
 
-    def start_prepared(self, spec: RunSpec, env: dict[str, str], token: str) -> PsutilRunHandle:
-        """``start`` with the environment (marker included) made by ``prepare_environment``,
-        perhaps by another process (the run supervisor)."""
+    def start_prepared(self, spec: RunSpec, launch: Launch) -> PsutilRunHandle:
+        """``start`` with what ``prepare`` made, perhaps in another process (the supervisor)."""
         if self._monitor.closed:
             raise RuntimeError("the runner is closed")
         log_file = _open_log(spec.log_path)
@@ -372,18 +508,15 @@ class PsutilProcessRunner:
 
             fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         user_kwargs: dict[str, Any] = {}
-        if self._user is not None:
-            user_kwargs = {
-                "user": self._user.pw_uid,
-                "group": self._user.pw_gid,
-                "extra_groups": [],
-            }
+        if launch.uid is not None:
+            user_kwargs = {"user": launch.uid, "group": launch.gid, "extra_groups": []}
+        token = launch.token
         started = time.monotonic()
         try:
             popen = subprocess.Popen(
-                list(spec.argv),
-                cwd=spec.cwd,
-                env=env,
+                list(launch.argv),
+                cwd=launch.cwd,
+                env=launch.env,
                 stdin=subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=subprocess.STDOUT,
@@ -419,6 +552,7 @@ class PsutilProcessRunner:
             read_fd=read_fd,
             started=started,
             pollution_bound=pollution_bound,
+            launch=launch,
         )
         run._reader = threading.Thread(
             target=_copy_output, args=(run,), name=f"ctm-run-output-{run.pid}", daemon=True
@@ -467,7 +601,16 @@ class PsutilProcessRunner:
         next tick; without these reads its only figure would be the one taken right after
         ``exec``, when almost nothing is mapped yet. Each read is one small /proc file.
         """
-        for at in _EARLY_PEAK_READS:
+        reads = list(_EARLY_PEAK_READS)
+        while reads:
+            at = reads[0]
+            payload = run.payload_pid()
+            if payload is None and run._sandboxed:
+                # bubblewrap has not started the script yet: look again very soon, so that even
+                # a script of a few milliseconds is read at least once.
+                at = min(at, time.monotonic() - run.started + _PAYLOAD_POLL)
+            else:
+                reads.pop(0)
             wait = run.started + at - time.monotonic()
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
@@ -475,8 +618,11 @@ class PsutilProcessRunner:
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 return
-            peak = read_peak_rss(run.pid)
-            main = read_stat(run.pid)
+            payload = run.payload_pid()
+            if payload is None:
+                continue
+            peak = read_peak_rss(payload)
+            main = read_stat(payload)
             with run._lock:
                 run._os_peak = max(run._os_peak, peak)
                 if main is not None and main.alive:
@@ -503,17 +649,22 @@ class PsutilProcessRunner:
             run._main_exited.set()
             self._monitor.remove(run)
             leftovers = self._alive(run)
-            if leftovers:
+            if leftovers and not run._sandboxed:  # a sandbox's die with it: nothing to tell
                 run._notes.append(
                     f"[ctm: {len(leftovers)} process(es) still running after the main process "
                     "exited were stopped]"
                 )
                 self._terminate(run, self._leftover_grace)
+            elif leftovers:
+                self._terminate(run, 0.0)
             with run._lock:
                 _pid, status, usage = os.wait4(run.pid, 0)
                 run._reaped = True
             exit_code = os.waitstatus_to_exitcode(status)
             run._popen.returncode = exit_code  # so that Popen never waits for this pid itself
+            if run._sandboxed and _SIGNAL_EXIT < exit_code <= _SIGNAL_EXIT + 64:
+                # bubblewrap reports a script ended by signal N as exit 128 + N.
+                exit_code = _SIGNAL_EXIT - exit_code
             reader = run._reader
             assert reader is not None
             reader.join(_DRAIN_TIMEOUT)
@@ -523,6 +674,8 @@ class PsutilProcessRunner:
                 reader.join()
             if run._timed_out:
                 run._notes.append(f"[ctm: run timed out after {timeout:g} s, stopped]")
+            if run._limit_note is not None:
+                run._notes.append(f"[ctm: {run._limit_note}, stopped]")
             if run._capper.error is not None:
                 log.warning("log %s incomplete: %s", run.log_path, run._capper.error)
             run._capper.close(run._notes)
@@ -592,8 +745,24 @@ class PsutilProcessRunner:
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
 
+    def _end_over_limit(self, run: PsutilRunHandle) -> None:
+        """The monitor found ``run`` over a limit: kill it now (in a thread of its own, so the
+        monitor goes on sampling the other runs)."""
+        threading.Thread(
+            target=self._terminate, args=(run, 0.0), name=f"ctm-run-limit-{run.pid}", daemon=True
+        ).start()
+
     def _signal(self, run: PsutilRunHandle, sig: int, members: list[ProcStat]) -> None:
-        """``sig`` to the run's process group, then to each member outside it (each once)."""
+        """``sig`` to the run's process group, then to each member outside it (each once).
+
+        In a sandbox, a gentle signal goes to the script's processes only: bubblewrap dies of it
+        at once and takes the whole sandbox with it, which would leave no grace."""
+        if run._sandboxed and sig != signal.SIGKILL:
+            init = _first_child(run.pid)
+            for p in members:
+                if p.pid not in (run.pid, init):
+                    _signal_process(p.pid, p.starttime, sig)
+            return
         group_signalled = False
         with run._lock:
             if not run._reaped:  # the unreaped main holds the group id: it cannot be reused
@@ -720,6 +889,30 @@ def _copy_output(run: PsutilRunHandle) -> None:
         os.close(fd)
 
 
+def _mb(value: int) -> str:
+    """Bytes as MB for a message: ``256`` or ``0.5``."""
+    return f"{value / MB:g}"
+
+
+def _first_child(pid: int | None) -> int | None:
+    """The oldest live child of ``pid`` (bubblewrap has exactly one), or None."""
+    if pid is None:
+        return None
+    data = _read_children(pid)
+    for word in data.split():
+        if word.isdigit():
+            return int(word)
+    return None
+
+
+def _read_children(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def _result(run: PsutilRunHandle, exit_code: int, duration: float, maxrss: int) -> RunResult:
     with run._lock:
         os_peak = run._os_peak
@@ -741,6 +934,7 @@ def _result(run: PsutilRunHandle, exit_code: int, duration: float, maxrss: int) 
         peak_memory=peak,
         avg_memory=avg,
         timed_out=run._timed_out,
+        limit_exceeded=run._limit_note,
     )
 
 

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ctm_adapters._proctree import read_stat
+from ctm_adapters._sandbox import Identities, Sandbox
 from ctm_adapters._supervisor import RESULT, SPEC, STATE, STOP, read_json, write_json
 from ctm_adapters.process import (
     RUN_MARKER_VARIABLE,
@@ -106,28 +107,29 @@ class SupervisedProcessRunner:
         sample_interval: float = 0.5,
         log_cap_bytes: int = 10 * 1024 * 1024,
         secret_env_prefixes: Sequence[str] = ("CTM_",),
-        run_as_user: str | None = None,
         timeout_grace: float = 10.0,
         leftover_grace: float = 2.0,
         log_flush_interval: float = 1.0,
+        identities: Identities | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         # Checks every option and makes each run's environment; never starts a run itself.
         self._env = PsutilProcessRunner(
             sample_interval=sample_interval,
             log_cap_bytes=log_cap_bytes,
             secret_env_prefixes=secret_env_prefixes,
-            run_as_user=run_as_user,
             timeout_grace=timeout_grace,
             leftover_grace=leftover_grace,
             log_flush_interval=log_flush_interval,
             instance_id=instance_id,
+            identities=identities,
+            sandbox=sandbox,
         )
         self._instance_id = instance_id
         self._secret_prefixes = tuple(secret_env_prefixes)
         self._options = {
             "sample_interval": sample_interval,
             "log_cap_bytes": log_cap_bytes,
-            "run_as_user": run_as_user,
             "timeout_grace": timeout_grace,
             "leftover_grace": leftover_grace,
             "log_flush_interval": log_flush_interval,
@@ -145,7 +147,8 @@ class SupervisedProcessRunner:
     def start(self, spec: RunSpec) -> SupervisedRunHandle:
         if self._closed:
             raise RuntimeError("the runner is closed")
-        env, token = self._env.prepare_environment(spec)
+        launch = self._env.prepare(spec)
+        token = launch.token
         directory = state_dir(spec.log_path)
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, mode=0o700)
@@ -157,8 +160,7 @@ class SupervisedProcessRunner:
                 "cwd": spec.cwd,
                 "log_path": spec.log_path,
                 "timeout_seconds": spec.timeout_seconds,
-                "env": env,
-                "token": token,
+                "launch": launch.to_json(),
             },
         )
         own_env = {
@@ -352,6 +354,7 @@ def _read_result(directory: str, token: str) -> RunResult | None:
         peak_memory=int(data["peak_memory"]),
         avg_memory=int(data["avg_memory"]),
         timed_out=bool(data["timed_out"]),
+        limit_exceeded=data.get("limit_exceeded"),
     )
 
 

@@ -54,6 +54,20 @@ COOKIE = "session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+@attrs.frozen(kw_only=True)
+class Containment:
+    """How runs are contained on this server (admins see it in ``GET /api/me``)."""
+
+    contained: bool
+    mode: str
+    reason: str
+    identity: str
+    limits: str
+
+    def as_json(self) -> dict[str, object]:
+        return attrs.asdict(self)
+
+
 @attrs.define
 class Services:
     """What the routes use, built once per app start by ``create_app``'s lifespan."""
@@ -70,6 +84,9 @@ class Services:
     tasks: TaskService
     coordinator: RunCoordinator
     scheduler: Scheduler
+    containment: Containment = Containment(
+        contained=False, mode="off", reason="a runner given by the caller", identity="", limits=""
+    )
 
 
 def _timezone(name: str | None) -> tzinfo:
@@ -88,7 +105,14 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
     repo: Repository = overrides.get("repo") or _sqlite_repo(settings)
     hasher: PasswordHasher = overrides.get("hasher") or _argon2()
     backend: EnvironmentBackend = overrides.get("backend") or choose_backend(settings)
-    runner: ProcessRunner = overrides.get("runner") or _process_runner(settings)
+    containment = Containment(
+        contained=False, mode=settings.sandbox, reason="a runner given by the caller",
+        identity="", limits="",
+    )
+    if "runner" in overrides:
+        runner: ProcessRunner = overrides["runner"]
+    else:
+        runner, containment = _process_runner(settings)
     files: FileStore = overrides.get("files") or _file_store(settings)
     env_locks = KeyedLocks()
     state_lock = threading.RLock()
@@ -98,13 +122,15 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
         absolute_lifetime=timedelta(hours=settings.session_max_hours),
     )
     auth = Authenticator(repo, hasher, clock, policy)
-    # The backends apply settings.default_python themselves (a version, or for venv a path).
-    environments = EnvironmentService(backend, repo, env_locks)
     coordinator = RunCoordinator(
         repo=repo, backend=backend, runner=runner, files=files, clock=clock,
         env_locks=env_locks, state_lock=state_lock,
         max_concurrent=settings.max_concurrent_runs, stop_grace=settings.stop_grace_seconds,
         policy=run_limits,
+    )
+    # The backends apply settings.default_python themselves (a version, or for venv a path).
+    environments = EnvironmentService(
+        backend, repo, env_locks, is_task_active=coordinator.is_active
     )
     scheduler = Scheduler(
         repo=repo, clock=clock, coordinator=coordinator, files=files, tz=tz,
@@ -121,7 +147,7 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
     return Services(
         settings=settings, tz=tz, repo=repo, clock=clock, backend=backend, runner=runner,
         files=files, auth=auth, environments=environments, tasks=tasks,
-        coordinator=coordinator, scheduler=scheduler,
+        coordinator=coordinator, scheduler=scheduler, containment=containment,
     )
 
 
@@ -144,11 +170,59 @@ def _argon2() -> PasswordHasher:
     return Argon2PasswordHasher()
 
 
-def _process_runner(settings: Settings) -> ProcessRunner:
+def _containment(settings: Settings) -> tuple[Any, Any, Containment]:
+    """The sandbox (None when runs are not contained), the identities of runs, and what to tell
+    the operator. ``CTM_SANDBOX=required`` without a working sandbox stops the start."""
+    from ctm_adapters._sandbox import Identities, Sandbox, SandboxUnavailable
+
+    homes = settings.effective_homes_dir
+    identities = Identities(homes_dir=homes, uid_range=settings.run_uids)
+    lo, hi = settings.run_uids
+    identity = (
+        f"per-user uids {lo}+<user id> (up to {hi})"
+        if identities.per_user_uids
+        else f"the server's uid {os.geteuid()}"
+    )
+    limits = (
+        "memory: the monitor ends a run whose process tree passes its limit "
+        f"(sampled every {min(settings.sample_interval, 0.1):g} s); processes: "
+    )
+    if settings.sandbox == "off":
+        return None, identities, Containment(
+            contained=False, mode="off", reason="CTM_SANDBOX=off", identity=identity,
+            limits=limits + "the monitor; cpu: not enforced",
+        )
+    box = Sandbox.find(hidden=(settings.data_dir, homes))
+    reason = "bubblewrap (bwrap) is not installed"
+    if box is not None:
+        try:
+            trial = identities.for_user("ctm-trial", 0) if identities.per_user_uids else None
+            box.check(trial)
+            reason = ""
+        except (SandboxUnavailable, ValueError) as exc:
+            reason = str(exc)
+    if reason or box is None:
+        if settings.sandbox == "required":
+            raise SystemExit(f"ctm: CTM_SANDBOX=required but runs cannot be contained: {reason}")
+        return None, identities, Containment(
+            contained=False, mode=settings.sandbox, reason=reason, identity=identity,
+            limits=limits + "the monitor; cpu: not enforced",
+        )
+    return box, identities, Containment(
+        contained=True, mode=settings.sandbox, reason=f"bubblewrap {box.bwrap}",
+        identity=identity,
+        limits=limits + "prlimit --nproc in the sandbox's user namespace; cpu: not enforced "
+        "(no delegated cgroup v2)",
+    )
+
+
+def _process_runner(settings: Settings) -> tuple[ProcessRunner, Containment]:
     """Supervised runs (default) outlive a server restart and cost ~60 ms more to start;
     in-process runs start in a few ms but are stopped when the server goes."""
     from ctm_adapters.process import PsutilProcessRunner
     from ctm_adapters.supervised import SupervisedProcessRunner
+
+    sandbox, identities, containment = _containment(settings)
 
     # Runs carry this id, so a restarted server finds the processes of its earlier life.
     instance = hashlib.sha256(os.path.abspath(settings.data_dir).encode()).hexdigest()[:16]
@@ -156,15 +230,18 @@ def _process_runner(settings: Settings) -> ProcessRunner:
     return runner_class(
         sample_interval=settings.sample_interval,
         log_cap_bytes=settings.log_max_bytes,
-        run_as_user=settings.run_as_user,
         instance_id=f"ctm-{instance}",
-    )
+        identities=identities,
+        sandbox=sandbox,
+    ), containment
 
 
 def _file_store(settings: Settings) -> FileStore:
     from ctm_adapters.files import LocalFileStore
 
-    return LocalFileStore(settings.data_dir, run_as_user=settings.run_as_user)
+    # Under root, runs have uids of their own: they must cross (not list) the data directory
+    # to reach their environment; the database, scripts and logs stay private.
+    return LocalFileStore(settings.data_dir, crossable=os.geteuid() == 0)
 
 
 def choose_backend(settings: Settings) -> EnvironmentBackend:
@@ -365,9 +442,12 @@ async def create_user(request: Request, actor: Principal) -> Response:
 
 @authenticated
 async def whoami(request: Request, actor: Principal) -> Response:
-    return ok(
-        {"success": True, "user": {"username": actor.username, "is_admin": actor.is_admin}}
-    )
+    body: dict[str, object] = {
+        "success": True, "user": {"username": actor.username, "is_admin": actor.is_admin}
+    }
+    if actor.is_admin:
+        body["containment"] = services(request).containment.as_json()
+    return ok(body)
 
 
 # --- environment routes ------------------------------------------------------------------------
@@ -501,7 +581,7 @@ async def create_task(request: Request, actor: Principal) -> Response:
         {
             "success": True,
             "message": "Task scheduled successfully",
-            "task": ser.task_body(created.task, svc.tz),
+            "task": ser.task_body(created.task, svc.tz, svc.tasks.policy),
             "environment_message": created.environment_message,
         },
         201,
@@ -520,7 +600,7 @@ async def list_tasks(request: Request, actor: Principal) -> Response:
                 if task.last_execution_id
                 else None
             )
-            out.append(ser.task_list_item(task, last, svc.tz))
+            out.append(ser.task_list_item(task, last, svc.tz, svc.tasks.policy))
         return out
 
     return ok(await call(load))
@@ -536,7 +616,7 @@ async def get_task(request: Request, actor: Principal) -> Response:
             raise InvalidInput("history_limit", "'history_limit' must be a whole number >= 1")
         limit = int(raw)
     detail = await call(svc.tasks.detail, _task_id(request))
-    return ok(ser.task_detail(detail, svc.tz, limit))
+    return ok(ser.task_detail(detail, svc.tz, svc.tasks.policy, limit))
 
 
 @authenticated
@@ -610,6 +690,17 @@ def create_app(settings: Settings, **overrides: Any) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         svc = await anyio.to_thread.run_sync(partial(build_services, settings, **overrides))
+        if svc.containment.contained:
+            log.info(
+                "ctm: runs are contained (%s; identity: %s; limits: %s)",
+                svc.containment.reason, svc.containment.identity, svc.containment.limits,
+            )
+        elif "runner" not in overrides:
+            log.warning(
+                "ctm: runs are NOT contained: %s. Any user's script can read and change the "
+                "data directory (database, sessions, other users' scripts and logs). "
+                "Install bubblewrap or see docs/security.md.", svc.containment.reason,
+            )
         generated = await call(svc.auth.bootstrap_admin, settings.admin_password)
         if generated is not None:
             path = _write_admin_password(settings.data_dir, generated)

@@ -96,7 +96,6 @@ class Settings:
     session_idle_minutes: float = 15.0
     session_max_hours: float = 12.0
     default_python: str | None = None
-    run_as_user: str | None = None
     supervised_runs: bool = True
     max_body_bytes: int = 2 * 1024 * 1024
     # Contained runs (docs/security.md).
@@ -152,7 +151,6 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "CTM_SESSION_IDLE_MINUTES": ("session_idle_minutes", float),
     "CTM_SESSION_MAX_HOURS": ("session_max_hours", float),
     "CTM_DEFAULT_PYTHON": ("default_python", str),
-    "CTM_RUN_AS_USER": ("run_as_user", str),
     "CTM_SUPERVISED_RUNS": ("supervised_runs", _bool),
     "CTM_MAX_BODY_BYTES": ("max_body_bytes", int),
     "CTM_SANDBOX": ("sandbox", _sandbox_mode),

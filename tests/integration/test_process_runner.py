@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import sys
 import textwrap
@@ -15,6 +14,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
+from ctm_adapters._sandbox import Identities
 from ctm_adapters.process import PsutilProcessRunner, PsutilRunHandle
 from ctm_core.ports import RunResult, RunSpec
 
@@ -477,28 +477,35 @@ def _python_for_everyone() -> str | None:
     return None
 
 
-def test_run_as_user_drops_privileges(tmp_path: Path) -> None:
-    """With run_as_user, the script runs with that user's uid, gid and home, no extra groups."""
+def test_per_user_identity_drops_privileges(tmp_path: Path) -> None:
+    """Under root, a run of user id 7 runs as uid/gid 200007 with no extra groups, in its own HOME."""
     if os.geteuid() != 0:
         pytest.skip("dropping to another user needs the tests to run as root")
     python = _python_for_everyone()
     if python is None:
-        pytest.skip("no python interpreter that user nobody may execute")
-    nobody = pwd.getpwnam("nobody")
-    as_nobody = PsutilProcessRunner(run_as_user="nobody")
+        pytest.skip("no python interpreter that other users may execute")
+    os.chmod(tmp_path, 0o755)
+    homes = tmp_path / "homes"
+    runner = PsutilProcessRunner(identities=Identities(homes_dir=str(homes)))
     code = "import os; print(os.getuid(), os.getgid(), os.getgroups(), os.environ['HOME'])"
+    work = tmp_path / "work"
+    work.mkdir()
     s = RunSpec(
         argv=(python, "-c", code),
-        cwd=str(tmp_path),
-        log_path=str(tmp_path / "nobody.log"),
+        cwd=str(work),
+        log_path=str(tmp_path / "logs" / "run.log"),
         env_add={},
+        owner="alice",
+        owner_id=7,
     )
     try:
-        result = run(as_nobody, s)
+        result = run(runner, s)
     finally:
-        as_nobody.close()
+        runner.close()
     assert result.exit_code == 0
-    assert log_text(s) == f"{nobody.pw_uid} {nobody.pw_gid} [] {nobody.pw_dir}\n"
+    assert log_text(s) == f"200007 200007 [] {homes / 'alice'}\n"
+    assert (homes / "alice").stat().st_uid == 200007
+    assert work.stat().st_uid == 200007
 
 
 def test_handle_reports_the_main_pid(runner: PsutilProcessRunner, tmp_path: Path) -> None:

@@ -1,0 +1,252 @@
+"""Contained runs: the bubblewrap (``bwrap``) command line around a run or an install, and who
+a run is (uid, gid, HOME) on this machine.
+
+A contained process sees its own pid, ipc, uts, user and mount namespaces: the system folders
+read-only, the paths it was given (environment prefix, interpreter, script) read-only, the
+folders it may write (its working folder, its HOME, for an install the prefix and a cache), a
+private ``/tmp``, its own ``/proc`` and a minimal ``/dev`` — and nothing else: not the data
+directory, not other users' HOMEs, not the server's or other runs' processes. bubblewrap is run
+unprivileged (as the run's uid), in a user namespace of its own, so a process limit set inside
+(``prlimit --nproc``) counts the processes of that one sandbox.
+
+See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+import attrs
+
+__all__ = [
+    "Identities",
+    "RunIdentity",
+    "Sandbox",
+    "SandboxUnavailable",
+    "interpreter_roots",
+]
+
+# The system, visible read-only in every sandbox (those that exist on this machine).
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+# Read-only when present: name resolution behind a /etc/resolv.conf symlink.
+OPTIONAL_SYSTEM_PATHS = ("/run/systemd/resolve", "/var/lib/ca-certificates")
+INIT_PROCESSES = 1
+"""bubblewrap's own init inside the pid namespace (pid 1), counted by ``prlimit --nproc``."""
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing or cannot create its namespaces here (the message says why)."""
+
+
+@attrs.frozen(kw_only=True)
+class RunIdentity:
+    """Who a run is: ``uid``/``gid`` to switch to (None: the server's own), its HOME folder and
+    the name it sees in ``USER``/``LOGNAME``."""
+
+    uid: int | None
+    gid: int | None
+    home: str
+    username: str
+
+
+@attrs.define
+class Identities:
+    """Maps ctm users to identities on this machine.
+
+    Under root, the ctm user with id N runs as uid and gid ``first + N`` of ``uid_range`` (no
+    passwd entry needed): never root, never the server's uid, never shared by two ctm users.
+    Otherwise runs keep the server's uid (the sandbox is what separates them from it). HOMEs are
+    ``homes_dir/<username>``, created on first use, private to their uid.
+    """
+
+    homes_dir: str
+    uid_range: tuple[int, int] = (200000, 265535)
+    per_user_uids: bool = attrs.field(factory=lambda: os.geteuid() == 0)
+
+    def for_user(self, owner: str | None, owner_id: int | None) -> RunIdentity:
+        """The identity of a run of ``owner``; raises ``ValueError`` when it has none."""
+        name = owner or "nobody"
+        if "/" in name or name in (".", "..") or not name:
+            raise ValueError(f"not a user name for a HOME folder: {name!r}")
+        uid = gid = None
+        if self.per_user_uids:
+            first, last = self.uid_range
+            uid = first + (owner_id or 0)
+            if uid > last or uid == os.geteuid():
+                raise ValueError(
+                    f"user id {owner_id} is outside CTM_RUN_UIDS {first}-{last}: it cannot run"
+                )
+            gid = uid
+        return RunIdentity(
+            uid=uid, gid=gid, home=os.path.join(self.homes_dir, name), username=name
+        )
+
+    def prepare_home(self, identity: RunIdentity) -> None:
+        """Create the HOME folder (and its parent) owned by the run's uid, mode 0700."""
+        os.makedirs(self.homes_dir, mode=0o711, exist_ok=True)
+        os.chmod(self.homes_dir, 0o711)
+        try:
+            os.mkdir(identity.home, 0o700)
+        except FileExistsError:
+            pass
+        if identity.uid is not None:
+            st = os.lstat(identity.home)
+            if st.st_uid != identity.uid:
+                os.lchown(identity.home, identity.uid, identity.gid or identity.uid)
+
+    def give(self, identity: RunIdentity, path: str) -> None:
+        """Make ``path`` (a run's own working folder) the run's: owned by its uid."""
+        if identity.uid is not None:
+            os.lchown(path, identity.uid, identity.gid or identity.uid)
+
+
+def interpreter_roots(prefix: str, python: str | None = None) -> list[str]:
+    """Folders outside ``prefix`` that its interpreter needs: for a venv the base installation
+    named by ``pyvenv.cfg``'s ``home``, and wherever a symlinked ``python`` really lives."""
+    roots: list[str] = []
+    cfg = os.path.join(prefix, "pyvenv.cfg")
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            for line in f:
+                key, sep, value = line.partition("=")
+                if sep and key.strip() == "home":
+                    home = value.strip()
+                    roots.append(os.path.dirname(home.rstrip("/")) or home)
+    except OSError:
+        pass
+    if python is not None:
+        real = os.path.realpath(python)
+        if not _inside(real, prefix):
+            roots.append(os.path.dirname(os.path.dirname(real)))
+    out: list[str] = []
+    for root in roots:
+        real_root = os.path.realpath(root)
+        for candidate in (root, real_root):
+            if candidate not in out and not _inside(candidate, prefix) and candidate != "/":
+                out.append(candidate)
+    return out
+
+
+def _inside(path: str, folder: str) -> bool:
+    folder = folder.rstrip("/") or "/"
+    return path == folder or path.startswith(folder + "/")
+
+
+@attrs.define
+class Sandbox:
+    """Builds ``bwrap`` command lines.
+
+    ``hidden``: folders never visible inside, even where they lie under a system path (the data
+    directory and the HOMEs folder, e.g. when the data directory is under ``/opt``).
+    """
+
+    bwrap: str
+    hidden: tuple[str, ...] = ()
+    prlimit: str | None = attrs.field(factory=lambda: shutil.which("prlimit"))
+    disable_userns: bool = False
+    """bubblewrap >= 0.8 can forbid the sandbox to make user namespaces of its own."""
+
+    @classmethod
+    def find(cls, hidden: Sequence[str] = ()) -> Sandbox | None:
+        """A sandbox over the ``bwrap`` on PATH, or None when there is none."""
+        exe = shutil.which("bwrap")
+        if exe is None:
+            return None
+        box = cls(bwrap=exe, hidden=tuple(os.path.abspath(h) for h in hidden))
+        box.disable_userns = _supports(exe, "--disable-userns")
+        return box
+
+    def command(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        readonly: Sequence[str] = (),
+        writable: Sequence[str] = (),
+        network: bool = True,
+        max_processes: int | None = None,
+    ) -> list[str]:
+        """``argv`` run inside a new sandbox, in ``cwd`` (which must be among ``writable`` or
+        ``readonly``). Paths that do not exist are left out."""
+        args = [
+            self.bwrap,
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--hostname", "ctm-run",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop", "ALL",
+        ]
+        if self.disable_userns:
+            args.append("--disable-userns")
+        if not network:
+            args.append("--unshare-net")
+        for path in SYSTEM_PATHS:
+            args += _bind_system(path)
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
+        for path in OPTIONAL_SYSTEM_PATHS:
+            if os.path.isdir(path):
+                args += ["--ro-bind-try", path, path]
+        for path in self.hidden:
+            if any(_inside(path, system) for system in SYSTEM_PATHS):
+                args += ["--tmpfs", path]
+        for path in readonly:
+            if os.path.exists(path):
+                args += ["--ro-bind", path, path]
+        for path in writable:
+            if os.path.exists(path):
+                args += ["--bind", path, path]
+        args += ["--chdir", cwd, "--"]
+        if max_processes is not None:
+            if self.prlimit is None:
+                raise SandboxUnavailable("prlimit (util-linux) is needed for max_processes")
+            args += [self.prlimit, f"--nproc={max_processes + INIT_PROCESSES}", "--"]
+        args += list(argv)
+        return args
+
+    def check(self, identity: RunIdentity | None = None, timeout: float = 20.0) -> None:
+        """A trial run of ``true`` in a sandbox as a run would get it (as ``identity``'s uid);
+        raises ``SandboxUnavailable`` with bubblewrap's own message when it fails."""
+        true = shutil.which("true") or "/bin/true"
+        argv = self.command([true], cwd="/", max_processes=8 if self.prlimit else None)
+        uid = gid = None
+        groups: list[int] | None = None
+        if identity is not None and identity.uid is not None:
+            uid, gid, groups = identity.uid, identity.gid, []
+        try:
+            done = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                cwd="/", check=False, user=uid, group=gid, extra_groups=groups,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SandboxUnavailable(f"bwrap could not run: {exc}") from None
+        if done.returncode != 0:
+            message = (done.stderr or done.stdout).decode(errors="replace").strip()
+            raise SandboxUnavailable(
+                f"bwrap failed (exit {done.returncode}): {message or 'no message'}"
+            )
+
+
+def _bind_system(path: str) -> list[str]:
+    """``path`` read-only, or as the same symlink where it is one (merged /usr systems)."""
+    if os.path.islink(path):
+        return ["--symlink", os.readlink(path), path]
+    if os.path.isdir(path):
+        return ["--ro-bind", path, path]
+    return []
+
+
+def _supports(bwrap: str, option: str) -> bool:
+    try:
+        done = subprocess.run(
+            [bwrap, "--help"], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return option.encode() in done.stdout + done.stderr
