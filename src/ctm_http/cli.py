@@ -55,12 +55,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         import uvicorn
 
+        from ctm_adapters._hardening import make_undumpable, scrub_environment
         from ctm_http.app import create_app
 
         settings = settings_from_env(
             os.environ, host=args.host, port=args.port, data_dir=data_dir,
             backend=args.backend, conda_exe=args.conda_exe,
         )
+        # The password is in the settings now; no process should find it in ours.
+        scrub_environment(["CTM_ADMIN_PASSWORD"])
+        if not make_undumpable():
+            logging.getLogger("ctm").warning("ctm: could not make the server non-dumpable")
         uvicorn.run(
             create_app(settings), host=settings.host, port=settings.port,
             log_level="info", proxy_headers=False, lifespan="on",

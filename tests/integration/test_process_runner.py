@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
@@ -478,7 +479,7 @@ def _python_for_everyone() -> str | None:
 
 
 def test_per_user_identity_drops_privileges(tmp_path: Path) -> None:
-    """Under root, a run of user id 7 runs as uid/gid 200007 with no extra groups, in its own HOME."""
+    """Under root, user id 7 runs as uid/gid 200007 with no extra groups, in its own HOME."""
     if os.geteuid() != 0:
         pytest.skip("dropping to another user needs the tests to run as root")
     python = _python_for_everyone()
@@ -603,3 +604,19 @@ def test_a_timeout_of_30_days_is_accepted(runner: PsutilProcessRunner, tmp_path:
     assert result.exit_code == 0
     assert not result.timed_out
     assert log_text(s) == "long timeout ok\n"
+
+
+@pytest.mark.parametrize("supervised", [False, True], ids=["in-process", "supervised"])
+def test_short_uncontained_runs_never_record_zero_memory(tmp_path: Path, supervised: bool) -> None:
+    """30 back-to-back print('q') runs without a sandbox all record peak and average above 0."""
+    from ctm_adapters.supervised import SupervisedProcessRunner
+
+    r: Any = (
+        SupervisedProcessRunner(instance_id="short-runs") if supervised else PsutilProcessRunner()
+    )
+    try:
+        results = [run(r, spec(tmp_path, "print('q')", name=f"q{i}")) for i in range(30)]
+    finally:
+        r.close()
+    assert all(res.exit_code == 0 for res in results)
+    assert [res for res in results if res.peak_memory <= 0 or res.avg_memory <= 0] == []
