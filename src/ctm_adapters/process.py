@@ -315,7 +315,8 @@ class _Monitor:
             if tree.main_alive():
                 payload = run.payload_pid()
                 rss = run.tree_rss(tree)
-                run._record_sample(rss, 0 if payload is None else read_peak_rss(payload))
+                if payload is not None or not run._sandboxed:  # not bubblewrap's set-up alone
+                    run._record_sample(rss, 0 if payload is None else read_peak_rss(payload))
                 self._check_limits(run, tree, rss)
 
     def _check_limits(self, run: PsutilRunHandle, tree: RunTree, rss: int) -> None:
@@ -603,18 +604,21 @@ class PsutilProcessRunner:
         """
         reads = list(_EARLY_PEAK_READS)
         while reads:
-            at = reads[0]
-            payload = run.payload_pid()
-            if payload is None and run._sandboxed:
+            elapsed = time.monotonic() - run.started
+            if run._sandboxed and run.payload_pid() is None:
                 # bubblewrap has not started the script yet: look again very soon, so that even
-                # a script of a few milliseconds is read at least once.
-                at = min(at, time.monotonic() - run.started + _PAYLOAD_POLL)
+                # a script of a few milliseconds is read at least once (until the last read).
+                while reads and reads[0] <= elapsed:
+                    reads.pop(0)
+                if not reads:
+                    return
+                at = min(reads[0], elapsed + _PAYLOAD_POLL)
             else:
-                reads.pop(0)
-            wait = run.started + at - time.monotonic()
+                at = reads.pop(0)
+            wait = max(0.0, run.started + at - time.monotonic())
             if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-            if wait > 0 and _wait_pidfd(run._pidfd, wait):
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            if _wait_pidfd(run._pidfd, wait):
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 return
@@ -928,6 +932,8 @@ def _result(run: PsutilRunHandle, exit_code: int, duration: float, maxrss: int) 
             avg = (run._sample_sum + sum(run._early_rss)) // count
         else:
             peak = avg = os_peak
+        if avg <= 0:  # only a peak was seen: it is the one figure there is
+            avg = peak
     return RunResult(
         exit_code=exit_code,
         duration=duration,

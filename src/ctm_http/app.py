@@ -185,7 +185,7 @@ def _containment(settings: Settings) -> tuple[Any, Any, Containment]:
     )
     limits = (
         "memory: the monitor ends a run whose process tree passes its limit "
-        f"(sampled every {min(settings.sample_interval, 0.1):g} s); processes: "
+        f"(sampled every {settings.sample_interval:g} s); processes: "
     )
     if settings.sandbox == "off":
         return None, identities, Containment(
@@ -253,12 +253,17 @@ def choose_backend(settings: Settings) -> EnvironmentBackend:
     if settings.backend in ("auto", "conda"):
         exe = find_conda_executable(settings.conda_exe, os.environ)
         if exe is not None:
-            return CondaEnvironmentBackend(exe, default_python=settings.default_python)
+            return CondaEnvironmentBackend(
+                exe, default_python=settings.default_python,
+                only_binary=settings.install_only_binary,
+            )
         if settings.backend == "conda":
             raise SystemExit("ctm: --backend conda but no conda, mamba or micromamba was found")
     envs = os.path.join(settings.data_dir, "envs")
     os.makedirs(envs, mode=0o755, exist_ok=True)
-    return VenvEnvironmentBackend(envs, default_python=settings.default_python)
+    return VenvEnvironmentBackend(
+        envs, default_python=settings.default_python, only_binary=settings.install_only_binary
+    )
 
 
 def _write_admin_password(data_dir: str, password: str) -> str:

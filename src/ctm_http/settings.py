@@ -107,7 +107,8 @@ class Settings:
     """Per-user HOME folders of runs; default ``<data dir>-homes`` (outside the data dir)."""
     run_uids: tuple[int, int] = (200000, 265535)
     """Under root: user ``id`` runs as uid ``first + id`` (no passwd entry needed)."""
-    install_only_binary: bool = False
+    install_only_binary: bool = True
+    """Wheels only: installs are not sandboxed yet, so no package's build code may run."""
     default_memory_limit_mb: float | None = 2048.0
     max_memory_limit_mb: float | None = attrs.field(
         factory=lambda: float(int(_total_memory_mb() / 2))
