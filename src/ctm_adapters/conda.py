@@ -706,7 +706,9 @@ class CondaEnvironmentBackend:
     version for ``create`` when none is given (``None``: the newest the channels offer).
     ``extra_env``: variables added to every child's environment. ``command_timeout``: seconds
     before a tool call is killed. ``usage_ttl``: seconds a disk usage figure is reused (any
-    change through this backend drops it at once).
+    change through this backend drops it at once). ``only_binary``: requirements go through
+    the environment's pip with ``--only-binary :all:``, so no sdist is built (conda itself
+    installs built packages only).
 
     Runs the tool twice at construction (``--version``, ``info --json``); raises
     ``BackendFailure`` when it cannot.
@@ -722,8 +724,10 @@ class CondaEnvironmentBackend:
         extra_env: Mapping[str, str] | None = None,
         command_timeout: float | None = 3600.0,
         usage_ttl: float = 300.0,
+        only_binary: bool = False,
     ) -> None:
         self.executable = executable
+        self.only_binary = only_binary
         self.default_python = default_python
         self._extra_env = dict(extra_env or {})
         self._timeout = command_timeout
@@ -938,7 +942,7 @@ class CondaEnvironmentBackend:
                     fh.write("\n")
             try:
                 done = _run(
-                    [python, "-m", "pip", "install", "-r", path],
+                    [python, "-m", "pip", "install", *self._pip_binary_flags(), "-r", path],
                     env=env,
                     timeout=self._timeout,
                     cwd=workdir,
@@ -964,6 +968,9 @@ class CondaEnvironmentBackend:
         )
 
     # --- helpers ---
+
+    def _pip_binary_flags(self) -> list[str]:
+        return ["--only-binary=:all:"] if self.only_binary else []
 
     def _flags(self) -> list[str]:
         flags = ["--json", "--yes"]

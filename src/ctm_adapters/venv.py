@@ -73,11 +73,15 @@ class PythonInterpreter:
 @attrs.frozen
 class _Failure:
     spec: str
-    reason: str  # not_found | conflict | invalid | build | python | unknown
+    reason: str  # not_found | no_wheel | conflict | invalid | build | python | unknown
 
 
 _SENTENCES = {
     "not_found": "Package '{}' not found in available channels",
+    "no_wheel": "Package '{}' has no wheel, and only wheels are installed here "
+    "(install_only_binary): its build code is never run",
+    "not_found_wheel": "Package '{}' not found in available channels as a wheel "
+    "(only wheels are installed here: install_only_binary)",
     "conflict": "Package '{}' has conflicts with existing packages",
     "invalid": "Package specification '{}' is not valid for pip",
     "build": "Package '{}' could not be built",
@@ -98,6 +102,9 @@ class VenvEnvironmentBackend:
     ``use_uv``: ``None`` uses ``uv pip`` when uv is found (on ``PATH``, or beside the server's
     interpreter after ``pip install uv``), ``True`` requires it,
     ``False`` always uses the environment's pip. ``uv_executable`` names uv explicitly.
+    ``only_binary``: install wheels only (``--only-binary :all:`` to pip and to uv, which does
+    not read ``PIP_ONLY_BINARY``), so no package's build code runs at install time; a package
+    with no wheel fails as not found. Every install path: create, install, requirements.
     """
 
     kind = "venv"
@@ -110,8 +117,10 @@ class VenvEnvironmentBackend:
         interpreters: Mapping[str, str] | None = None,
         use_uv: bool | None = None,
         uv_executable: str | None = None,
+        only_binary: bool = False,
     ) -> None:
         self.root = os.path.abspath(root)
+        self.only_binary = only_binary
         self._default_python = default_python
         self._extra_interpreters = dict(interpreters or {})
         self._interpreters: list[PythonInterpreter] | None = None
@@ -223,6 +232,7 @@ class VenvEnvironmentBackend:
                     failures = _parse_failures(output, wanted) or [
                         _Failure(s, "unknown") for s in wanted
                     ]
+                    failures = self._wheel_reasons(failures)
                     raise _failed("Failed to install requirements", failures, output)
             finally:
                 os.unlink(path)
@@ -420,18 +430,29 @@ class VenvEnvironmentBackend:
         if rc == 0:
             return
         failures = _parse_failures(output, specs)
-        if failures and all(f.reason == "not_found" for f in failures):
+        if failures and all(f.reason in _MISSING for f in failures):
             more, probed = self._probe_missing(prefix, specs, failures)
             failures = sorted([*failures, *more], key=lambda f: specs.index(f.spec))
             output += probed
         if not failures:
             failures = [_Failure(s, "unknown") for s in specs]
-        raise _failed(message, failures, output)
+        raise _failed(message, self._wheel_reasons(failures), output)
+
+    def _wheel_reasons(self, failures: list[_Failure]) -> list[_Failure]:
+        """With ``only_binary``, pip reports a package that has only an sdist as not found:
+        say that only wheels were looked for."""
+        if not self.only_binary:
+            return failures
+        return [
+            _Failure(f.spec, "not_found_wheel") if f.reason == "not_found" else f
+            for f in failures
+        ]
 
     def _probe_missing(
         self, prefix: str, specs: list[str], known: list[_Failure]
     ) -> tuple[list[_Failure], str]:
-        """pip stops at the first spec it cannot find: ask about each other spec alone.
+        """pip stops at the first spec it cannot find (uv with ``only_binary`` also at the
+        first with no wheel): ask about each other spec alone.
 
         Returns the specs found missing too and the output of those probes.
         """
@@ -441,16 +462,20 @@ class VenvEnvironmentBackend:
         for spec in [s for s in specs if s not in seen][:_PROBE_LIMIT]:
             argv = self._install_argv(prefix, "--dry-run", "--no-deps", "--", _to_pip_spec(spec))
             rc, output = _run(argv)
-            if rc != 0 and any(f.reason == "not_found" for f in _parse_failures(output, [spec])):
-                found.append(_Failure(spec, "not_found"))
+            missing = [f for f in _parse_failures(output, [spec]) if f.reason in _MISSING]
+            if rc != 0 and missing:
+                found.append(missing[0])
                 outputs.append(f"\n--- '{spec}' on its own (dry run) ---\n{output}")
         return found, "".join(outputs)
 
     def _install_argv(self, prefix: str, *args: str) -> list[str]:
+        # ``args`` may hold ``--`` (specs follow): every option goes before them.
+        only_binary = ["--only-binary", ":all:"] if self.only_binary else []
         if self.uv is not None:
-            flags = _uv_index_flags(os.environ)
+            flags = [*_uv_index_flags(os.environ), *only_binary]
             return [self.uv, "pip", "install", "--python", _python(prefix), *flags, *args]
-        return [*self._pip(prefix), "install", *_PIP_FLAGS, "--progress-bar", "off", *args]
+        pip_flags = [*_PIP_FLAGS, "--progress-bar", "off", *only_binary]
+        return [*self._pip(prefix), "install", *pip_flags, *args]
 
     def _pip(self, prefix: str) -> list[str]:
         if _has_pip(prefix) or not _host_has_pip():
@@ -845,12 +870,19 @@ def _requirement_lines(requirements: str) -> list[str]:
     return lines
 
 
+_MISSING = ("not_found", "no_wheel")
+"""Reasons a resolver stops at the first such spec: the others are probed one by one."""
 _NOT_FOUND = [
     re.compile(r"No matching distribution found for (\S+)"),
     re.compile(r"Could not find a version that satisfies the requirement (\S+)"),
     # uv
     re.compile(r"(\S+) was not found in the (?:package registry|provided package locations)"),
     re.compile(r"there is no version of (\S+?)(?:,|\s|$)"),
+]
+# uv with --only-binary :all: (pip only says "No matching distribution found")
+_NO_WHEEL = [
+    re.compile(r"Wheels are required for `([^`]+)`"),
+    re.compile(r"(\S+) has no usable wheels"),
 ]
 _INVALID = [
     re.compile(r"Invalid requirement: '([^']*)'"),
@@ -901,6 +933,9 @@ def _parse_failures(output: str, requested: Sequence[str]) -> list[_Failure]:
             for spec in requested:
                 if spec.strip() == m.group(1).strip():
                     failures.setdefault(spec, "invalid")
+    for pattern in _NO_WHEEL:
+        for m in pattern.finditer(output):
+            mark(m.group(1), "no_wheel")
     for pattern in _NOT_FOUND:
         for m in pattern.finditer(output):
             mark(m.group(1), "not_found")

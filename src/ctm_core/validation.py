@@ -22,8 +22,30 @@ MAX_SPEC_LENGTH = 200
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
 _VERSION = r"[A-Za-z0-9_.*+!]+"
 _CONSTRAINT = rf"(?:==|>=|<=|!=|~=|=|>|<){_VERSION}"
-SPEC_RE = re.compile(rf"({_NAME})(?:{_CONSTRAINT}(?:,{_CONSTRAINT})*)?")
-PACKAGE_NAME_RE = re.compile(_NAME)
+
+# File names pip and conda take for a local archive instead of a package name (pip's
+# ``is_archive_file``: ``x.tar.gz``, ``x==1.whl``; conda installs ``*.tar.bz2``/``*.conda`` as
+# explicit files). A word (name or version) ending in one of these is refused; dotted names
+# such as ``zope.interface`` or ``backports.lzma`` are not archives and pass.
+ARCHIVE_SUFFIXES = (
+    "whl", "zip", "egg", "conda", "tar", "tar.gz", "tgz", "tar.bz2", "tbz", "tbz2",
+    "tar.xz", "txz", "tlz", "tar.lz", "tar.lzma", "tar.zst",
+)
+
+
+def _any_case(text: str) -> str:
+    # The patterns are published in /openapi.json (ECMA-262, no flags): spell case out.
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in text)
+
+
+_ARCHIVE_WORD = (
+    r"\.(?:" + "|".join(_any_case(s) for s in ARCHIVE_SUFFIXES) + r")(?![A-Za-z0-9_.\-])"
+)
+_NOT_ARCHIVE = rf"(?!.*{_ARCHIVE_WORD})"
+SPEC_RE = re.compile(rf"{_NOT_ARCHIVE}({_NAME})(?:{_CONSTRAINT}(?:,{_CONSTRAINT})*)?")
+PACKAGE_NAME_RE = re.compile(rf"{_NOT_ARCHIVE}{_NAME}")
+_NAME_PREFIX_RE = re.compile(_NAME)
+_ARCHIVE_WORD_RE = re.compile(_ARCHIVE_WORD)
 
 
 def validate_username(username: object) -> str:
@@ -64,7 +86,9 @@ def validate_specs(field: str, specs: object, *, names_only: bool = False) -> li
     """Return the specs when every one is a plain name with optional version constraints.
 
     Raises ``InvalidPackageSpec`` naming the bad ones: anything that could be read as an
-    option (``-c evil``), carries a shell metacharacter, a space between words, or a URL.
+    option (``-c evil``), carries a shell metacharacter, a space between words, a URL, a path
+    (``/``, ``\\``, ``~``, ``file:``), a direct reference (``pkg @ ...``) or an archive file
+    name (``x.tar.gz``, ``x.whl``, ``x==1.zip``: ``ARCHIVE_SUFFIXES``).
     """
     if not isinstance(specs, list) or not specs:
         raise InvalidPackageSpec(field, [], f"'{field}' must be a non-empty list of strings")
@@ -83,7 +107,7 @@ def validate_specs(field: str, specs: object, *, names_only: bool = False) -> li
 
 def spec_name(spec: str) -> str:
     """The package name a spec names: ``numpy>=1.2`` -> ``numpy``."""
-    match = PACKAGE_NAME_RE.match(spec)
+    match = _NAME_PREFIX_RE.match(spec)
     return match.group(0) if match else spec
 
 
@@ -111,8 +135,10 @@ def validate_requirements(text: str) -> str:
     """requirements.txt text of plain requirement lines only.
 
     Each line is a name with optional extras, version constraints and an environment marker.
-    Option lines (``-r``, ``-e``, ``--index-url``), URLs and paths are refused: pip runs as the
-    server's user, so a line must never make it read a file or a server the user chooses.
+    Option lines (``-r``, ``-e``, ``--index-url``, ``--no-binary``), URLs, paths, direct
+    references and archive file names (``x.tar.gz``, ``x.whl``) are refused: pip runs as the
+    server's user, so a line must never make it read a file or a server the user chooses, nor
+    change how it installs.
     Raises ``InvalidInput`` naming the bad lines.
     """
     bad = []
@@ -123,7 +149,7 @@ def validate_requirements(text: str) -> str:
             "requirements", f"At most {MAX_REQUIREMENT_LINES} requirement lines"
         )
     for line in lines:
-        if not _REQ_LINE_RE.fullmatch(line):
+        if not _REQ_LINE_RE.fullmatch(line) or _ARCHIVE_WORD_RE.search(line):
             bad.append(line)
     if bad:
         shown = ", ".join(repr(b) for b in bad[:10])

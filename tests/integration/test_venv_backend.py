@@ -8,11 +8,13 @@ change an environment make their own.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -394,6 +396,111 @@ def test_env_that_lost_its_pip_can_still_be_changed(
     assert "pip" not in _versions(backend.get_environment(fresh))
     backend.install(fresh, ["tiny-pkg==2.0"])
     assert _versions(backend.get_environment(fresh))["tiny-pkg"] == "2.0"
+
+
+# --- only_binary (CTM_INSTALL_ONLY_BINARY) --------------------------------------------------
+
+
+def _write_sdist(folder: str, marker: str) -> None:
+    """``sdist_only-1.0.tar.gz``: no wheel, and an in-tree build backend (no build requirements,
+    so it builds offline) that appends to ``marker`` as soon as it is imported, then fails."""
+    backend_py = (
+        f"with open({marker!r}, 'a') as fh:\n    fh.write('build code ran\\n')\n\n"
+        "def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):\n"
+        "    raise SystemExit('sdist-only: this test package never builds')\n\n"
+        "def build_sdist(sdist_directory, config_settings=None):\n"
+        "    raise SystemExit('sdist-only: no sdist either')\n"
+    )
+    files = {
+        "PKG-INFO": "Metadata-Version: 2.1\nName: sdist-only\nVersion: 1.0\n",
+        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "ctm_marker_backend"\n'
+        'backend-path = ["."]\n',
+        "ctm_marker_backend.py": backend_py,
+    }
+    os.makedirs(folder, exist_ok=True)
+    with tarfile.open(os.path.join(folder, "sdist_only-1.0.tar.gz"), "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"sdist_only-1.0/{name}")
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture
+def sdist_only(offline: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An sdist-only package 'sdist-only' beside the wheels; returns the file its build writes."""
+    marker = str(tmp_path / "build-code-ran")
+    sdists = str(tmp_path / "sdists")
+    _write_sdist(sdists, marker)
+    monkeypatch.setenv("PIP_FIND_LINKS", f"{offline} {sdists}")
+    return marker
+
+
+@pytest.fixture
+def strict(backend: VenvEnvironmentBackend, tmp_path: Path) -> VenvEnvironmentBackend:
+    """A backend with the same installer as ``backend`` (pip or uv) and ``only_binary=True``."""
+    root = str(tmp_path / "envs-only-binary")
+    if backend.uv is not None:
+        return VenvEnvironmentBackend(root, uv_executable=backend.uv, only_binary=True)
+    return VenvEnvironmentBackend(root, use_uv=False, only_binary=True)
+
+
+def test_without_only_binary_an_sdist_is_built(
+    backend: VenvEnvironmentBackend, fresh: str, sdist_only: str
+) -> None:
+    """By default the sdist's build code runs at install (the marker is written)."""
+    with pytest.raises(PackageOperationFailed) as caught:
+        backend.install(fresh, ["sdist-only"])
+    assert caught.value.failed_packages == ["sdist-only"]
+    assert os.path.exists(sdist_only)
+
+
+def test_only_binary_refuses_an_sdist_without_running_its_build(
+    strict: VenvEnvironmentBackend, sdist_only: str
+) -> None:
+    """only_binary: install of an sdist-only package fails naming it; its build never runs."""
+    strict.create("strict", None, ["tiny-pkg==1.0"])
+    with pytest.raises(PackageOperationFailed) as caught:
+        strict.install("strict", ["tiny-pkg==2.0", "sdist-only", "no-such-package"])
+    err = caught.value
+    assert err.message == "Failed to install packages"
+    assert err.failed_packages == ["sdist-only", "no-such-package"]
+    assert all("wheel" in sentence for sentence in err.error_details)
+    assert not os.path.exists(sdist_only)
+    versions = _versions(strict.get_environment("strict"))
+    assert versions["tiny-pkg"] == "1.0"
+    assert "sdist-only" not in versions
+
+
+def test_only_binary_holds_for_requirements_and_create(
+    strict: VenvEnvironmentBackend, sdist_only: str
+) -> None:
+    """only_binary: requirements and create refuse the sdist too, and never build it."""
+    strict.create("strict", None, [])
+    with pytest.raises(PackageOperationFailed) as caught:
+        strict.install_requirements("strict", "tiny-pkg==2.0\nsdist-only\n")
+    assert caught.value.message == "Failed to install requirements"
+    assert caught.value.failed_packages == ["sdist-only"]
+    with pytest.raises(PackageOperationFailed) as caught:
+        strict.create("strict2", None, ["sdist-only"])
+    assert caught.value.message == "Failed to create environment"
+    assert caught.value.failed_packages == ["sdist-only"]
+    assert not strict.exists("strict2")
+    assert not os.path.exists(sdist_only)
+
+
+def test_only_binary_still_installs_wheels(
+    strict: VenvEnvironmentBackend, sdist_only: str
+) -> None:
+    """only_binary: wheels install as before, at create, install and from requirements."""
+    env = strict.create("strict", None, ["tiny-pkg==1.0"])
+    assert _versions(env)["tiny-pkg"] == "1.0"
+    strict.install("strict", ["tiny-pkg==2.0"])
+    assert _versions(strict.get_environment("strict"))["tiny-pkg"] == "2.0"
+    strict.install_requirements("strict", "needs-new\n")
+    assert "needs-new" in _versions(strict.get_environment("strict"))
+    assert not os.path.exists(sdist_only)
 
 
 # --- run, rename, delete -------------------------------------------------------------------

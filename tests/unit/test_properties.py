@@ -121,7 +121,9 @@ def test_spec_username_pattern_is_the_validator(name: str) -> None:
 
 @FAST
 @given(st.text(max_size=40) | st.from_regex(r"[a-z][a-z0-9_.\-]{0,10}([<>=!~]{1,2}[0-9.*]{1,6})?",
-                                            fullmatch=True))
+                                            fullmatch=True)
+       | st.from_regex(r"[a-z][a-z.]{0,6}\.([Ww][Hh][Ll]|[Tt]ar(\.[gx]z)?|zip|tgz|conda|egg)"
+                       r"[a-z0-9.\-]{0,3}(==[0-9.]{1,4}(\.zip|\.tar\.bz2)?)?", fullmatch=True))
 def test_spec_package_spec_pattern_is_the_validator(spec: str) -> None:
     """One spec fits the spec's item pattern (and length) exactly when the core accepts it."""
     items = openapi.SPECS["items"]
