@@ -5,9 +5,18 @@ A contained process sees its own pid, ipc, uts, user and mount namespaces: the s
 read-only, the paths it was given (environment prefix, interpreter, script) read-only, the
 folders it may write (its working folder, its HOME, for an install the prefix and a cache), a
 private ``/tmp``, its own ``/proc`` and a minimal ``/dev`` — and nothing else: not the data
-directory, not other users' HOMEs, not the server's or other runs' processes. bubblewrap is run
-unprivileged (as the run's uid), in a user namespace of its own, so a process limit set inside
-(``prlimit --nproc``) counts the processes of that one sandbox.
+directory, not other users' HOMEs, not the server's or other runs' processes.
+
+Two ways in, by who the server is:
+
+- not root: bubblewrap runs unprivileged (as the server's uid) in a user namespace of its own;
+- root: bubblewrap runs as root, so it can bind what the run's own uid could not reach (an
+  interpreter under ``/root``, a data directory of mode 0700); inside, ``setpriv`` drops to the
+  run's uid with no capabilities and no groups, then ``unshare --user`` gives it a user namespace
+  of its own (mapping only that uid).
+
+Either way the script's processes are alone in their user namespace, so a process limit set
+inside (``prlimit --nproc``) counts the processes of that one run.
 
 See docs/security.md.
 """
@@ -24,6 +33,7 @@ import attrs
 
 __all__ = [
     "Identities",
+    "Installer",
     "RunIdentity",
     "Sandbox",
     "SandboxUnavailable",
@@ -96,10 +106,45 @@ class Identities:
             if st.st_uid != identity.uid:
                 os.lchown(identity.home, identity.uid, identity.gid or identity.uid)
 
+    def installer(self) -> Installer:
+        """Who package changes run as: under root the first uid of the range (no ctm user has
+        id 0), else the server's uid; its cache lives beside the HOMEs (``@installer`` is no
+        user name: ``@`` is not allowed in one)."""
+        uid = self.uid_range[0] if self.per_user_uids else None
+        return Installer(cache=os.path.join(self.homes_dir, "@installer"), uid=uid, gid=uid)
+
     def give(self, identity: RunIdentity, path: str) -> None:
         """Make ``path`` (a run's own working folder) the run's: owned by its uid."""
         if identity.uid is not None:
             os.lchown(path, identity.uid, identity.gid or identity.uid)
+
+
+@attrs.define
+class Installer:
+    """The identity of package changes: ``uid``/``gid`` (None: the server's) and the one folder
+    besides the environment it may write, its download cache (also its HOME)."""
+
+    cache: str
+    uid: int | None = None
+    gid: int | None = None
+
+    def prepare(self) -> None:
+        """Create the cache folder, private to the installer."""
+        os.makedirs(os.path.dirname(self.cache), mode=0o711, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.cache, 0o700)
+        if self.uid is not None and os.lstat(self.cache).st_uid != self.uid:
+            os.lchown(self.cache, self.uid, self.gid if self.gid is not None else self.uid)
+
+    def environment(self) -> dict[str, str]:
+        """Variables that point pip's, uv's and everything else's caches into ``cache``."""
+        return {
+            "HOME": self.cache,
+            "XDG_CACHE_HOME": self.cache,
+            "UV_CACHE_DIR": os.path.join(self.cache, "uv"),
+            "PIP_CACHE_DIR": os.path.join(self.cache, "pip"),
+            "TMPDIR": "/tmp",  # noqa: S108 - the sandbox's own private /tmp
+        }
 
 
 def interpreter_roots(prefix: str, python: str | None = None) -> list[str]:
@@ -129,6 +174,12 @@ def interpreter_roots(prefix: str, python: str | None = None) -> list[str]:
     return out
 
 
+def _ancestors(path: str) -> list[str]:
+    """``/a/b/c`` -> ``["/a", "/a/b"]``."""
+    parts = [p for p in path.split("/") if p]
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def _inside(path: str, folder: str) -> bool:
     folder = folder.rstrip("/") or "/"
     return path == folder or path.startswith(folder + "/")
@@ -145,6 +196,8 @@ class Sandbox:
     bwrap: str
     hidden: tuple[str, ...] = ()
     prlimit: str | None = attrs.field(factory=lambda: shutil.which("prlimit"))
+    setpriv: str | None = attrs.field(factory=lambda: shutil.which("setpriv"))
+    unshare: str | None = attrs.field(factory=lambda: shutil.which("unshare"))
     disable_userns: bool = False
     """bubblewrap >= 0.8 can forbid the sandbox to make user namespaces of its own."""
 
@@ -167,12 +220,14 @@ class Sandbox:
         writable: Sequence[str] = (),
         network: bool = True,
         max_processes: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
     ) -> list[str]:
         """``argv`` run inside a new sandbox, in ``cwd`` (which must be among ``writable`` or
-        ``readonly``). Paths that do not exist are left out."""
+        ``readonly``). Paths that do not exist are left out. ``uid``/``gid``: the server is
+        root and the run switches to them inside (bubblewrap itself must then run as root)."""
         args = [
             self.bwrap,
-            "--unshare-user",
             "--unshare-pid",
             "--unshare-ipc",
             "--unshare-uts",
@@ -180,10 +235,11 @@ class Sandbox:
             "--hostname", "ctm-run",
             "--die-with-parent",
             "--new-session",
-            "--cap-drop", "ALL",
         ]
-        if self.disable_userns:
-            args.append("--disable-userns")
+        if uid is None:
+            args += ["--unshare-user", "--cap-drop", "ALL"]
+            if self.disable_userns:
+                args.append("--disable-userns")
         if not network:
             args.append("--unshare-net")
         for path in SYSTEM_PATHS:
@@ -195,17 +251,33 @@ class Sandbox:
         for path in self.hidden:
             if any(_inside(path, system) for system in SYSTEM_PATHS):
                 args += ["--tmpfs", path]
-        for path in readonly:
-            if os.path.exists(path):
-                args += ["--ro-bind", path, path]
-        for path in writable:
-            if os.path.exists(path):
-                args += ["--bind", path, path]
+        made: set[str] = set()
+        binds = [("--ro-bind", p) for p in readonly] + [("--bind", p) for p in writable]
+        for option, path in binds:
+            if not os.path.exists(path):
+                continue
+            # Folders on the way are made 0755 (bubblewrap would copy a mode such as /root's
+            # 0700, which the run's uid could not cross); they hold nothing but what is bound.
+            for parent in _ancestors(path):
+                if parent not in made and not any(_inside(parent, s) for s in SYSTEM_PATHS):
+                    args += ["--perms", "0755", "--dir", parent]
+                    made.add(parent)
+            args += [option, path, path]
         args += ["--chdir", cwd, "--"]
-        if max_processes is not None:
+        nproc = None if max_processes is None else max_processes + INIT_PROCESSES
+        if uid is not None:
+            if self.setpriv is None or self.unshare is None:
+                raise SandboxUnavailable("setpriv and unshare (util-linux) are needed under root")
+            args += [
+                self.setpriv, f"--reuid={uid}", f"--regid={gid if gid is not None else uid}",
+                "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--",
+                self.unshare, "--user", "--map-current-user", "--",
+            ]
+            nproc = max_processes  # bubblewrap's init stays outside the run's user namespace
+        if nproc is not None:
             if self.prlimit is None:
                 raise SandboxUnavailable("prlimit (util-linux) is needed for max_processes")
-            args += [self.prlimit, f"--nproc={max_processes + INIT_PROCESSES}", "--"]
+            args += [self.prlimit, f"--nproc={nproc}", "--"]
         args += list(argv)
         return args
 
@@ -213,15 +285,15 @@ class Sandbox:
         """A trial run of ``true`` in a sandbox as a run would get it (as ``identity``'s uid);
         raises ``SandboxUnavailable`` with bubblewrap's own message when it fails."""
         true = shutil.which("true") or "/bin/true"
-        argv = self.command([true], cwd="/", max_processes=8 if self.prlimit else None)
-        uid = gid = None
-        groups: list[int] | None = None
-        if identity is not None and identity.uid is not None:
-            uid, gid, groups = identity.uid, identity.gid, []
+        uid = None if identity is None else identity.uid
+        gid = None if identity is None else identity.gid
+        argv = self.command(
+            [true], cwd="/", max_processes=8 if self.prlimit else None, uid=uid, gid=gid
+        )
         try:
             done = subprocess.run(
                 argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
-                cwd="/", check=False, user=uid, group=gid, extra_groups=groups,
+                cwd="/", check=False,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxUnavailable(f"bwrap could not run: {exc}") from None

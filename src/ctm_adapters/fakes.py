@@ -214,8 +214,12 @@ class FakeProcessRunner:
         peak: int = 50 * 1024 * 1024,
         avg: int = 40 * 1024 * 1024,
         timed_out: bool = False,
+        limit_exceeded: str | None = None,
     ) -> None:
-        self._end(handle, exit_code, duration=duration, peak=peak, avg=avg, timed_out=timed_out)
+        self._end(
+            handle, exit_code, duration=duration, peak=peak, avg=avg, timed_out=timed_out,
+            limit_exceeded=limit_exceeded,
+        )
 
     def _end(
         self,
@@ -226,6 +230,7 @@ class FakeProcessRunner:
         peak: int = 50 * 1024 * 1024,
         avg: int = 40 * 1024 * 1024,
         timed_out: bool = False,
+        limit_exceeded: str | None = None,
     ) -> None:
         with self._lock:
             if handle.result is None:
@@ -235,6 +240,7 @@ class FakeProcessRunner:
                     peak_memory=peak,
                     avg_memory=avg,
                     timed_out=timed_out,
+                    limit_exceeded=limit_exceeded,
                 )
         handle.done.set()
 

@@ -327,6 +327,31 @@ class InMemoryRepository:
             self._last_seq += 1
             self._executions[execution.id] = _Stored(self._last_seq, _copy(execution))
 
+    def record_skip(self, skip: Execution, *, task: Task) -> Execution:
+        """Add a skipped occurrence to the task's latest execution when that is a skipped
+        record, else store ``skip`` as a new one; update ``task`` in the same transaction.
+        Returns the record as stored. Raises ``TaskNotFound`` and ``ValueError``."""
+        if ExecutionStatus(skip.status) is not ExecutionStatus.SKIPPED or skip.task_id != task.id:
+            raise ValueError(f"execution {skip.id!r} is not a skipped execution of task {task.id}")
+        with self._lock:
+            self._check_task_update(task)
+            own = [s for s in self._executions.values() if s.execution.task_id == task.id]
+            latest = max(own, key=lambda s: s.seq, default=None)
+            if latest is None or latest.execution.status is not ExecutionStatus.SKIPPED:
+                if skip.id in self._executions:
+                    raise ValueError(f"execution {skip.id!r} exists")
+                self._tasks[task.id] = _copy(task)
+                self._last_seq += 1
+                self._executions[skip.id] = _Stored(self._last_seq, _copy(skip))
+                return _copy(skip)
+            self._tasks[task.id] = _copy(task)
+            merged = latest.execution
+            merged.skip_count += skip.skip_count
+            merged.last_skipped_at = skip.last_skipped_at
+            merged.end_time = skip.end_time
+            latest.execution = _copy(merged)
+            return _copy(merged)
+
     def update_execution(self, execution: Execution) -> None:
         """Replace a stored execution's fields. An unknown (e.g. pruned) one is ignored."""
         with self._lock:

@@ -484,8 +484,11 @@ class PsutilProcessRunner:
             argv = self._sandbox.command(
                 argv, cwd=spec.cwd, readonly=readonly, writable=writable,
                 network=spec.network, max_processes=limits.max_processes,
+                uid=None if identity is None else identity.uid,
+                gid=None if identity is None else identity.gid,
             )
             cwd = "/"
+            identity = None  # the sandbox switches to the run's uid itself
         return Launch(
             argv=tuple(argv), cwd=cwd, env=env, token=token,
             uid=None if identity is None else identity.uid,

@@ -368,6 +368,11 @@ _EXECUTIONS_OF_TASK = """
     ORDER BY start_time IS NULL DESC, start_time DESC,
              scheduled_for IS NULL DESC, scheduled_for DESC, rowid DESC
 """
+# The latest stored (not the latest started): only firings add executions, in order.
+_LATEST_EXECUTION_OF_TASK = """
+    SELECT * FROM executions
+    WHERE rowid = (SELECT MAX(rowid) FROM executions WHERE task_id = ?)
+"""
 _EXECUTIONS_SINCE = """
     SELECT * FROM executions WHERE start_time >= ?
     ORDER BY start_time DESC, scheduled_for IS NULL DESC, scheduled_for DESC, rowid DESC
@@ -385,6 +390,11 @@ _PRUNE = """
     DELETE FROM executions
     WHERE status IN (SELECT value FROM json_each(:statuses)) AND end_time < :before
 """
+
+
+def _check_skip(skip: Execution, task: Task) -> None:
+    if skip.status is not ExecutionStatus.SKIPPED or skip.task_id != task.id:
+        raise ValueError(f"execution {skip.id!r} is not a skipped execution of task {task.id}")
 
 
 def _is_unique_violation(error: sqlite3.IntegrityError, column: str) -> bool:
@@ -721,6 +731,29 @@ class SqliteRepository:
                 if _is_unique_violation(e, "executions.id"):
                     raise ValueError(f"execution {execution.id!r} exists") from None
                 raise
+
+    def record_skip(self, skip: Execution, *, task: Task) -> Execution:
+        """Add a skipped occurrence to the task's latest execution when that is a skipped
+        record, else store ``skip`` as a new one; update ``task`` in the same transaction.
+        Returns the record as stored. Raises ``TaskNotFound`` and ``ValueError``."""
+        _check_skip(skip, task)
+        with self._lock, self._transaction():
+            self._update_task(task)
+            row = self._one(_LATEST_EXECUTION_OF_TASK, (task.id,))
+            latest = None if row is None else _execution_from_row(row)
+            if latest is None or latest.status is not ExecutionStatus.SKIPPED:
+                try:
+                    self._write(_EXECUTION_INSERT, _execution_to_row(skip))
+                except sqlite3.IntegrityError as e:
+                    if _is_unique_violation(e, "executions.id"):
+                        raise ValueError(f"execution {skip.id!r} exists") from None
+                    raise
+                return _execution_from_row(_execution_to_row(skip))
+            latest.skip_count += skip.skip_count
+            latest.last_skipped_at = skip.last_skipped_at
+            latest.end_time = skip.end_time
+            self._update_execution(latest)
+            return latest
 
     def _update_execution(self, execution: Execution) -> None:
         try:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 import attrs
 
 from ctm_adapters._disk import tree_usage
+from ctm_adapters._sandbox import Installer, Sandbox, interpreter_roots
 from ctm_core.errors import (
     EnvironmentExists,
     EnvironmentNotFound,
@@ -102,6 +103,9 @@ class VenvEnvironmentBackend:
     ``use_uv``: ``None`` uses ``uv pip`` when uv is found (on ``PATH``, or beside the server's
     interpreter after ``pip install uv``), ``True`` requires it,
     ``False`` always uses the environment's pip. ``uv_executable`` names uv explicitly.
+    ``sandbox`` and ``installer``: run every package change (venv creation, pip, uv) in a
+    bubblewrap sandbox as the installer's unprivileged identity, with write access to the
+    environment and the installer's cache only.
     ``only_binary``: install wheels only (``--only-binary :all:`` to pip and to uv, which does
     not read ``PIP_ONLY_BINARY``), so no package's build code runs at install time; a package
     with no wheel fails as not found. Every install path: create, install, requirements.
@@ -118,9 +122,13 @@ class VenvEnvironmentBackend:
         use_uv: bool | None = None,
         uv_executable: str | None = None,
         only_binary: bool = False,
+        sandbox: Sandbox | None = None,
+        installer: Installer | None = None,
     ) -> None:
         self.root = os.path.abspath(root)
         self.only_binary = only_binary
+        self._sandbox = sandbox
+        self._installer = installer
         self._default_python = default_python
         self._extra_interpreters = dict(interpreters or {})
         self._interpreters: list[PythonInterpreter] | None = None
@@ -199,8 +207,12 @@ class VenvEnvironmentBackend:
                 self.root, f"{_TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             )
             try:
+                if self._sandbox is not None:
+                    os.mkdir(work, 0o755)
+                    self._give(work)
                 self._build(name, work, interpreter, specs)
                 _relocate(work, final, old_name=name, new_name=name)
+                self._give(work, recursive=True)
                 os.rename(work, final)
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
@@ -227,7 +239,10 @@ class VenvEnvironmentBackend:
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     fh.write(requirements if requirements.endswith("\n") else requirements + "\n")
-                rc, output = _run(self._install_argv(prefix, "-r", path))
+                os.chmod(path, 0o644)  # the installer's uid reads it
+                rc, output = self._run(
+                    self._install_argv(prefix, "-r", path), prefix, readonly=(path,)
+                )
                 if rc != 0:
                     failures = _parse_failures(output, wanted) or [
                         _Failure(s, "unknown") for s in wanted
@@ -257,7 +272,7 @@ class VenvEnvironmentBackend:
             else:
                 argv = [*self._pip(prefix), "uninstall", "-y", *_PIP_FLAGS, "--", *names]
             try:
-                rc, output = _run(argv)
+                rc, output = self._run(argv, prefix)
             finally:
                 self._changed()
             if rc != 0:
@@ -276,6 +291,7 @@ class VenvEnvironmentBackend:
                 raise EnvironmentExists(new, "Cannot rename environment to an existing name")
             try:
                 _relocate(source, target, old_name=old, new_name=new)
+                self._give(source, recursive=True)
                 try:
                     os.rename(source, target)
                 except BaseException:
@@ -384,7 +400,7 @@ class VenvEnvironmentBackend:
         argv = [interpreter.executable, "-m", "venv", "--prompt", name, work]
         if seed_with_uv:
             argv.insert(3, "--without-pip")
-        rc, output = _run(argv)
+        rc, output = self._run(argv, work, readonly=self._interpreter_paths(interpreter.executable))
         if rc == 0 and seed_with_uv:
             rc, seeded = self._seed_pip(work)
             output += seeded
@@ -413,20 +429,20 @@ class VenvEnvironmentBackend:
         """Put pip in a new venv: uv installs the interpreter's own bundled wheels (0.2 s)
         where ``ensurepip`` takes about 3 s; ``ensurepip`` when they cannot be found."""
         python = _python(prefix)
-        rc, listing = _run([python, "-c", _BUNDLED_WHEELS])
+        rc, listing = self._run([python, "-c", _BUNDLED_WHEELS], prefix)
         wheels = [w for w in listing.splitlines() if w.endswith(".whl") and os.path.isabs(w)]
         if rc == 0 and any(os.path.basename(w).startswith("pip-") for w in wheels):
             assert self.uv is not None
             argv = [self.uv, "pip", "install", "--python", python, "--no-index", "--", *wheels]
-            rc, output = _run(argv)
+            rc, output = self._run(argv, prefix)
             if rc == 0:
                 return rc, output
-        return _run([python, "-m", "ensurepip", "--default-pip"])
+        return self._run([python, "-m", "ensurepip", "--default-pip"], prefix)
 
     def _pip_install(self, prefix: str, specs: list[str], message: str) -> None:
         _refuse_python(specs, message)
         pip_specs = [_to_pip_spec(s) for s in specs]
-        rc, output = _run(self._install_argv(prefix, "--", *pip_specs))
+        rc, output = self._run(self._install_argv(prefix, "--", *pip_specs), prefix)
         if rc == 0:
             return
         failures = _parse_failures(output, specs)
@@ -461,7 +477,7 @@ class VenvEnvironmentBackend:
         outputs: list[str] = []
         for spec in [s for s in specs if s not in seen][:_PROBE_LIMIT]:
             argv = self._install_argv(prefix, "--dry-run", "--no-deps", "--", _to_pip_spec(spec))
-            rc, output = _run(argv)
+            rc, output = self._run(argv, prefix)
             missing = [f for f in _parse_failures(output, [spec]) if f.reason in _MISSING]
             if rc != 0 and missing:
                 found.append(missing[0])
@@ -482,6 +498,57 @@ class VenvEnvironmentBackend:
             return [_python(prefix), "-m", "pip"]
         # The environment lost its pip: the server's pip can still work on it (pip >= 22.3).
         return [sys.executable, "-m", "pip", "--python", _python(prefix)]
+
+    def _run(
+        self, argv: list[str], prefix: str, readonly: Sequence[str] = ()
+    ) -> tuple[int, str]:
+        """One pip/uv/venv command on ``prefix``: in the sandbox when there is one, as the
+        installer, able to write ``prefix`` and the installer's cache only."""
+        if self._sandbox is None:
+            return _run(argv)
+        installer = self._installer
+        env = _child_env()
+        writable = [prefix]
+        if installer is not None:
+            installer.prepare()
+            writable.append(installer.cache)
+            env.update(installer.environment())
+        ro = [
+            *readonly,
+            *self._interpreter_paths(_python(prefix)),
+            *self._tool_paths(),
+            *_find_links(env),
+        ]
+        command = self._sandbox.command(
+            argv, cwd=prefix, readonly=ro, writable=writable, network=True,
+            uid=None if installer is None else installer.uid,
+            gid=None if installer is None else installer.gid,
+        )
+        return _run(command, env=env)
+
+    def _interpreter_paths(self, python: str) -> list[str]:
+        """What an interpreter needs to start: its venv's base installation, its real file."""
+        prefix = os.path.dirname(os.path.dirname(python))
+        return [prefix, *interpreter_roots(prefix, python)]
+
+    def _tool_paths(self) -> list[str]:
+        """uv, and the server's own interpreter (its pip works on a venv that lost its own)."""
+        paths = [os.path.dirname(os.path.realpath(self.uv))] if self.uv else []
+        paths += [sys.prefix, sys.base_prefix]
+        return paths
+
+    def _give(self, path: str, *, recursive: bool = False) -> None:
+        """Make ``path`` the installer's (under root), so later changes can write it."""
+        installer = self._installer
+        if self._sandbox is None or installer is None or installer.uid is None:
+            return
+        uid, gid = installer.uid, installer.gid if installer.gid is not None else installer.uid
+        os.lchown(path, uid, gid)
+        if recursive:
+            for top, dirs, files in os.walk(path):
+                for name in dirs + files:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.lchown(os.path.join(top, name), uid, gid)
 
     def _remove_stale_temporaries(self) -> None:
         """Remove work directories a killed process left behind (its pid is gone)."""
@@ -798,7 +865,18 @@ def _uv_index_flags(env: Mapping[str, str]) -> list[str]:
     return flags
 
 
-def _run(argv: list[str]) -> tuple[int, str]:
+def _find_links(env: Mapping[str, str]) -> list[str]:
+    """Local folders pip or uv are told to find packages in (offline installs)."""
+    found = []
+    for key in ("PIP_FIND_LINKS", "UV_FIND_LINKS"):
+        for link in env.get(key, "").replace(",", " ").split():
+            path = link.removeprefix("file://")
+            if os.path.isabs(path) and os.path.exists(path):
+                found.append(path)
+    return found
+
+
+def _run(argv: list[str], env: Mapping[str, str] | None = None) -> tuple[int, str]:
     """Run one pip/uv command: no shell, no input, stdout and stderr merged in order."""
     try:
         proc = subprocess.run(
@@ -806,7 +884,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=_child_env(),
+            env=dict(env) if env is not None else _child_env(),
             check=False,
         )
     except OSError as exc:

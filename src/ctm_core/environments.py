@@ -93,6 +93,8 @@ class EnvironmentService:
     repo: Repository
     locks: KeyedLocks = attrs.field(factory=KeyedLocks)
     default_python: str | None = None
+    is_task_active: Callable[[int], bool] = lambda _task_id: False
+    """True while a task has a run queued or running (``RunCoordinator.is_active``)."""
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -218,15 +220,21 @@ class EnvironmentService:
             change()
 
     def delete(self, actor: Principal, name: str) -> None:
+        """Delete an environment; the tasks that use it stay (their later runs fail). Raises
+        ``EnvironmentNotFound``, ``NotOwner`` and ``EnvironmentInUse`` while one of its tasks has
+        a run queued or running (another user's tasks cannot pin it)."""
         validate_environment_name(name)
-        with self.locks.hold(name):
+        with self.locks.hold(name):  # a run launched meanwhile starts after: finds it gone
             self._require_existing(name)
             require_owner(actor, self.repo.get_environment_owner(name), "delete this environment")
-            tasks = self.repo.tasks_using_environment(name)
-            if tasks:
+            active = [
+                t for t in self.repo.tasks_using_environment(name)
+                if t.status is TaskStatus.RUNNING or self.is_task_active(t.id)
+            ]
+            if active:
                 raise EnvironmentInUse(
                     "Cannot delete environment that is referenced by tasks",
-                    [t.script_path for t in tasks],
+                    [t.script_path for t in active],
                 )
             self.backend.delete(name)
             self.repo.forget_environment(name)

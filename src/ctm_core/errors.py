@@ -258,3 +258,13 @@ class TaskNotRunning(CtmError, ValueError):
         super().__init__(
             error=f"Cannot stop a task with status: '{status}'", current_status=status
         )
+
+
+class TaskLimitReached(CtmError, PermissionError):
+    """A non-admin already owns the most tasks one user may have."""
+
+    message = "Task limit reached"
+
+    def __init__(self, limit: int):
+        super().__init__(error=f"At most {limit} tasks per user")
+        self.limit = limit

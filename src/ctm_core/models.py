@@ -180,3 +180,29 @@ class RunPolicy:
     max_runs_per_user: int | None = None
     max_tasks_per_user: int | None = None
     """For non-admins."""
+
+    def memory_limit_for(self, task: Task) -> float | None:
+        """The task's memory limit (MB), or the default."""
+        return task.memory_limit_mb if task.memory_limit_mb is not None else (
+            self.default_memory_limit_mb
+        )
+
+    def max_processes_for(self, task: Task) -> int | None:
+        """The task's process limit, or the default."""
+        return task.max_processes if task.max_processes is not None else (
+            self.default_max_processes
+        )
+
+    def cpu_limit_for(self, task: Task) -> float | None:
+        """The task's CPU limit (cores), or the default."""
+        return task.cpu_limit if task.cpu_limit is not None else self.default_cpu_limit
+
+    def timeout_for(self, task: Task) -> float | None:
+        """The task's timeout (seconds), or the default."""
+        return task.timeout_seconds if task.timeout_seconds is not None else (
+            self.default_timeout_seconds
+        )
+
+    def network_for(self, task: Task) -> bool:
+        """Whether the task's runs have network: the server's setting, unless the task cut it."""
+        return self.network and task.network is not False

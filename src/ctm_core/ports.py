@@ -303,6 +303,18 @@ class Repository(Protocol):
         ``TaskNotFound`` when its task does not exist and ``ValueError`` when the id is taken."""
         ...
 
+    def record_skip(self, skip: Execution, *, task: Task) -> Execution:
+        """Record a skipped occurrence and store ``task``'s new state, in one transaction.
+
+        ``skip`` is a ``skipped`` execution of ``task`` (``skip_count`` 1 and ``first_skipped_at``
+        = ``last_skipped_at`` = the occurrence, for one). When the latest execution stored for the
+        task is a ``skipped`` one (nothing ran or was queued since), that record absorbs ``skip``:
+        its ``skip_count`` grows by ``skip``'s, its ``last_skipped_at`` and ``end_time`` become
+        ``skip``'s; otherwise ``skip`` is stored as a new record. Returns the record as stored.
+        Raises ``TaskNotFound`` (nothing stored) and ``ValueError`` when ``skip`` is not a
+        skipped execution of ``task`` or a new record's id is taken."""
+        ...
+
     def update_execution(self, execution: Execution) -> None: ...
 
     def save_run_state(self, task: Task, execution: Execution) -> None:

@@ -1,7 +1,11 @@
-"""Running executions: the global limit, waiting for environment changes, recording results.
+"""Running executions: the global and per-user limits, waiting for environment changes,
+recording results.
 
-Runs over the limit wait in a FIFO queue (in the order they were due) and hold no thread; a
-run that gets its turn is followed by a thread of its own, since waiting for a child blocks.
+Runs over a limit wait and hold no thread: each user (a task's owner; ownerless tasks count as
+one user) has a FIFO queue in the order the runs were due, and a free slot goes to the user
+served least recently among those below their own limit, so users take turns (round-robin) and
+one user's long queue delays another's next run by at most one slot. A run that gets its turn is
+followed by a thread of its own, since waiting for a child blocks.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ctm_core.ports import (
     ProcessRunner,
     Repository,
     RunHandle,
+    RunLimits,
     RunResult,
     RunSpec,
 )
@@ -34,6 +39,8 @@ MB = 1024 * 1024
 class _Run:
     task_id: int
     execution_id: str
+    owner_id: int | None = None
+    """The task's owner: whose queue the run waits in and whose running total it counts in."""
     handle: RunHandle | None = None
     stop_requested: bool = False
     shutting_down: bool = False
@@ -60,7 +67,14 @@ class RunCoordinator:
     policy: RunPolicy = RunPolicy()
     """Default limits, the network setting and the per-user run limit."""
     _runs: dict[int, _Run] = attrs.field(init=False, factory=dict)
-    _queue: deque[_Run] = attrs.field(init=False, factory=deque)
+    _queues: dict[int | None, deque[_Run]] = attrs.field(init=False, factory=dict)
+    """Waiting runs per owner, FIFO; an owner is a key only while it has runs waiting, and the
+    keys are in the order the owners started waiting (the tie-break between turns)."""
+    _running_of: dict[int | None, int] = attrs.field(init=False, factory=dict)
+    """Runs holding a slot per owner (adopted ones included); owners with none are left out."""
+    _served: dict[int | None, int] = attrs.field(init=False, factory=dict)
+    """When each owner last got a slot (a counter): the least recent goes first."""
+    _serial: int = attrs.field(init=False, default=0)
     _guard: threading.Condition = attrs.field(init=False, factory=threading.Condition)
     running: int = attrs.field(init=False, default=0)
     """Runs holding a slot now (at most ``max_concurrent``)."""
@@ -70,10 +84,18 @@ class RunCoordinator:
     def __attrs_post_init__(self) -> None:
         if self.max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
+        per_user = self.policy.max_runs_per_user
+        if per_user is not None and per_user < 1:
+            raise ValueError("max_runs_per_user must be at least 1")
 
     def queued_count(self) -> int:
         with self._guard:
-            return len(self._queue)
+            return sum(len(q) for q in self._queues.values())
+
+    def running_of(self, owner_id: int | None) -> int:
+        """Runs of tasks owned by ``owner_id`` holding a slot now (adopted ones included)."""
+        with self._guard:
+            return self._running_of.get(owner_id, 0)
 
     def is_active(self, task_id: int) -> bool:
         """True while the task has a run queued or running."""
@@ -90,33 +112,81 @@ class RunCoordinator:
             return self._guard.wait_for(lambda: not self._runs, timeout)
 
     def launch(self, task_id: int, execution_id: str) -> None:
-        """Queue a stored execution; it starts when a slot is free, in the order of launches."""
-        run = _Run(task_id=task_id, execution_id=execution_id)
+        """Queue a stored execution in its task owner's queue; it starts when a slot is free
+        and the owner is below the per-user limit: each owner's runs in the order of launches,
+        the owners in turn."""
+        owner_id = self._owner_of(task_id)
+        run = _Run(task_id=task_id, execution_id=execution_id, owner_id=owner_id)
         with self._guard:
             self._runs[task_id] = run
-            self._queue.append(run)
+            self._queues.setdefault(owner_id, deque()).append(run)
         self._dispatch()
 
+    def _owner_of(self, task_id: int) -> int | None:
+        """The task's owner; None when it is ownerless or gone (a gone task's run ends at
+        once without a record, whichever queue it waited in)."""
+        task = self._fresh_task(task_id)
+        return None if task is None else task.owner_id
+
+    def _hold_slot(self, owner_id: int | None) -> None:
+        """Count a run of ``owner_id`` as holding a slot (guard held)."""
+        self.running += 1
+        self.max_seen = max(self.max_seen, self.running)
+        self._running_of[owner_id] = self._running_of.get(owner_id, 0) + 1
+
+    def _free_slot(self, owner_id: int | None) -> None:
+        """The reverse of ``_hold_slot`` (guard held)."""
+        self.running -= 1
+        left = self._running_of.get(owner_id, 0) - 1
+        if left > 0:
+            self._running_of[owner_id] = left
+        else:
+            self._running_of.pop(owner_id, None)
+
+    def _next_run(self) -> _Run | None:
+        """Take the run that gets the next free slot out of its queue (guard held): the head
+        of the queue of the owner served least recently among those below the per-user limit;
+        None when the global limit is reached or no waiting owner may start one."""
+        if self.running >= self.max_concurrent:
+            return None
+        limit = self.policy.max_runs_per_user
+        eligible = [
+            owner for owner in self._queues
+            if limit is None or self._running_of.get(owner, 0) < limit
+        ]
+        if not eligible:
+            return None
+        owner = min(eligible, key=lambda o: self._served.get(o, 0))  # first waiting wins ties
+        queue = self._queues[owner]
+        run = queue.popleft()
+        if not queue:
+            del self._queues[owner]
+        self._serial += 1
+        self._served[owner] = self._serial
+        return run
+
     def _dispatch(self) -> None:
-        """Give free slots to the runs at the head of the queue, a thread each."""
+        """Give free slots to the runs whose turn it is, a thread each."""
         while True:
             with self._guard:
-                if self.running >= self.max_concurrent or not self._queue:
+                run = self._next_run()
+                if run is None:
                     return
-                run = self._queue.popleft()
-                self.running += 1
-                self.max_seen = max(self.max_seen, self.running)
+                self._hold_slot(run.owner_id)
             threading.Thread(
                 target=self._follow, args=(run,), name=f"ctm-run-{run.execution_id}",
                 daemon=True,
             ).start()
 
     def _unqueue(self, run: _Run) -> bool:
-        """Take a run out of the queue before it started; False when it already left it."""
+        """Take a run out of its queue before it started; False when it already left it."""
         with self._guard:
-            if run not in self._queue:
+            queue = self._queues.get(run.owner_id)
+            if queue is None or run not in queue:
                 return False
-            self._queue.remove(run)
+            queue.remove(run)
+            if not queue:
+                del self._queues[run.owner_id]
         return True
 
     def stop(self, task_id: int, *, timeout: float | None = None) -> bool:
@@ -156,19 +226,21 @@ class RunCoordinator:
 
     def adopt(self, execution: Execution) -> bool:
         """At start-up: follow an execution an earlier server left ``running``, when the runner
-        can (``ProcessRunner.adopt``); it holds a run slot until it ends and is recorded then.
-        False when it cannot be followed."""
+        can (``ProcessRunner.adopt``); it holds a run slot (counted for its task's owner) until it
+        ends and is recorded then. False when it cannot be followed."""
         if execution.pid is None or not execution.log_path:
             return False
         handle = self.runner.adopt(execution.pid, execution.log_path)
         if handle is None:
             return False
-        run = _Run(task_id=execution.task_id, execution_id=execution.id, handle=handle)
+        run = _Run(
+            task_id=execution.task_id, execution_id=execution.id, handle=handle,
+            owner_id=self._owner_of(execution.task_id),
+        )
         run.started.set()
         with self._guard:
             self._runs[run.task_id] = run
-            self.running += 1
-            self.max_seen = max(self.max_seen, self.running)
+            self._hold_slot(run.owner_id)
         threading.Thread(
             target=self._follow_adopted, args=(run, execution),
             name=f"ctm-run-{run.execution_id}", daemon=True,
@@ -192,7 +264,7 @@ class RunCoordinator:
             self._finish_unstarted(run, ExecutionStatus.FAILED, f"internal error: {exc!r}")
         finally:
             with self._guard:
-                self.running -= 1
+                self._free_slot(run.owner_id)
             self._forget(run)
             self._dispatch()
 
@@ -237,6 +309,8 @@ class RunCoordinator:
             status, note = ExecutionStatus.FAILED, "ended because the server shut down"
         elif run.stop_requested:
             status, note = ExecutionStatus.STOPPED, "stopped by a user"
+        elif result.limit_exceeded:
+            status, note = ExecutionStatus.FAILED, result.limit_exceeded
         elif result.timed_out:
             status, note = ExecutionStatus.FAILED, "timed out"
         elif result.exit_code == 0:
@@ -254,10 +328,10 @@ class RunCoordinator:
             return
         try:
             run_env = self.backend.run_environment(task.conda_env)
-        except EnvironmentNotFound:
+        except EnvironmentNotFound:  # its owner may delete it while none of its tasks runs
             self._end(
                 run, execution, None, ExecutionStatus.FAILED,
-                f"environment '{task.conda_env}' not found",
+                f"environment '{task.conda_env}' was deleted",
             )
             return
         if not self.files.is_file(task.script_path):
@@ -266,18 +340,30 @@ class RunCoordinator:
                 f"script file not found: {task.script_path}",
             )
             return
-        cwd = (
-            self.files.run_dir(execution.id)
-            if task.script_stored
-            else posixpath.dirname(task.script_path)
-        )
+        policy = self.policy
+        owner = self.repo.get_user(task.owner_id) if task.owner_id is not None else None
         spec = RunSpec(
             argv=(run_env.python, "-u", task.script_path),
-            cwd=cwd,
+            # Every run gets a private writable folder; a path script's own folder is only read.
+            cwd=self.files.run_dir(execution.id),
             log_path=log_path,
             env_add={**run_env.variables, "PYTHONUNBUFFERED": "1"},
             path_prepend=run_env.path_prepend,
-            timeout_seconds=task.timeout_seconds,
+            timeout_seconds=policy.timeout_for(task),
+            limits=RunLimits(
+                memory_mb=policy.memory_limit_for(task),
+                max_processes=policy.max_processes_for(task),
+                cpu_cores=policy.cpu_limit_for(task),
+            ),
+            network=policy.network_for(task),
+            owner=owner.username if owner is not None else None,
+            owner_id=task.owner_id,
+            prefix=run_env.prefix,
+            readonly_paths=(
+                (task.script_path,)
+                if task.script_stored
+                else (posixpath.dirname(task.script_path),)
+            ),
         )
         start_time = self.clock.now()
         try:

@@ -129,7 +129,9 @@ class Scheduler:
         return next_due
 
     def fire(self, task_id: int, now: datetime) -> None:
-        """Run one due task (or record a skip while it still runs) and move its schedule on."""
+        """Run one due task and move its schedule on. While the task still runs, the occurrence
+        is recorded as skipped instead: consecutive skips share one record, which counts them
+        (``Repository.record_skip``)."""
         with self.state_lock:
             task = self.repo.get_task(task_id)
             due = task.next_run_at
@@ -143,10 +145,14 @@ class Scheduler:
                 scheduled_for=due,
                 note="skipped: the previous run was still going on" if busy else None,
             )
+            task.next_run_at = following_run_time(task.cron_expression, due, now, self.tz)
             if busy:
                 execution.start_time = execution.end_time = now
-            task.next_run_at = following_run_time(task.cron_expression, due, now, self.tz)
-            self.repo.add_execution(execution, task=task)
+                execution.skip_count = 1
+                execution.first_skipped_at = execution.last_skipped_at = due
+                self.repo.record_skip(execution, task=task)
+            else:
+                self.repo.add_execution(execution, task=task)
             self.fired.append((task.id, due, now))
         if not busy:
             self.coordinator.launch(task.id, execution.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import posixpath
 import secrets
 import threading
@@ -21,6 +22,7 @@ from ctm_core.errors import (
     ScriptNotFound,
     ScriptOutsideRoots,
     TaskExists,
+    TaskLimitReached,
     TaskNotRunning,
 )
 from ctm_core.models import Execution, ExecutionStatus, Principal, RunPolicy, Task, TaskStatus
@@ -33,6 +35,10 @@ MAX_SCRIPT_BYTES = 1024 * 1024
 MAX_REQUIREMENTS_BYTES = 64 * 1024
 MAX_TASK_NAME = 128
 MAX_TIMEOUT = 30 * 24 * 3600
+# Hard ceilings of the per-run limits a task may ask for (the server's maxima may be lower).
+MAX_MEMORY_LIMIT_MB = 16 * 1024 * 1024
+MAX_PROCESSES = 4 * 1024 * 1024
+MAX_CPU_LIMIT = 4096
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STATE_UNCHANGED = "Environment unchanged: no package was installed or changed"
@@ -81,6 +87,29 @@ def _optional_str(field: str, value: object, limit: int) -> str | None:
     return value
 
 
+def _optional_limit(
+    field: str, value: object, maximum: float | None, ceiling: float, *, whole: bool = False
+) -> float | None:
+    """A per-run limit: None, or a number > 0 (``whole``: an integer >= 1) at most
+    ``maximum`` (the server's, when set) and ``ceiling``."""
+    if value is None:
+        return None
+    kind = "a whole number >= 1" if whole else "a number > 0"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not math.isfinite(value))
+        or (whole and isinstance(value, float) and not value.is_integer())
+        or not (value >= 1 if whole else value > 0)
+    ):
+        raise InvalidInput(field, f"'{field}' must be {kind}")
+    limit = ceiling if maximum is None else min(maximum, ceiling)
+    if value > limit:
+        shown = int(limit) if float(limit).is_integer() else limit
+        raise InvalidInput(field, f"'{field}' must be at most {shown}")
+    return float(value)
+
+
 @attrs.define
 class TaskService:
     repo: Repository
@@ -105,7 +134,11 @@ class TaskService:
 
         Raises the ``InvalidInput`` family, ``ScheduleConflict``, ``InvalidCronExpression``,
         ``InvalidDelay``, ``TaskExists``, ``ReuseMissingEnvironment``, ``ScriptNotFound``,
-        ``ScriptOutsideRoots``, ``NotOwner``, ``EnvironmentInUse`` and ``RequirementsFailed``.
+        ``ScriptOutsideRoots``, ``NotOwner``, ``EnvironmentInUse``, ``RequirementsFailed`` and
+        ``TaskLimitReached`` (a non-admin who owns ``policy.max_tasks_per_user`` tasks).
+        Optional per-run limits (``memory_limit_mb``, ``max_processes``, ``cpu_limit``,
+        ``network``) are stored as given; absent ones (None) take the server's default at run
+        time, as does an absent ``timeout_seconds``.
         """
         script = body.get("script")
         if not isinstance(script, str) or not script.strip():
@@ -137,7 +170,22 @@ class TaskService:
             raise InvalidInput(
                 "timeout_seconds", f"'timeout_seconds' must be in (0, {MAX_TIMEOUT}]"
             )
+        memory_limit = _optional_limit(
+            "memory_limit_mb", body.get("memory_limit_mb"),
+            self.policy.max_memory_limit_mb, MAX_MEMORY_LIMIT_MB,
+        )
+        max_processes = _optional_limit(
+            "max_processes", body.get("max_processes"),
+            self.policy.max_max_processes, MAX_PROCESSES, whole=True,
+        )
+        cpu_limit = _optional_limit(
+            "cpu_limit", body.get("cpu_limit"), self.policy.max_cpu_limit, MAX_CPU_LIMIT
+        )
+        network = body.get("network")
+        if network is not None and not isinstance(network, bool):
+            raise InvalidInput("network", "'network' must be true or false")
         cron, delay = validate_schedule(body.get("cron_expression"), body.get("delay_seconds"))
+        self._check_task_limit(actor)  # before anything changes (an environment created)
 
         script_path: str | None = None
         is_path = "\n" not in script.strip() and script.strip().endswith(".py")
@@ -169,8 +217,13 @@ class TaskService:
             status=TaskStatus.SCHEDULED,
             created_at=now,
             next_run_at=first_run_time(now, cron, delay, self.tz),
+            memory_limit_mb=memory_limit,
+            max_processes=int(max_processes) if max_processes is not None else None,
+            cpu_limit=cpu_limit,
+            network=network,
         )
         with self.state_lock:
+            self._check_task_limit(actor)  # again: a parallel create may have taken the last
             task = self.repo.add_task(task)
             if script_path is None:
                 try:
@@ -183,6 +236,15 @@ class TaskService:
                     raise
         self.on_change()
         return CreatedTask(task=task, environment_message=message)
+
+    def _check_task_limit(self, actor: Principal) -> None:
+        """Raise ``TaskLimitReached`` when a non-admin already owns the most tasks allowed."""
+        limit = self.policy.max_tasks_per_user
+        if limit is None or actor.is_admin:
+            return
+        owned = sum(1 for t in self.repo.list_tasks() if t.owner_id == actor.user_id)
+        if owned >= limit:
+            raise TaskLimitReached(limit)
 
     def _free_name(self, wanted: str) -> str:
         name, n = wanted, 1

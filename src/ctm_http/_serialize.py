@@ -6,7 +6,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from ctm_core.environments import EnvironmentDetail, EnvironmentStats
-from ctm_core.models import Environment, Execution, Task
+from ctm_core.models import Environment, Execution, ExecutionStatus, RunPolicy, Task
 from ctm_core.tasks import TaskDetail, TaskStats
 
 GB = 1024**3
@@ -67,8 +67,9 @@ def environment_stats(stats: EnvironmentStats, tz: tzinfo) -> dict[str, Any]:
     }
 
 
-def task_body(task: Task, tz: tzinfo) -> dict[str, Any]:
-    """The task object of POST /api/tasks (and the base of the others)."""
+def task_body(task: Task, tz: tzinfo, policy: RunPolicy) -> dict[str, Any]:
+    """The task object of POST /api/tasks (and the base of the others). The run limits shown
+    are the effective ones: the task's own, or the server's default (null: no limit)."""
     return {
         "task_id": task.id,
         "task_name": task.name,
@@ -84,11 +85,17 @@ def task_body(task: Task, tz: tzinfo) -> dict[str, Any]:
         "last_run_duration": task.last_run_duration,
         "requirements": task.requirements,
         "owner_id": task.owner_id,
+        "memory_limit_mb": policy.memory_limit_for(task),
+        "max_processes": policy.max_processes_for(task),
+        "cpu_limit": policy.cpu_limit_for(task),
+        "network": policy.network_for(task),
     }
 
 
-def task_list_item(task: Task, last: Execution | None, tz: tzinfo) -> dict[str, Any]:
-    body = task_body(task, tz)
+def task_list_item(
+    task: Task, last: Execution | None, tz: tzinfo, policy: RunPolicy
+) -> dict[str, Any]:
+    body = task_body(task, tz, policy)
     body.update(
         next_run_time_formatted=body["next_run_time"],
         last_run_time_formatted=body["last_run_time"],
@@ -100,7 +107,9 @@ def task_list_item(task: Task, last: Execution | None, tz: tzinfo) -> dict[str, 
 
 
 def execution_body(ex: Execution, tz: tzinfo) -> dict[str, Any]:
-    return {
+    """One execution; a ``skipped`` record also says how many consecutive occurrences it
+    stands for, and the first and last of them."""
+    body = {
         "execution_id": ex.id,
         "start_time": fmt_time(ex.start_time, tz),
         "end_time": fmt_time(ex.end_time, tz),
@@ -112,10 +121,19 @@ def execution_body(ex: Execution, tz: tzinfo) -> dict[str, Any]:
         "scheduled_time": fmt_time(ex.scheduled_for, tz),
         "note": ex.note,
     }
+    if ex.status is ExecutionStatus.SKIPPED:
+        body.update(
+            skip_count=ex.skip_count,
+            first_skipped_at=fmt_time(ex.first_skipped_at, tz),
+            last_skipped_at=fmt_time(ex.last_skipped_at, tz),
+        )
+    return body
 
 
-def task_detail(detail: TaskDetail, tz: tzinfo, limit: int | None = None) -> dict[str, Any]:
-    task = task_body(detail.task, tz)
+def task_detail(
+    detail: TaskDetail, tz: tzinfo, policy: RunPolicy, limit: int | None = None
+) -> dict[str, Any]:
+    task = task_body(detail.task, tz, policy)
     task["last_execution_id"] = detail.task.last_execution_id
     task["executions"] = [e.id for e in detail.executions]
     finished = [e for e in reversed(detail.executions) if e.status.finished]

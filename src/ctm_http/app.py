@@ -104,15 +104,21 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
     clock: Clock = overrides.get("clock") or _system_clock()
     repo: Repository = overrides.get("repo") or _sqlite_repo(settings)
     hasher: PasswordHasher = overrides.get("hasher") or _argon2()
-    backend: EnvironmentBackend = overrides.get("backend") or choose_backend(settings)
     containment = Containment(
         contained=False, mode=settings.sandbox, reason="a runner given by the caller",
         identity="", limits="",
     )
-    if "runner" in overrides:
-        runner: ProcessRunner = overrides["runner"]
-    else:
-        runner, containment = _process_runner(settings)
+    sandbox = identities = None
+    if "runner" not in overrides or "backend" not in overrides:
+        sandbox, identities, found = _containment(settings)
+        if "runner" not in overrides:
+            containment = found
+    backend: EnvironmentBackend = overrides.get("backend") or choose_backend(
+        settings, sandbox=sandbox, installer=None if identities is None else identities.installer()
+    )
+    runner: ProcessRunner = overrides.get("runner") or _process_runner(
+        settings, sandbox, identities
+    )
     files: FileStore = overrides.get("files") or _file_store(settings)
     env_locks = KeyedLocks()
     state_lock = threading.RLock()
@@ -216,13 +222,11 @@ def _containment(settings: Settings) -> tuple[Any, Any, Containment]:
     )
 
 
-def _process_runner(settings: Settings) -> tuple[ProcessRunner, Containment]:
+def _process_runner(settings: Settings, sandbox: Any, identities: Any) -> ProcessRunner:
     """Supervised runs (default) outlive a server restart and cost ~60 ms more to start;
     in-process runs start in a few ms but are stopped when the server goes."""
     from ctm_adapters.process import PsutilProcessRunner
     from ctm_adapters.supervised import SupervisedProcessRunner
-
-    sandbox, identities, containment = _containment(settings)
 
     # Runs carry this id, so a restarted server finds the processes of its earlier life.
     instance = hashlib.sha256(os.path.abspath(settings.data_dir).encode()).hexdigest()[:16]
@@ -233,7 +237,7 @@ def _process_runner(settings: Settings) -> tuple[ProcessRunner, Containment]:
         instance_id=f"ctm-{instance}",
         identities=identities,
         sandbox=sandbox,
-    ), containment
+    )
 
 
 def _file_store(settings: Settings) -> FileStore:
@@ -244,9 +248,12 @@ def _file_store(settings: Settings) -> FileStore:
     return LocalFileStore(settings.data_dir, crossable=os.geteuid() == 0)
 
 
-def choose_backend(settings: Settings) -> EnvironmentBackend:
+def choose_backend(
+    settings: Settings, *, sandbox: Any = None, installer: Any = None
+) -> EnvironmentBackend:
     """``conda``: the conda adapter (fails without conda); ``venv``: venvs under the data
-    directory; ``auto``: conda when one is found, venv otherwise."""
+    directory; ``auto``: conda when one is found, venv otherwise. With a ``sandbox``, venv
+    changes run in it as ``installer`` (conda's do not yet: see docs/security.md)."""
     from ctm_adapters.conda import CondaEnvironmentBackend, find_conda_executable
     from ctm_adapters.venv import VenvEnvironmentBackend
 
@@ -262,7 +269,8 @@ def choose_backend(settings: Settings) -> EnvironmentBackend:
     envs = os.path.join(settings.data_dir, "envs")
     os.makedirs(envs, mode=0o755, exist_ok=True)
     return VenvEnvironmentBackend(
-        envs, default_python=settings.default_python, only_binary=settings.install_only_binary
+        envs, default_python=settings.default_python, only_binary=settings.install_only_binary,
+        sandbox=sandbox, installer=installer,
     )
 
 

@@ -30,7 +30,15 @@ from starlette.routing import BaseRoute, Route
 from ctm_core import errors as e
 from ctm_core.models import ExecutionStatus, TaskStatus
 from ctm_core.schedule import MAX_CRON_LENGTH, MAX_DELAY_SECONDS
-from ctm_core.tasks import MAX_REQUIREMENTS_BYTES, MAX_SCRIPT_BYTES, MAX_TASK_NAME, MAX_TIMEOUT
+from ctm_core.tasks import (
+    MAX_CPU_LIMIT,
+    MAX_MEMORY_LIMIT_MB,
+    MAX_PROCESSES,
+    MAX_REQUIREMENTS_BYTES,
+    MAX_SCRIPT_BYTES,
+    MAX_TASK_NAME,
+    MAX_TIMEOUT,
+)
 from ctm_core.validation import (
     ENV_NAME_RE,
     MAX_SPEC_LENGTH,
@@ -131,6 +139,14 @@ _TASK_EXTRA: dict[str, Schema] = {
     "delay_seconds": _null(NUM),
     "timeout_seconds": _null(NUM),
     "owner_id": _null(INT),
+    "memory_limit_mb": _null({**NUM, "description": "Memory limit of a run's whole process "
+                              "tree, MB: the task's own or the server's default; null: none"}),
+    "max_processes": _null({**INT, "description": "Processes a run may have at once: the "
+                            "task's own or the server's default; null: no limit"}),
+    "cpu_limit": _null({**NUM, "description": "CPU cores a run may use: the task's own or the "
+                        "server's default; null: no limit"}),
+    "network": {**BOOL, "description": "Whether runs have network access (the server's "
+                "setting, unless the task turned it off)"},
 }
 
 _EXECUTION = _obj(
@@ -144,7 +160,17 @@ _EXECUTION = _obj(
         "avg_memory": _null({**NUM, "description": "MB"}),
         "exit_code": _null({**INT, "description": "Negative signal number when killed"}),
     },
-    {"scheduled_time": _null(TIME), "note": _null(STR)},
+    {
+        "scheduled_time": _null(TIME),
+        "note": _null(STR),
+        # Only on ``skipped`` records, which stand for consecutive skipped occurrences.
+        "skip_count": {**INT, "description": "Skipped records only: how many consecutive "
+                       "occurrences were skipped while the task still ran"},
+        "first_skipped_at": _null({**TIME, "description": "Skipped records only: the first "
+                                   "skipped occurrence"}),
+        "last_skipped_at": _null({**TIME, "description": "Skipped records only: the last "
+                                  "skipped occurrence"}),
+    },
 )
 
 COMPONENT_SCHEMAS: dict[str, Schema] = {
@@ -234,7 +260,22 @@ COMPONENT_SCHEMAS: dict[str, Schema] = {
                 "last, in the server's time zone. Not together with delay_seconds",
             }),
             "delay_seconds": _null({**NUM, "minimum": 0, "maximum": MAX_DELAY_SECONDS}),
-            "timeout_seconds": _null({**NUM, "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT}),
+            "timeout_seconds": _null({**NUM, "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT,
+                                      "description": "Absent: the server's default"}),
+            "memory_limit_mb": _null({
+                **NUM, "exclusiveMinimum": 0, "maximum": MAX_MEMORY_LIMIT_MB,
+                "description": "Memory limit of each run's whole process tree, MB (at most the "
+                "server's maximum). Absent: the server's default"}),
+            "max_processes": _null({
+                **INT, "minimum": 1, "maximum": MAX_PROCESSES,
+                "description": "Processes each run may have at once (at most the server's "
+                "maximum). Absent: the server's default"}),
+            "cpu_limit": _null({
+                **NUM, "exclusiveMinimum": 0, "maximum": MAX_CPU_LIMIT,
+                "description": "CPU cores each run may use (at most the server's maximum). "
+                "Absent: the server's default"}),
+            "network": _null({**BOOL, "description": "false cuts the runs' network; absent or "
+                               "true: the server's setting"}),
         },
     ),
     "HistoryItem": _obj({
@@ -359,6 +400,10 @@ DOMAIN_ERRORS: dict[type[e.CtmError], tuple[str, Schema]] = {
     e.TaskNotRunning: ("TaskNotRunning", _error(
         e.TaskNotRunning.message, _starts("Cannot stop a task with status: "),
         {"current_status": {"enum": _TASK_STATUS}})),
+    e.TaskLimitReached: ("TaskLimitReached", _error(
+        e.TaskLimitReached.message,
+        {"type": "string", "pattern": "^At most [0-9]+ tasks per user$"},
+        description="A non-admin already owns the most tasks one user may have")),
 }
 
 
@@ -583,7 +628,10 @@ OPERATIONS: tuple[_Op, ...] = (
         ok_description="Deleted",
         errors=(*_ENV_PARAM_ERRORS, e.NotOwner, e.EnvironmentInUse, e.BackendFailure),
         error_examples=((400, "in use", _IN_USE),),
-        description="400 while any task uses the environment (delete those tasks first).",
+        description="Its owner or an admin may delete it. 400 while one of its tasks has a run "
+        "queued or running (`referencing_tasks` names them); otherwise the tasks that use it "
+        "stay, with their history, and their later runs fail with a note that the "
+        "environment was deleted.",
     ),
     _Op(
         method="POST", path="/api/conda/environment/{name}/packages",
@@ -641,8 +689,11 @@ OPERATIONS: tuple[_Op, ...] = (
                 e.InvalidCronExpression, e.InvalidDelay, e.TaskExists,
                 e.ReuseMissingEnvironment, e.ScriptNotFound, e.ScriptOutsideRoots, e.NotOwner,
                 e.EnvironmentExists, e.EnvironmentInUse, e.PackageOperationFailed,
-                e.RequirementsFailed, e.BackendFailure, e.EnvironmentNotFound),
+                e.RequirementsFailed, e.BackendFailure, e.EnvironmentNotFound,
+                e.TaskLimitReached),
         error_examples=(
+            (403, "task limit", {"success": False, "message": "Task limit reached",
+                                 "error": "At most 200 tasks per user"}),
             (400, "both", {"success": False,
                            "message": "Please specify either cron expression or delay seconds, "
                            "not both",
@@ -652,7 +703,10 @@ OPERATIONS: tuple[_Op, ...] = (
         ),
         description="Neither cron_expression nor delay_seconds: runs once now. "
         "reuse_env false (default) creates a missing environment (with requirements). 404 "
-        "only when the environment is deleted while its requirements are being installed.",
+        "only when the environment is deleted while its requirements are being installed. "
+        "Per-run limits (timeout_seconds, memory_limit_mb, max_processes, cpu_limit) not "
+        "given take the server's defaults at run time; values over the server's maxima are a "
+        "400 naming the field. A non-admin who owns the most tasks allowed gets 403.",
     ),
     _Op(
         method="GET", path="/api/tasks", operation_id="listTasks", summary="List tasks",

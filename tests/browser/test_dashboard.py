@@ -7,6 +7,7 @@ server; they are written to run in file order but each sets up what it needs.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -301,9 +302,14 @@ def test_stop_and_delete_a_long_running_task(ui: UI, web_env: str, admin_api: ht
 def test_environment_charts_and_refused_delete(
     ui: UI, web_env: str, admin_api: httpx.Client
 ) -> None:
-    """The pie and bar charts are drawn from real data; deleting a used env is refused in words."""
-    if not admin_api.get("/api/tasks").json():
-        admin_api.post("/api/tasks", json={"script": "print(1)", "conda_env": web_env})
+    """The pie and bar charts are drawn from real data; deleting an env while one of its tasks
+    runs is refused in words."""
+    running = admin_api.post("/api/tasks", json={
+        "script": "import time\ntime.sleep(120)\n", "conda_env": web_env}).json()["task"]
+    deadline = time.monotonic() + 30  # only a running task pins its environment
+    while admin_api.get(f"/api/tasks/{running['task_id']}").json()["task"]["status"] != "running":
+        assert time.monotonic() < deadline, "the pinning task never started"
+        time.sleep(0.1)
     page = ui.page
     ui.go("#/environments")
     page.locator("#env-usage-chart svg path.pie-slice").first.wait_for()
@@ -325,6 +331,7 @@ def test_environment_charts_and_refused_delete(
     assert "Cannot delete environment that is referenced by tasks" in alert.inner_text()
     assert "task_" in alert.inner_text() or ".py" in alert.inner_text()  # the referencing scripts
     ui.shot("13-environment-delete-refused")
+    admin_api.delete(f"/api/tasks/{running['task_id']}")
 
 
 # --- users, logout, session end ----------------------------------------------------------------

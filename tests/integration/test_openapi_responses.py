@@ -236,13 +236,14 @@ def _flow(admin: Checked, alice: Checked, anon: Checked, tmp_path: Path) -> None
     assert admin("PUT", env, path="/api/conda/environment/demo", json={"new_name": "demo3"}
                  ).status_code == 400
     assert alice("POST", stop, path=f"/api/tasks/{sleeper}/stop").status_code == 403
+    # --- in use while a run goes on; pinned by nothing once none runs -----------------------
+    assert admin("DELETE", env, path="/api/conda/environment/demo").status_code == 400
     assert admin("POST", stop, path=f"/api/tasks/{sleeper}/stop").status_code == 200
     assert admin("GET", "/api/tasks").status_code == 200
     assert admin("GET", "/api/tasks/stats").status_code == 200
     assert admin("GET", "/api/tasks/history").status_code == 200
 
-    # --- clean up: in use, then deletable --------------------------------------------------
-    assert admin("DELETE", env, path="/api/conda/environment/demo").status_code == 400
+    # --- clean up ----------------------------------------------------------------------------
     assert alice("DELETE", task, path=f"/api/tasks/{now_id}").status_code == 403
     for item in admin("GET", "/api/tasks").json():
         assert admin("DELETE", task, path=f"/api/tasks/{item['task_id']}").status_code == 204

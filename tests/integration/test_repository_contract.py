@@ -834,6 +834,80 @@ def test_add_execution_with_task_moves_schedule_atomically(repo: Repository) -> 
     assert repo.get_task(task.id).next_run_at == at(99)
 
 
+def skip_at(ident: str, task_id: int, minute: float) -> Execution:
+    """A skipped occurrence at ``minute``, as the scheduler hands it to ``record_skip``."""
+    return make_execution(
+        ident, task_id, status=ExecutionStatus.SKIPPED, scheduled_for=at(minute),
+        start_time=at(minute), end_time=at(minute), skip_count=1,
+        first_skipped_at=at(minute), last_skipped_at=at(minute),
+    )
+
+
+def test_record_skip_merges_consecutive_skips_into_one_record(repo: Repository) -> None:
+    """Skips with nothing fired in between are one record: count, first and last times grow."""
+    task = repo.add_task(make_task())
+    repo.add_execution(make_execution("run", task.id, status=ExecutionStatus.RUNNING,
+                                      start_time=at(0)))
+    for minute in (1, 2, 3):
+        task.next_run_at = at(minute + 1)
+        stored = repo.record_skip(skip_at(f"skip-{minute}", task.id, minute), task=task)
+        assert stored.id == "skip-1"
+    assert stored.skip_count == 3
+    [skip, run] = repo.list_executions(task.id)
+    assert run.id == "run"
+    assert skip == stored
+    assert (skip.id, skip.status, skip.skip_count) == ("skip-1", ExecutionStatus.SKIPPED, 3)
+    assert (skip.first_skipped_at, skip.last_skipped_at) == (at(1), at(3))
+    assert (skip.scheduled_for, skip.start_time, skip.end_time) == (at(1), at(1), at(3))
+    assert repo.get_task(task.id).next_run_at == at(4)
+
+
+def test_record_skip_after_a_firing_starts_a_new_record(repo: Repository) -> None:
+    """An execution stored after a skip record ends it: the next skip is a new record."""
+    task = repo.add_task(make_task())
+    repo.record_skip(skip_at("skip-a", task.id, 1), task=task)
+    repo.record_skip(skip_at("skip-a2", task.id, 2), task=task)
+    repo.add_execution(make_execution("queued", task.id, scheduled_for=at(3)))
+    stored = repo.record_skip(skip_at("skip-b", task.id, 4), task=task)
+    assert (stored.id, stored.skip_count) == ("skip-b", 1)
+    assert (stored.first_skipped_at, stored.last_skipped_at) == (at(4), at(4))
+    assert repo.get_execution("skip-a2") is None
+    first = repo.get_execution("skip-a")
+    assert first is not None and first.skip_count == 2
+    other = repo.add_task(make_task("other"))
+    assert repo.record_skip(skip_at("skip-other", other.id, 5), task=other).skip_count == 1
+    assert repo.get_execution("skip-b") == stored, "another task's skips are its own"
+
+
+def test_record_skip_errors_change_nothing(repo: Repository) -> None:
+    """record_skip of a missing task raises TaskNotFound; a non-skipped one ValueError."""
+    task = repo.add_task(make_task())
+    gone = make_task("gone", id=task.id + 100)
+    with pytest.raises(TaskNotFound):
+        repo.record_skip(skip_at("s-gone", gone.id, 1), task=gone)
+    with pytest.raises(ValueError, match="skipped"):
+        repo.record_skip(make_execution("not-a-skip", task.id), task=task)
+    with pytest.raises(ValueError, match="skipped"):
+        repo.record_skip(skip_at("wrong-task", task.id + 1, 1), task=task)
+    task.next_run_at = at(50)
+    repo.add_execution(make_execution("taken", task.id, scheduled_for=at(0)))
+    with pytest.raises(ValueError, match="exists"):
+        repo.record_skip(skip_at("taken", task.id, 1), task=task)
+    assert repo.get_task(task.id).next_run_at is None
+    assert [e.id for e in repo.list_executions(task.id)] == ["taken"]
+
+
+def test_concurrent_skips_are_all_counted(repo: Repository) -> None:
+    """Skips recorded from several threads at once all land in one record's count."""
+    task = repo.add_task(make_task())
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(
+            lambda n: repo.record_skip(skip_at(f"s{n}", task.id, 1), task=task), range(40)
+        ))
+    [skip] = repo.list_executions(task.id)
+    assert skip.skip_count == 40
+
+
 def test_old_login_failures_are_forgotten(repo: Repository) -> None:
     """delete_login_failures_before drops only failures older than the bound."""
     repo.add_login_failure(username="u", client="c", at=at(0))

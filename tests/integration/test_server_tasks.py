@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -97,33 +98,50 @@ def test_cron_task_with_seconds_runs_repeatedly(c: httpx.Client) -> None:
     assert c.delete(f"/api/tasks/{tid}").status_code == 204
 
 
-def test_stop_ends_the_run_and_every_process(c: httpx.Client, tmp_path: Path) -> None:
+def marked(marker: str) -> list[int]:
+    """Pids (as the test sees them) of live processes whose command line holds ``marker``."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(p.info["cmdline"] or ())
+        if marker in cmdline and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p.pid)
+    return found
+
+
+def run_pid(c: httpx.Client, tid: int) -> int | None:
+    """The pid (as the test sees it) of the python running the task's stored script."""
+    path = c.get(f"/api/tasks/{tid}").json()["task"]["script_path"]
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmdline = p.info["cmdline"] or []
+        if (cmdline and cmdline[-1] == path and "python" in cmdline[0]
+                and p.info["status"] != psutil.STATUS_ZOMBIE):
+            return p.pid
+    return None
+
+
+def test_stop_ends_the_run_and_every_process(c: httpx.Client) -> None:
     """Stop: status stopped, and no process of the run (grandchild in its own session) lives."""
-    pids = tmp_path / "pids"
-    script = f"""
-import os, subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", '''
-import os, subprocess, sys, time
-os.setsid()
-g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-open({str(pids)!r}, "a").write(f"{{os.getpid()}} {{g.pid}}\\\\n")
-time.sleep(600)
-'''])
-open({str(pids)!r}, "a").write(f"{{os.getpid()}}\\n")
-print("started", flush=True)
-time.sleep(600)
-"""
+    marker = f"stop-marker-{uuid.uuid4().hex}"
+    inner = (
+        "import os, subprocess, sys, time\n"
+        "os.setsid()\n"
+        "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)',"
+        f" {marker!r}])\n"
+        "time.sleep(600)\n"
+    )
+    script = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {inner!r}, {marker!r}])\n"
+        "print('started', flush=True)\n"
+        "time.sleep(600)\n"
+    )
     tid = create(c, script)
-    wait_for(lambda: pids.exists() and len(pids.read_text().split()) >= 3, what="pids")
-    all_pids = [int(p) for p in pids.read_text().split()]
-    assert all(psutil.pid_exists(p) for p in all_pids)
+    wait_for(lambda: len(marked(marker)) >= 2, what="the child and the grandchild")
     r = c.post(f"/api/tasks/{tid}/stop")
     assert r.status_code == 200, r.text
     assert r.json()["task"]["status"] == "stopped"
     assert r.json()["task"]["previous_status"] == "running"
-    alive = [p for p in all_pids
-             if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert alive == []
+    assert marked(marker) == []
     latest = c.get(f"/api/tasks/{tid}").json()["latest_execution"]
     assert latest["status"] == "stopped" and latest["exit_code"] < 0
 
@@ -158,8 +176,7 @@ def test_kill_9_then_restart_resolves_everything(tmp_path: Path) -> None:
         with srv.client() as c:
             srv.login(c)
             assert c.post("/api/conda/environment", json={"name": "k9"}).status_code == 201
-            pid_file = tmp_path / "long.pid"
-            script = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+            script = "import os, time\n"
             long = c.post("/api/tasks", json={"script": script + "time.sleep(600)\n",
                                               "conda_env": "k9"}).json()["task"]["task_id"]
             pending = c.post("/api/tasks", json={"script": "print('late')\n", "conda_env": "k9",
@@ -169,8 +186,7 @@ def test_kill_9_then_restart_resolves_everything(tmp_path: Path) -> None:
                           ).json()["task"]["task_id"]
             wait_for(lambda: task_status(c, long) == "running", what="long run")
             orphan = c.get(f"/api/tasks/{long}").json()
-            wait_for(pid_file.exists, what="pid file")
-            pid = int(wait_for(pid_file.read_text, what="pid"))
+            pid = int(wait_for(lambda: run_pid(c, long), what="pid"))
             srv.stop(signal.SIGKILL)
             assert psutil.pid_exists(pid), "the run outlives a killed server"
             for state in (tmp_path / "data").rglob("*.log.run"):
@@ -203,8 +219,7 @@ def test_a_run_survives_a_server_restart(tmp_path: Path, sig: int) -> None:
         with srv.client() as c:
             srv.login(c)
             assert c.post("/api/conda/environment", json={"name": "sv"}).status_code == 201
-            pid_file = tmp_path / "run.pid"
-            script = (f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+            script = ("import os, time\n"
                       "for i in range(8):\n    print(f'tick {i}', flush=True)\n"
                       "    time.sleep(0.5)\nprint('done')\n")
             tid = c.post("/api/tasks", json={"script": script, "conda_env": "sv"}
@@ -212,7 +227,7 @@ def test_a_run_survives_a_server_restart(tmp_path: Path, sig: int) -> None:
             wait_for(lambda: "tick 1" in (c.get(f"/api/tasks/{tid}").json()
                                           ["latest_execution"] or {}).get("logs", ""),
                      what="first lines")
-            pid = int(pid_file.read_text())
+            pid = int(wait_for(lambda: run_pid(c, tid), what="pid"))
             srv.stop(sig)
             assert psutil.pid_exists(pid), "the run goes on while the server is down"
             time.sleep(1.0)
@@ -240,12 +255,10 @@ def test_an_adopted_run_can_be_stopped(tmp_path: Path) -> None:
         with srv.client() as c:
             srv.login(c)
             assert c.post("/api/conda/environment", json={"name": "sv"}).status_code == 201
-            pid_file = tmp_path / "long.pid"
-            script = (f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
-                      "time.sleep(600)\n")
+            script = "import os, time\ntime.sleep(600)\n"
             tid = c.post("/api/tasks", json={"script": script, "conda_env": "sv"}
                          ).json()["task"]["task_id"]
-            pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="pid"))
+            pid = int(wait_for(lambda: run_pid(c, tid), what="pid"))
             srv.stop(signal.SIGKILL)
             srv.start()
             srv.login(c)
@@ -270,12 +283,9 @@ def test_in_process_runs_are_failed_after_kill_9(tmp_path: Path) -> None:
             assert c.post("/api/conda/environment", json={"name": "ip"}).status_code == 201
             quick = create_in(c, "ip", "print('quick')\n")
             wait_for(lambda: task_status(c, quick) == "completed", what="quick run")
-            pid_file = tmp_path / "ip.pid"
-            script = (f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
-                      "time.sleep(600)\n")
+            script = "import os, time\ntime.sleep(600)\n"
             long = create_in(c, "ip", script)
-            wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="pid")
-            pid = int(pid_file.read_text())
+            pid = int(wait_for(lambda: run_pid(c, long), what="pid"))
             srv.stop(signal.SIGKILL)
             srv.start()
             srv.login(c)

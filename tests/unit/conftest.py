@@ -20,7 +20,7 @@ from ctm_adapters.fakes import (
 from ctm_adapters.memory import InMemoryRepository
 from ctm_core.auth import Authenticator
 from ctm_core.environments import EnvironmentService, KeyedLocks
-from ctm_core.models import Principal
+from ctm_core.models import Principal, RunPolicy
 from ctm_core.runs import RunCoordinator
 from ctm_core.scheduler import Scheduler
 from ctm_core.tasks import TaskService
@@ -45,7 +45,7 @@ class World:
 
 def make_world(
     *, start: datetime | None = None, tz: str = "UTC", max_concurrent: int = 4,
-    auto_exit_code: int | None = None,
+    auto_exit_code: int | None = None, policy: RunPolicy | None = None,
 ) -> World:
     clock = FakeClock(start or datetime(2026, 5, 1, 12, 0, tzinfo=UTC))
     repo = InMemoryRepository()
@@ -55,11 +55,13 @@ def make_world(
     auth = Authenticator(repo, FakePasswordHasher(), clock)
     locks = KeyedLocks()
     state = threading.RLock()
-    envs = EnvironmentService(backend, repo, locks)
+    run_policy = policy or RunPolicy()
     coordinator = RunCoordinator(
         repo=repo, backend=backend, runner=runner, files=files, clock=clock,
         env_locks=locks, state_lock=state, max_concurrent=max_concurrent, stop_grace=0.1,
+        policy=run_policy,
     )
+    envs = EnvironmentService(backend, repo, locks, is_task_active=coordinator.is_active)
     zone = ZoneInfo(tz)
     scheduler = Scheduler(
         repo=repo, clock=clock, coordinator=coordinator, files=files, tz=zone, state_lock=state
@@ -67,6 +69,7 @@ def make_world(
     tasks = TaskService(
         repo=repo, backend=backend, environments=envs, coordinator=coordinator, files=files,
         clock=clock, tz=zone, env_locks=locks, state_lock=state, on_change=scheduler.wake,
+        policy=run_policy,
     )
     users = []
     for name, admin in (("admin", True), ("alice", False), ("bob", False)):

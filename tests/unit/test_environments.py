@@ -79,15 +79,12 @@ def test_rename_refuses_existing_target_and_moves_tasks(world: World) -> None:
     assert world.repo.list_tasks()[0].conda_env == "c"
 
 
-def test_running_tasks_block_changes_and_any_task_blocks_delete(world: World) -> None:
-    """Install/remove/rename wait for no running task; delete for no task at all."""
+def test_running_tasks_block_changes_and_delete(world: World) -> None:
+    """Install/remove/rename/delete all wait for no running task of the environment."""
     world.envs.create(world.alice, "ml", None, ["six"])
     created = world.tasks.create_task(
         world.alice, {"script": "print(1)", "conda_env": "ml", "cron_expression": "0 0 * * *"}
     )
-    with pytest.raises(EnvironmentInUse) as info:
-        world.envs.delete(world.alice, "ml")
-    assert info.value.referencing_tasks == [created.task.script_path]
     task = world.repo.get_task(created.task.id)
     task.status = TaskStatus.RUNNING
     world.repo.update_task(task)
@@ -95,9 +92,11 @@ def test_running_tasks_block_changes_and_any_task_blocks_delete(world: World) ->
         lambda: world.envs.install(world.alice, "ml", ["attrs"]),
         lambda: world.envs.remove(world.alice, "ml", ["six"]),
         lambda: world.envs.rename(world.alice, "ml", "ml2"),
+        lambda: world.envs.delete(world.alice, "ml"),
     ):
-        with pytest.raises(EnvironmentInUse):
+        with pytest.raises(EnvironmentInUse) as info:
             action()
+        assert info.value.referencing_tasks == [created.task.script_path]
 
 
 def test_failed_install_reports_the_failed_specs(world: World) -> None:

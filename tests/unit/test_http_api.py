@@ -403,3 +403,66 @@ def test_history_items_carry_a_logs_key(client: TestClient, parts: dict[str, Any
     parts["runner"].wait_started(1)
     history = client.get(f"/api/tasks/{tid}").json()["execution_history"]
     assert history and all("logs" in e and e["logs"] is None for e in history)
+
+
+def test_task_limits_are_shown_effective_and_validated(client: TestClient) -> None:
+    """A task's own limits, else the server's defaults, appear in create, list and detail;
+    a bad limit is a 400 naming its field."""
+    login(client)
+    r = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env",
+                                        "cron_expression": "0 0 * * *",
+                                        "memory_limit_mb": 512, "network": False})
+    assert r.status_code == 201, r.text
+    task = r.json()["task"]
+    expected = {"memory_limit_mb": 512.0, "max_processes": 256, "cpu_limit": None,
+                "network": False}
+    assert {k: task[k] for k in expected} == expected
+    [listed] = client.get("/api/tasks").json()
+    detail = client.get(f"/api/tasks/{task['task_id']}").json()["task"]
+    assert {k: listed[k] for k in expected} == {k: detail[k] for k in expected} == expected
+    for field, value in (("memory_limit_mb", "512"), ("max_processes", 5000),
+                         ("cpu_limit", 0), ("network", "off")):
+        r = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env",
+                                            field: value})
+        assert r.status_code == 400, (field, r.text)
+        assert r.json()["field"] == field and field in r.json()["message"]
+
+
+def test_task_limit_per_user_is_a_403(parts: dict[str, Any]) -> None:
+    """A non-admin over the per-user task limit gets 403 "Task limit reached"."""
+    settings = Settings(data_dir="/nonexistent/ctm", admin_password="admin-password",
+                        timezone="UTC", max_tasks_per_user=1)
+    with TestClient(create_app(settings, **parts), base_url="http://testserver") as c:
+        add_user(c, "bob")
+        body = {"script": "print(1)", "conda_env": "env", "cron_expression": "0 0 * * *"}
+        assert c.post("/api/tasks", json=body).status_code == 201
+        r = c.post("/api/tasks", json=body)
+        assert r.status_code == 403
+        assert r.json() == {"success": False, "message": "Task limit reached",
+                            "error": "At most 1 tasks per user"}
+
+
+def test_others_tasks_pin_an_environment_only_while_running(
+    client: TestClient, parts: dict[str, Any]
+) -> None:
+    """Delete answers 400 while bob's task runs in admin's env, 204 once it ended; bob's task
+    stays, with its history."""
+    parts["runner"].auto_exit_code = None
+    login(client)
+    assert client.post("/api/conda/environment", json={"name": "shared"}).status_code == 201
+    add_user(client, "bob")
+    tid = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "shared"}
+                      ).json()["task"]["task_id"]
+    [handle] = parts["runner"].wait_started(1)
+    script_path = client.get(f"/api/tasks/{tid}").json()["task"]["script_path"]
+    login(client)
+    r = client.delete("/api/conda/environment/shared")
+    assert r.status_code == 400
+    assert r.json()["message"] == "Cannot delete environment that is referenced by tasks"
+    assert r.json()["referencing_tasks"] == [script_path]
+    parts["runner"].finish(handle, 0)
+    assert client.app.state.services.coordinator.wait_idle(5)  # type: ignore[attr-defined]
+    assert client.delete("/api/conda/environment/shared").status_code == 204
+    detail = client.get(f"/api/tasks/{tid}").json()
+    assert detail["task"]["conda_env"] == "shared"
+    assert [e["status"] for e in detail["execution_history"]] == ["completed"]

@@ -422,7 +422,7 @@ def test_error_bodies_rendered_by_the_handler_fit_their_schemas() -> None:
         errors.ScriptNotFound("/x.py"),
         errors.RequirementsFailed(new_environment=False, failed_packages=["x"],
                                   error_details=["no"], output="o", environment_state="s"),
-        errors.TaskNotRunning("completed"),
+        errors.TaskNotRunning("completed"), errors.TaskLimitReached(200),
     ]
     assert {type(s).__name__ for s in samples} == _ERROR_NAMES - {"CtmError"}
     components = SPEC["components"]

@@ -202,7 +202,7 @@ def test_run_in_missing_env_fails_with_a_reason(world: World) -> None:
     assert world.coordinator.wait_idle(5)
     [ex] = world.repo.list_executions(tid)
     assert ex.status is ExecutionStatus.FAILED
-    assert "not found" in (ex.note or "")
+    assert ex.note == "environment 'env' was deleted"
 
 
 def test_run_waiting_during_a_rename_follows_the_new_name(world: World) -> None:

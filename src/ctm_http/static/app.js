@@ -234,6 +234,7 @@ function showLogin(notice) {
   $('#topbar').hidden = true;
   $('#app-view').hidden = true;
   $('#paused-banner').hidden = true;
+  $('#containment-banner').hidden = true;
   $('#login-view').hidden = false;
   const note = $('#login-notice');
   note.textContent = notice || '';
@@ -253,7 +254,25 @@ function showApp(user) {
   $('#app-view').hidden = false;
   $('#whoami-name').textContent = `${user.username}${user.is_admin ? ' (admin)' : ''}`;
   $('#nav-users').hidden = !user.is_admin;
+  showContainment(user);
   route();
+}
+
+// Admins see GET /api/me's `containment`; runs that are not contained get a red banner.
+async function showContainment(user) {
+  const banner = $('#containment-banner');
+  banner.hidden = true;
+  if (!user.is_admin) return;
+  let c;
+  try {
+    const me = await api.me();
+    c = me.containment ?? (me.user && me.user.containment);
+  } catch {
+    return;
+  }
+  if (!c || c.contained !== false || state.user !== user) return;
+  banner.textContent = `Runs are NOT contained: ${c.reason || 'unknown reason'}`;
+  banner.hidden = false;
 }
 
 async function onLoginSubmit(event) {

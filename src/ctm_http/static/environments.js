@@ -345,7 +345,7 @@ export async function detailView(view, ctx, name) {
   });
 
   deleteButton.addEventListener('click', async () => {
-    const ok = await ctx.confirm(`Delete ${name}?`, `The environment ${name} and all its packages are deleted. This cannot be undone.`, 'Delete environment');
+    const ok = await ctx.confirm(`Delete ${name}?`, `The environment ${name} and all its packages are deleted. This cannot be undone. Tasks that use it are kept, with their history, but their later runs fail. It cannot be deleted while one of its tasks is running.`, 'Delete environment');
     if (!ok) return;
     deleteResult.replaceChildren();
     try {

@@ -137,7 +137,9 @@ function renderRecent(recent) {
 export function taskErrorField(body) {
   const fieldMap = { name: 'conda_env', script: 'script', conda_env: 'conda_env', task_name: 'task_name',
     requirements: 'requirements', reuse_env: 'conda_env', delay_seconds: 'delay_seconds',
-    cron_expression: 'cron_expression', timeout_seconds: 'schedule' };
+    cron_expression: 'cron_expression', timeout_seconds: 'schedule',
+    memory_limit_mb: 'memory_limit_mb', max_processes: 'max_processes', cpu_limit: 'cpu_limit',
+    network: 'network' };
   if (body.field && fieldMap[body.field]) return fieldMap[body.field];
   const m = body.message || '';
   if (m.startsWith('Please specify either cron')) return 'schedule';
@@ -168,6 +170,9 @@ export async function newView(view, ctx) {
   const delay = h('input', { type: 'number', min: 0, step: 'any', inputmode: 'decimal' });
   const cron = h('input', { class: 'code', spellcheck: 'false', placeholder: '*/10 * * * *' });
   const name = h('input', { maxlength: 200 });
+  const memory = h('input', { type: 'number', min: 1, step: 'any', inputmode: 'decimal' });
+  const processes = h('input', { type: 'number', min: 1, step: 1, inputmode: 'numeric' });
+  const cpus = h('input', { type: 'number', min: 0.1, step: 'any', inputmode: 'decimal' });
 
   const codeField = field({ name: 'script_code', label: 'Python code', control: code });
   const pathField = field({ name: 'script_path', label: 'Path of a .py file on the server', control: path,
@@ -204,6 +209,16 @@ export async function newView(view, ctx) {
         radio('schedule_mode', 'delay', 'Once, after a delay'),
         radio('schedule_mode', 'cron', 'Repeatedly, on a cron schedule')),
       delayField, cronField] }),
+    fieldset({ name: 'limits', legend: 'Limits of each run', children: [
+      field({ name: 'memory_limit_mb', label: 'Memory limit (MB)', control: memory, optional: true,
+        hint: 'For the run’s whole process tree. Empty: the server’s default.' }),
+      field({ name: 'max_processes', label: 'Max processes', control: processes, optional: true,
+        hint: 'Processes the run may have at once. Empty: the server’s default.' }),
+      field({ name: 'cpu_limit', label: 'CPU cores', control: cpus, optional: true,
+        hint: 'Empty: the server’s default.' }),
+      h('div', { class: 'field', 'data-field': 'network' },
+        checkbox('network', 'Network (untick to cut the run off the network)', true),
+        h('div', { class: 'field-error', 'data-error-for': 'network', hidden: true }))] }),
     h('div', { class: 'actions' },
       h('button', { type: 'submit', class: 'button' }, 'Create task'),
       h('a', { class: 'button secondary', href: '#/tasks' }, 'Cancel')),
@@ -255,6 +270,23 @@ export async function newView(view, ctx) {
     } else if (scheduleMode === 'cron') {
       body.cron_expression = cron.value.trim();
     }
+    for (const [key, input, whole] of [['memory_limit_mb', memory, false],
+      ['max_processes', processes, true], ['cpu_limit', cpus, false]]) {
+      const raw = input.value.trim();
+      if (input.validity.badInput) {
+        showFieldError(form, key, 'Enter a number.');
+        bad = true;
+      } else if (raw !== '') {
+        const value = Number(raw);
+        if (!(value > 0) || (whole && !Number.isInteger(value))) {
+          showFieldError(form, key, whole ? 'Enter a whole number of at least 1.' : 'Enter a number above 0.');
+          bad = true;
+        } else {
+          body[key] = value;
+        }
+      }
+    }
+    if (!form.elements.network.checked) body.network = false;
     if (bad) { focusFirstError(form); return; }
     const slow = body.requirements || !envNamesHas(envNames, body.conda_env);
     try {
@@ -450,7 +482,11 @@ function renderFacts(t) {
     row('Last duration', fmtSeconds(t.last_run_duration)),
     row('Created', dash(t.created_at)),
     t.requirements ? row('Requirements', h('pre', { class: 'inline-pre' }, t.requirements)) : null,
-    t.timeout_seconds ? row('Timeout', fmtSeconds(t.timeout_seconds)) : null);
+    t.timeout_seconds ? row('Timeout', fmtSeconds(t.timeout_seconds)) : null,
+    'memory_limit_mb' in t ? row('Memory limit', t.memory_limit_mb == null ? 'none' : fmtMB(t.memory_limit_mb)) : null,
+    'max_processes' in t ? row('Max processes', t.max_processes == null ? 'no limit' : String(t.max_processes)) : null,
+    'cpu_limit' in t ? row('CPU cores', t.cpu_limit == null ? 'no limit' : String(t.cpu_limit)) : null,
+    'network' in t ? row('Network', t.network ? 'on' : 'off') : null);
 }
 
 function renderLatest(ex) {
