@@ -76,6 +76,21 @@ def read_stat(pid: int) -> ProcStat | None:
     return None if data is None else parse_stat(pid, data)
 
 
+def read_cpu_ticks(pid: int, starttime: int) -> int | None:
+    """User plus system CPU time of the process, in clock ticks; None when it is gone (or is
+    another process now: its start time differs)."""
+    data = _read(f"/proc/{pid}/stat")
+    if data is None:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        if int(fields[19]) != starttime:
+            return None
+        return int(fields[11]) + int(fields[12])
+    except (IndexError, ValueError):
+        return None
+
+
 def scan() -> dict[int, ProcStat]:
     """Every process on the machine, by pid: one read of ``/proc/<pid>/stat`` each."""
     procs: dict[int, ProcStat] = {}

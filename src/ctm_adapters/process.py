@@ -37,6 +37,7 @@ from ctm_adapters._proctree import (
     ProcStat,
     RunTree,
     TreeScanner,
+    read_cpu_ticks,
     read_environ_value,
     read_peak_rss,
     read_stat,
@@ -80,6 +81,8 @@ _INSTANCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _READ_CHUNK = 256 * 1024
 _READS_PER_WAKE = 64  # then look at the wake-up pipe again, however fast the program prints
 _PIPE_SIZE = 1024 * 1024
+_CPU_WINDOW = 0.1  # seconds between looks at a CPU-limited run's use
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAYLOAD_POLL = 0.002  # seconds between looks for a sandboxed script's process at its start
 _SIGNAL_EXIT = 128
 MB = 1024 * 1024
@@ -102,6 +105,7 @@ class Launch:
     sandboxed: bool = False
     memory_limit_bytes: int | None = None
     max_processes: int | None = None
+    cpu_cores: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -114,6 +118,7 @@ class Launch:
             sandboxed=bool(data.get("sandboxed")),
             memory_limit_bytes=data.get("memory_limit_bytes"),
             max_processes=data.get("max_processes"),
+            cpu_cores=data.get("cpu_cores"),
         )
 
 
@@ -139,6 +144,7 @@ class PsutilRunHandle:
         self.pid = popen.pid
         self.launch = launch
         self._limit_note: str | None = None
+        self._throttle: _CpuThrottle | None = None
         self._payload: tuple[int, int] | None = None
         """Inside a sandbox: the script's own process (pid, start time), bwrap's init's child."""
         self.spec = spec
@@ -340,6 +346,74 @@ class _Monitor:
             self.on_limit(run)
 
 
+class _CpuThrottle:
+    """Holds a run to ``cores`` CPUs on average without cgroups: every ``_CPU_WINDOW`` it adds up
+    the CPU time the run's processes used, and when that is more than ``cores`` times the
+    window, stops them all (SIGSTOP) for as long as the excess takes at that rate, then
+    continues them (SIGCONT). Coarse (a tenth of a second), but a busy loop on every core of
+    the machine is held to its share. Processes are those the monitor last attributed to the
+    run, plus the main process."""
+
+    def __init__(self, run: PsutilRunHandle, cores: float) -> None:
+        self.run = run
+        self.cores = cores
+        self._lock = threading.Lock()
+        self._paused: list[tuple[int, int]] = []
+        self._seen: dict[tuple[int, int], int] = {}
+        self._released = False
+
+    def loop(self) -> None:
+        run = self.run
+        while not run._main_exited.wait(_CPU_WINDOW):
+            used = self._used_seconds()
+            excess = used / self.cores - _CPU_WINDOW
+            if excess > 0.005 and self._pause():
+                run._main_exited.wait(min(excess, 2.0))
+                self._resume()
+
+    def _members(self) -> list[tuple[int, int]]:
+        tree = self.run._tree
+        members = [(p.pid, p.starttime) for p in tree.members.values()]
+        if (tree.main_pid, tree.main_starttime) not in members:
+            members.append((tree.main_pid, tree.main_starttime))
+        return members
+
+    def _used_seconds(self) -> float:
+        """CPU seconds the run's processes used since the last call."""
+        used = 0
+        seen: dict[tuple[int, int], int] = {}
+        for key in self._members():
+            ticks = read_cpu_ticks(key[0], key[1])
+            if ticks is None:
+                continue
+            seen[key] = ticks
+            used += ticks - self._seen.get(key, 0)  # a new process: all its time is recent
+        self._seen = seen
+        return used / _CLOCK_TICKS
+
+    def _pause(self) -> bool:
+        with self._lock:
+            if self._released:
+                return False
+            keep = {self.run.pid, _first_child(self.run.pid)} if self.run._sandboxed else set()
+            self._paused = [m for m in self._members() if m[0] not in keep]  # not bubblewrap
+            for pid, starttime in self._paused:
+                _signal_process(pid, starttime, signal.SIGSTOP)
+            return True
+
+    def _resume(self) -> None:
+        with self._lock:
+            paused, self._paused = self._paused, []
+            for pid, starttime in paused:
+                _signal_process(pid, starttime, signal.SIGCONT)
+
+    def release(self) -> None:
+        """Continue whatever is paused and pause no more (the run is ending or being stopped)."""
+        with self._lock:
+            self._released = True
+        self._resume()
+
+
 def _wait_pidfd(pidfd: int, timeout: float | None) -> bool:
     """Wait until the process of ``pidfd`` has exited (True) or ``timeout`` passed (False)."""
     poller = select.poll()
@@ -495,6 +569,7 @@ class PsutilProcessRunner:
             gid=None if identity is None else identity.gid,
             sandboxed=self._sandbox is not None,
             memory_limit_bytes=memory, max_processes=limits.max_processes,
+            cpu_cores=limits.cpu_cores,
         )
 
     def start_prepared(self, spec: RunSpec, launch: Launch) -> PsutilRunHandle:
@@ -640,6 +715,12 @@ class PsutilProcessRunner:
         try:
             run._tree  # noqa: B018 - the first sample, then the monitor's
             self._monitor.add(run)
+            if run.launch is not None and run.launch.cpu_cores is not None:
+                throttle = _CpuThrottle(run, run.launch.cpu_cores)
+                run._throttle = throttle
+                threading.Thread(
+                    target=throttle.loop, name=f"ctm-run-cpu-{run.pid}", daemon=True
+                ).start()
             timeout = run.spec.timeout_seconds
             deadline = None if timeout is None else run.started + timeout
             self._early_peaks(run, deadline)
@@ -654,6 +735,8 @@ class PsutilProcessRunner:
                     self._terminate(run, self._timeout_grace)
             ended = time.monotonic()
             run._main_exited.set()
+            if run._throttle is not None:
+                run._throttle.release()
             self._monitor.remove(run)
             leftovers = self._alive(run)
             if leftovers and not run._sandboxed:  # a sandbox's die with it: nothing to tell
@@ -764,6 +847,8 @@ class PsutilProcessRunner:
 
         In a sandbox, a gentle signal goes to the script's processes only: bubblewrap dies of it
         at once and takes the whole sandbox with it, which would leave no grace."""
+        if run._throttle is not None:
+            run._throttle.release()  # a stopped process would not see SIGTERM until continued
         if run._sandboxed and sig != signal.SIGKILL:
             init = _first_child(run.pid)
             for p in members:

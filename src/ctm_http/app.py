@@ -193,10 +193,11 @@ def _containment(settings: Settings) -> tuple[Any, Any, Containment]:
         "memory: the monitor ends a run whose process tree passes its limit "
         f"(sampled every {settings.sample_interval:g} s); processes: "
     )
+    cpu = "cpu: the run is paused (SIGSTOP/SIGCONT) while over its share, checked every 0.1 s"
     if settings.sandbox == "off":
         return None, identities, Containment(
             contained=False, mode="off", reason="CTM_SANDBOX=off", identity=identity,
-            limits=limits + "the monitor; cpu: not enforced",
+            limits=limits + "the monitor; " + cpu,
         )
     box = Sandbox.find(hidden=(settings.data_dir, homes))
     reason = "bubblewrap (bwrap) is not installed"
@@ -212,13 +213,12 @@ def _containment(settings: Settings) -> tuple[Any, Any, Containment]:
             raise SystemExit(f"ctm: CTM_SANDBOX=required but runs cannot be contained: {reason}")
         return None, identities, Containment(
             contained=False, mode=settings.sandbox, reason=reason, identity=identity,
-            limits=limits + "the monitor; cpu: not enforced",
+            limits=limits + "the monitor; " + cpu,
         )
     return box, identities, Containment(
         contained=True, mode=settings.sandbox, reason=f"bubblewrap {box.bwrap}",
         identity=identity,
-        limits=limits + "prlimit --nproc in the sandbox's user namespace; cpu: not enforced "
-        "(no delegated cgroup v2)",
+        limits=limits + "prlimit --nproc in the run's own user namespace; " + cpu,
     )
 
 

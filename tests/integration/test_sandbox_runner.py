@@ -231,3 +231,25 @@ def test_short_runs_never_record_zero_memory(runner: Any, world: dict[str, str])
     assert all(r.exit_code == 0 for r in results)
     zeros = [r for r in results if r.peak_memory <= 0 or r.avg_memory <= 0]
     assert not zeros
+
+
+def test_cpu_limit_holds_a_busy_run_to_its_share(runner: Any, world: dict[str, str]) -> None:
+    """Two busy processes under cpu_limit 0.5 get about half a core between them, not two."""
+    spec = make_spec(world, """
+        import os, time
+        pid = os.fork()
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            pass
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        t = os.times()
+        print("cpu", t.user + t.system + t.children_user + t.children_system)
+    """, limits=RunLimits(cpu_cores=0.5))
+    result, log = run(runner, spec)
+    assert result.exit_code == 0, log
+    cpu = float(log.split("cpu ")[1].split()[0])
+    # Unthrottled, both loops would burn ~2 s each (4 s on two free cores); half a core for the
+    # ~2 s of wall time is ~1 s. Less is fine (a busy machine gives less).
+    assert 0 < cpu <= 1.6, log
