@@ -12,7 +12,7 @@ import subprocess
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import ADMIN_PASSWORD, Server
+from tests.integration.test_server_tasks import wait_for
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 """A python every uid can execute (the project venv's interpreter lives under /root, 0700)."""
@@ -32,17 +33,6 @@ PROJECT_SRC = os.environ.get("CTM_TEST_SERVER_SRC") or str(
 older commit, to see these tests fail against a server that does not contain its runs)."""
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 ENV_PYTHON_VERSION = "3.11"
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def require_sandbox_tools() -> None:

@@ -5,29 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.integration.conftest import Server
+from tests.integration.containment_fixtures import detail
+from tests.integration.test_server_tasks import wait_for
 
 PASSWORD = "fair-share-pw"
 FINISHED = ("completed", "failed", "stopped")
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def sleeper(seconds: float) -> str:
@@ -39,13 +28,6 @@ def create(client: httpx.Client, env: str, script: str) -> int:
     r = client.post("/api/tasks", json={"script": script, "conda_env": env, "reuse_env": True})
     assert r.status_code == 201, r.text
     return int(r.json()["task"]["task_id"])
-
-
-def detail(client: httpx.Client, tid: int) -> dict[str, Any]:
-    r = client.get(f"/api/tasks/{tid}")
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
 
 
 def started_at(client: httpx.Client, tid: int) -> float:
@@ -108,12 +90,13 @@ def test_other_users_run_starts_before_the_busy_users_third(base_dir: Path) -> N
             def statuses() -> list[str]:
                 return [detail(alice, t)["task"]["status"] for t in alice_tasks]
 
-            wait_for(lambda: statuses().count("running") == 2, what="A's first two runs")
+            wait_for(lambda: statuses().count("running") == 2, timeout=60,
+                     what="A's first two runs")
             assert statuses()[2:] == ["scheduled"] * 4, "A's other runs wait"
             bob_task = create(bob, "shared", sleeper(1.5))
             every = [*alice_tasks, bob_task]
             wait_for(lambda: all(detail(admin, t)["task"]["status"] in FINISHED for t in every),
-                     what="every run to end")
+                     timeout=120, what="every run to end")
             ends = {t: detail(admin, t)["latest_execution"] for t in every}
             assert all(e["status"] == "completed" for e in ends.values()), ends
             alice_starts = sorted(started_at(admin, t) for t in alice_tasks)

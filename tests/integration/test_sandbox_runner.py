@@ -8,9 +8,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from ctm_adapters._sandbox import Identities, Sandbox
 from ctm_adapters.process import PsutilProcessRunner
 from ctm_adapters.supervised import SupervisedProcessRunner
 from ctm_core.ports import RunLimits, RunResult, RunSpec
+from tests.integration.test_process_runner import wait_until
 
 REQUIRED = os.environ.get("CTM_REQUIRE_SANDBOX") == "1"
 if shutil.which("bwrap") is None and not REQUIRED:
@@ -90,14 +90,6 @@ def make_spec(world: dict[str, str], code: str, *, owner: str = "alice", owner_i
 def run(runner: Any, spec: RunSpec) -> tuple[RunResult, str]:
     result = runner.wait(runner.start(spec))
     return result, Path(spec.log_path).read_text(errors="replace")
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        time.sleep(0.01)
 
 
 def marked(marker: str) -> list[int]:
