@@ -55,9 +55,11 @@ def build_wheel_folder(folder: str) -> str:
     """The offline index of the tests.
 
     ``Tiny_Pkg`` 1.0 and 2.0 (module ``tinypkg``, script ``tiny``), ``needs-old`` (wants
-    tiny-pkg==1.0) and ``needs-new`` (wants tiny-pkg==2.0): the last two conflict.
+    tiny-pkg==1.0) and ``needs-new`` (wants tiny-pkg==2.0): the last two conflict. The folder
+    is readable by everyone: under root, sandboxed installs run as an unprivileged uid.
     """
     os.makedirs(folder, exist_ok=True)
+    os.chmod(folder, 0o755)
     for version in ("1.0", "2.0"):
         make_wheel(
             folder,
