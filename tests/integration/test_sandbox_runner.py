@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from ctm_adapters._sandbox import Identities, Sandbox
@@ -245,3 +246,21 @@ def test_cpu_limit_holds_a_busy_run_to_its_share(runner: Any, world: dict[str, s
     # Unthrottled, both loops would burn ~2 s each (4 s on two free cores); half a core for the
     # ~2 s of wall time is ~1 s. Less is fine (a busy machine gives less).
     assert 0 < cpu <= 1.6, log
+
+
+def test_conda_style_prefix_runs_with_its_own_libraries(runner: Any, world: dict[str, str]) -> None:
+    """A prefix with its own interpreter and libpython under PREFIX/lib (as conda lays one out,
+    no pyvenv.cfg) runs in the sandbox with only that prefix bound."""
+    prefix = sys.base_prefix
+    python = os.path.join(prefix, "bin", f"python{sys.version_info[0]}.{sys.version_info[1]}")
+    spec = make_spec(world, """
+        import sys, sysconfig
+        print("prefix", sys.prefix)
+        print("shared", sysconfig.get_config_var("Py_ENABLE_SHARED"))
+        import json, sqlite3, ssl  # extension modules from PREFIX/lib
+        print("ok")
+    """)
+    spec = attrs.evolve(spec, argv=(python, "-u", spec.argv[-1]), prefix=prefix)
+    result, log = run(runner, spec)
+    assert result.exit_code == 0, log
+    assert f"prefix {prefix}" in log and "ok" in log
