@@ -77,8 +77,8 @@ def read_stat(pid: int) -> ProcStat | None:
 
 
 def read_cpu_ticks(pid: int, starttime: int) -> int | None:
-    """User plus system CPU time of the process, in clock ticks; None when it is gone (or is
-    another process now: its start time differs)."""
+    """CPU time of the process and of the children it has reaped (user + system, in clock
+    ticks); None when it is gone (or is another process now: its start time differs)."""
     data = _read(f"/proc/{pid}/stat")
     if data is None:
         return None
@@ -86,9 +86,27 @@ def read_cpu_ticks(pid: int, starttime: int) -> int | None:
     try:
         if int(fields[19]) != starttime:
             return None
-        return int(fields[11]) + int(fields[12])
+        return int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     except (IndexError, ValueError):
         return None
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it now, from the kernel's children lists (cheaper than
+    a scan of ``/proc``; a process reparented away from the tree is not found)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            data = _read(f"/proc/{current}/task/{tid}/children", 65536)
+            if data:
+                todo.extend(int(w) for w in data.split() if w.isdigit())
+    return found
 
 
 def scan() -> dict[int, ProcStat]:

@@ -78,21 +78,25 @@ class Identities:
     per_user_uids: bool = attrs.field(factory=lambda: os.geteuid() == 0)
 
     def for_user(self, owner: str | None, owner_id: int | None) -> RunIdentity:
-        """The identity of a run of ``owner``; raises ``ValueError`` when it has none."""
-        name = owner or "nobody"
-        if "/" in name or name in (".", "..") or not name:
+        """The identity of a run of ``owner``; raises ``ValueError`` when it has none.
+
+        A task without an owner runs as the range's last uid with HOME ``@ownerless``; the user
+        names ``.`` and ``..`` get HOMEs ``@.`` and ``@..`` (``@`` is in no user name)."""
+        name = owner if owner is not None else "@ownerless"
+        if "/" in name or "\0" in name or not name:
             raise ValueError(f"not a user name for a HOME folder: {name!r}")
+        folder = f"@{name}" if name in (".", "..") else name
         uid = gid = None
         if self.per_user_uids:
             first, last = self.uid_range
-            uid = first + (owner_id or 0)
-            if uid > last or uid == os.geteuid():
+            uid = last if owner_id is None else first + owner_id
+            if uid > last or uid == os.geteuid() or (owner_id is not None and owner_id < 1):
                 raise ValueError(
                     f"user id {owner_id} is outside CTM_RUN_UIDS {first}-{last}: it cannot run"
                 )
             gid = uid
         return RunIdentity(
-            uid=uid, gid=gid, home=os.path.join(self.homes_dir, name), username=name
+            uid=uid, gid=gid, home=os.path.join(self.homes_dir, folder), username=name
         )
 
     def prepare_home(self, identity: RunIdentity) -> None:
@@ -106,12 +110,18 @@ class Identities:
             if st.st_uid != identity.uid:
                 os.lchown(identity.home, identity.uid, identity.gid or identity.uid)
 
+    def trial(self) -> RunIdentity | None:
+        """Who the start-up trial runs as: under root the installer's uid (no run has it)."""
+        if not self.per_user_uids:
+            return None
+        uid = self.uid_range[0]
+        return RunIdentity(uid=uid, gid=uid, home="/", username="ctm-trial")
+
     def installer(self) -> Installer:
         """Who package changes run as: under root the first uid of the range (no ctm user has
-        id 0), else the server's uid; its cache lives beside the HOMEs (``@installer`` is no
-        user name: ``@`` is not allowed in one)."""
+        id 0, and ownerless tasks take the last), else the server's uid."""
         uid = self.uid_range[0] if self.per_user_uids else None
-        return Installer(cache=os.path.join(self.homes_dir, "@installer"), uid=uid, gid=uid)
+        return Installer(uid=uid, gid=uid)
 
     def give(self, identity: RunIdentity, path: str) -> None:
         """Make ``path`` (a run's own working folder) the run's: owned by its uid."""
@@ -121,35 +131,36 @@ class Identities:
 
 @attrs.define
 class Installer:
-    """The identity of package changes: ``uid``/``gid`` (None: the server's) and the one folder
-    besides the environment it may write, its download cache (also its HOME)."""
+    """The identity of package changes: ``uid``/``gid`` (None: the server's).
 
-    cache: str
+    Its HOME and download caches are in the install sandbox's private ``/tmp``, new for every
+    change: package code runs at install time (a ``.pth`` file runs at every interpreter start),
+    and a cache kept between installs would let one user's package change what another user's
+    install gets. The one thing an install may write that outlives it is its environment."""
+
     uid: int | None = None
     gid: int | None = None
 
-    def prepare(self) -> None:
-        """Create the cache folder, private to the installer."""
-        os.makedirs(os.path.dirname(self.cache), mode=0o711, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(self.cache, 0o700)
-        if self.uid is not None and os.lstat(self.cache).st_uid != self.uid:
-            os.lchown(self.cache, self.uid, self.gid if self.gid is not None else self.uid)
-
     def environment(self) -> dict[str, str]:
-        """Variables that point pip's, uv's and everything else's caches into ``cache``."""
+        """Variables that point pip's, uv's and everything else's caches into ``/tmp``."""
         return {
-            "HOME": self.cache,
-            "XDG_CACHE_HOME": self.cache,
-            "UV_CACHE_DIR": os.path.join(self.cache, "uv"),
-            "PIP_CACHE_DIR": os.path.join(self.cache, "pip"),
-            "TMPDIR": "/tmp",  # noqa: S108 - the sandbox's own private /tmp
+            "HOME": "/tmp",  # noqa: S108 - the sandbox's own private /tmp
+            "XDG_CACHE_HOME": "/tmp/cache",  # noqa: S108
+            "UV_CACHE_DIR": "/tmp/cache/uv",  # noqa: S108
+            "PIP_CACHE_DIR": "/tmp/cache/pip",  # noqa: S108
+            "TMPDIR": "/tmp",  # noqa: S108
         }
 
 
-def interpreter_roots(prefix: str, python: str | None = None) -> list[str]:
+def interpreter_roots(
+    prefix: str, python: str | None = None, hidden: Sequence[str] = ()
+) -> list[str]:
     """Folders outside ``prefix`` that its interpreter needs: for a venv the base installation
-    named by ``pyvenv.cfg``'s ``home``, and wherever a symlinked ``python`` really lives."""
+    named by ``pyvenv.cfg``'s ``home``, and wherever a symlinked ``python`` really lives.
+
+    The prefix is written by installs (a wheel may replace ``pyvenv.cfg``), so what it names is
+    not trusted: a root is kept only when it holds a ``bin/python*`` program and neither lies in
+    nor contains one of ``hidden`` (the data directory, the HOMEs) or ``/``."""
     roots: list[str] = []
     cfg = os.path.join(prefix, "pyvenv.cfg")
     try:
@@ -168,10 +179,26 @@ def interpreter_roots(prefix: str, python: str | None = None) -> list[str]:
     out: list[str] = []
     for root in roots:
         real_root = os.path.realpath(root)
+        if not _looks_like_python(real_root) or any(
+            _inside(real_root, h) or _inside(os.path.realpath(h), real_root) for h in hidden
+        ):
+            continue
         for candidate in (root, real_root):
             if candidate not in out and not _inside(candidate, prefix) and candidate != "/":
                 out.append(candidate)
     return out
+
+
+def _looks_like_python(root: str) -> bool:
+    """``root/bin`` holds an executable ``python...``."""
+    try:
+        names = os.listdir(os.path.join(root, "bin"))
+    except OSError:
+        return False
+    return any(
+        n.startswith("python") and os.access(os.path.join(root, "bin", n), os.X_OK)
+        for n in names
+    )
 
 
 def _ancestors(path: str) -> list[str]:
@@ -222,6 +249,7 @@ class Sandbox:
         max_processes: int | None = None,
         uid: int | None = None,
         gid: int | None = None,
+        tmpfs_bytes: int | None = None,
     ) -> list[str]:
         """``argv`` run inside a new sandbox, in ``cwd`` (which must be among ``writable`` or
         ``readonly``). Paths that do not exist are left out. ``uid``/``gid``: the server is
@@ -244,7 +272,12 @@ class Sandbox:
             args.append("--unshare-net")
         for path in SYSTEM_PATHS:
             args += _bind_system(path)
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]  # noqa: S108
+        # Writable by the run's uid (under root the mounts are root's), and each no larger than
+        # the run's memory limit: files in them are memory no process's RSS shows.
+        size = [] if tmpfs_bytes is None else ["--size", str(max(tmpfs_bytes, 1 << 20))]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        for path, cap in (("/tmp", size), ("/dev/shm", size), ("/run", ["--size", "16777216"])):  # noqa: S108
+            args += ["--perms", "1777", *cap, "--tmpfs", path]
         for path in OPTIONAL_SYSTEM_PATHS:
             if os.path.isdir(path):
                 args += ["--ro-bind-try", path, path]
@@ -287,9 +320,9 @@ class Sandbox:
         true = shutil.which("true") or "/bin/true"
         uid = None if identity is None else identity.uid
         gid = None if identity is None else identity.gid
-        argv = self.command(
-            [true], cwd="/", max_processes=8 if self.prlimit else None, uid=uid, gid=gid
-        )
+        # With a process limit, as every run has one: prlimit (and under root setpriv and
+        # unshare) must be there too, or no run could start.
+        argv = self.command([true], cwd="/", max_processes=8, uid=uid, gid=gid)
         try:
             done = subprocess.run(
                 argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,

@@ -51,7 +51,7 @@ def read_json(path: str) -> dict[str, Any] | None:
 
 def main(state_dir: str) -> int:
     from ctm_adapters._proctree import read_stat
-    from ctm_adapters.process import Launch, PsutilProcessRunner
+    from ctm_adapters.process import Launch, PsutilProcessRunner, become_subreaper
     from ctm_core.ports import RunSpec
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -65,6 +65,7 @@ def main(state_dir: str) -> int:
         print(json.dumps({"error": [0, "run supervisor: no spec", spec_path]}), flush=True)
         return 2
     os.remove(spec_path)
+    become_subreaper()  # bubblewrap's init, with the script's peak memory, is reaped here
     runner = PsutilProcessRunner(
         sample_interval=config["sample_interval"],
         log_cap_bytes=config["log_cap_bytes"],

@@ -37,13 +37,20 @@ from ctm_adapters._proctree import (
     ProcStat,
     RunTree,
     TreeScanner,
+    descendants,
     read_cpu_ticks,
     read_environ_value,
     read_peak_rss,
     read_stat,
     scan,
 )
-from ctm_adapters._sandbox import Identities, RunIdentity, Sandbox, interpreter_roots
+from ctm_adapters._sandbox import (
+    Identities,
+    RunIdentity,
+    Sandbox,
+    SandboxUnavailable,
+    interpreter_roots,
+)
 from ctm_core.ports import RunHandle, RunResult, RunSpec
 
 __all__ = [
@@ -145,6 +152,8 @@ class PsutilRunHandle:
         self.launch = launch
         self._limit_note: str | None = None
         self._throttle: _CpuThrottle | None = None
+        self._init: tuple[int, int] | None = None
+        """Inside a sandbox: bubblewrap's init (pid, start time), which reaps the script."""
         self._payload: tuple[int, int] | None = None
         """Inside a sandbox: the script's own process (pid, start time), bwrap's init's child."""
         self.spec = spec
@@ -216,6 +225,10 @@ class PsutilRunHandle:
             return None
         init = _first_child(self.pid)  # bwrap (outside) -> bwrap init (pid 1 inside)
         script = None if init is None else _first_child(init)
+        if init is not None and self._init is None:
+            init_stat = read_stat(init)
+            if init_stat is not None:
+                self._init = (init, init_stat.starttime)
         if script is None:
             return None
         stat = read_stat(script)
@@ -372,14 +385,21 @@ class _CpuThrottle:
                 self._resume()
 
     def _members(self) -> list[tuple[int, int]]:
+        """The run's processes now: everything below its main process (a fresh walk, so a
+        process forked a moment ago is in), plus what the monitor attributed to it (escapees
+        reparented out of the tree)."""
         tree = self.run._tree
-        members = [(p.pid, p.starttime) for p in tree.members.values()]
-        if (tree.main_pid, tree.main_starttime) not in members:
-            members.append((tree.main_pid, tree.main_starttime))
-        return members
+        members = {(p.pid, p.starttime) for p in tree.members.values()}
+        for pid in descendants(tree.main_pid):
+            stat = read_stat(pid)
+            if stat is not None:
+                members.add((pid, stat.starttime))
+        return list(members)
 
     def _used_seconds(self) -> float:
-        """CPU seconds the run's processes used since the last call."""
+        """CPU seconds the run's processes used since the last call. A process's figure holds
+        its reaped children's time too, so a short-lived child is counted when its parent
+        reaps it; the part of it already counted while it lived is taken off then."""
         used = 0
         seen: dict[tuple[int, int], int] = {}
         for key in self._members():
@@ -388,8 +408,9 @@ class _CpuThrottle:
                 continue
             seen[key] = ticks
             used += ticks - self._seen.get(key, 0)  # a new process: all its time is recent
+        used -= sum(t for key, t in self._seen.items() if key not in seen)
         self._seen = seen
-        return used / _CLOCK_TICKS
+        return max(0, used) / _CLOCK_TICKS
 
     def _pause(self) -> bool:
         with self._lock:
@@ -553,14 +574,19 @@ class PsutilProcessRunner:
         if self._sandbox is not None:
             readonly = list(spec.readonly_paths)
             if spec.prefix is not None:
-                readonly = [spec.prefix, *interpreter_roots(spec.prefix, spec.argv[0]), *readonly]
+                roots = interpreter_roots(spec.prefix, spec.argv[0], self._sandbox.hidden)
+                readonly = [spec.prefix, *roots, *readonly]
             writable = [spec.cwd] + ([identity.home] if identity is not None else [])
-            argv = self._sandbox.command(
-                argv, cwd=spec.cwd, readonly=readonly, writable=writable,
-                network=spec.network, max_processes=limits.max_processes,
-                uid=None if identity is None else identity.uid,
-                gid=None if identity is None else identity.gid,
-            )
+            try:
+                argv = self._sandbox.command(
+                    argv, cwd=spec.cwd, readonly=readonly, writable=writable,
+                    network=spec.network, max_processes=limits.max_processes,
+                    uid=None if identity is None else identity.uid,
+                    gid=None if identity is None else identity.gid,
+                    tmpfs_bytes=memory,
+                )
+            except SandboxUnavailable as exc:
+                raise OSError(str(exc)) from None
             cwd = "/"
             identity = None  # the sandbox switches to the run's uid itself
         return Launch(
@@ -752,6 +778,7 @@ class PsutilProcessRunner:
                 run._reaped = True
             exit_code = os.waitstatus_to_exitcode(status)
             run._popen.returncode = exit_code  # so that Popen never waits for this pid itself
+            script_peak = _reap_sandbox_init(run)
             if run._sandboxed and _SIGNAL_EXIT < exit_code <= _SIGNAL_EXIT + 64:
                 # bubblewrap reports a script ended by signal N as exit 128 + N.
                 exit_code = _SIGNAL_EXIT - exit_code
@@ -770,6 +797,8 @@ class PsutilProcessRunner:
                 log.warning("log %s incomplete: %s", run.log_path, run._capper.error)
             run._capper.close(run._notes)
             run._result = _result(run, exit_code, ended - run.started, usage.ru_maxrss * 1024)
+            if script_peak > run._result.peak_memory:  # the OS's own peak is the floor
+                run._result = attrs.evolve(run._result, peak_memory=script_peak)
         except BaseException as exc:
             run._error = exc
             log.exception("following run %s failed", run.pid)
@@ -979,6 +1008,36 @@ def _copy_output(run: PsutilRunHandle) -> None:
                 return
     finally:
         os.close(fd)
+
+
+def _reap_sandbox_init(run: PsutilRunHandle) -> int:
+    """The OS's own peak of a sandboxed script: bubblewrap's init reaped the script, so its
+    ``wait4`` figure holds the script's peak. The outer bubblewrap exits without reaping init;
+    init then comes to this process when it is a child subreaper (the run supervisor is).
+    0 when init is not ours to reap (an in-process runner) or unknown."""
+    if not run._sandboxed or run._init is None:
+        return 0
+    pid, starttime = run._init
+    stat = read_stat(pid)
+    if stat is None or stat.starttime != starttime or stat.ppid != os.getpid():
+        return 0
+    try:
+        _pid, _status, usage = os.wait4(pid, 0)
+    except ChildProcessError:
+        return 0
+    return int(usage.ru_maxrss) * 1024
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (``PR_SET_CHILD_SUBREAPER``), so that bubblewrap's init comes
+    to this process to be reaped; False when it could not be done."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(36, 1, 0, 0, 0)) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
 
 
 def _mb(value: int) -> str:

@@ -145,6 +145,9 @@ def _task_run_limits_and_skip_runs(db: Database) -> None:
         "ALTER TABLE executions ADD COLUMN skip_count INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE executions ADD COLUMN first_skipped_at TEXT",
         "ALTER TABLE executions ADD COLUMN last_skipped_at TEXT",
+        # Each skipped row of before stood for one occurrence.
+        "UPDATE executions SET skip_count = 1, first_skipped_at = scheduled_for,"
+        " last_skipped_at = scheduled_for WHERE status = 'skipped'",
     ):
         db.execute(statement)
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TextIO
 
 import attrs
 
@@ -510,9 +512,9 @@ class VenvEnvironmentBackend:
         env = _child_env()
         writable = [prefix]
         if installer is not None:
-            installer.prepare()
-            writable.append(installer.cache)
             env.update(installer.environment())
+        if self.uv is not None and argv and argv[0] == self.uv:
+            argv = [os.path.realpath(self.uv), *argv[1:]]  # only its real folder is bound
         ro = [
             *readonly,
             *self._interpreter_paths(_python(prefix)),
@@ -529,7 +531,8 @@ class VenvEnvironmentBackend:
     def _interpreter_paths(self, python: str) -> list[str]:
         """What an interpreter needs to start: its venv's base installation, its real file."""
         prefix = os.path.dirname(os.path.dirname(python))
-        return [prefix, *interpreter_roots(prefix, python)]
+        hidden = self._sandbox.hidden if self._sandbox is not None else ()
+        return [prefix, *interpreter_roots(prefix, python, hidden)]
 
     def _tool_paths(self) -> list[str]:
         """uv, and the server's own interpreter (its pip works on a venv that lost its own)."""
@@ -651,10 +654,23 @@ def _packages(prefix: str) -> list[Package]:
     return [found[k] for k in sorted(found)]
 
 
+def _open_own(path: str) -> TextIO:
+    """A text file of an environment, opened without following a symlink: installs (package
+    code) may have written the tree, and the server reads it with its own rights."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"not a regular file: {path}")
+        return open(fd, encoding="utf-8", errors="replace")  # noqa: SIM115 - caller closes
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _read_headers(path: str) -> Package | None:
     name = version = None
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with _open_own(path) as fh:
             for line in fh:
                 if not line.strip():
                     break  # the headers end at the first blank line; the long description follows
@@ -672,7 +688,7 @@ def _read_headers(path: str) -> Package | None:
 def _pyvenv_cfg(prefix: str) -> dict[str, str]:
     values: dict[str, str] = {}
     try:
-        with open(os.path.join(prefix, "pyvenv.cfg"), encoding="utf-8", errors="replace") as fh:
+        with _open_own(os.path.join(prefix, "pyvenv.cfg")) as fh:
             for line in fh:
                 key, sep, value = line.partition("=")
                 if sep:
@@ -691,7 +707,7 @@ def _pyvenv_version(prefix: str) -> str | None:
 
 def _read_metadata(prefix: str) -> dict[str, object]:
     try:
-        with open(os.path.join(prefix, METADATA_FILE), encoding="utf-8") as fh:
+        with _open_own(os.path.join(prefix, METADATA_FILE)) as fh:
             data = json.load(fh)
     except (OSError, ValueError):
         return {}
@@ -711,6 +727,10 @@ def _relocate(
     A venv is not relocatable: pip's scripts in ``bin/`` carry ``#!<prefix>/bin/python``,
     ``activate*`` set ``VIRTUAL_ENV=<prefix>`` and show the name in the prompt. The files are
     read at ``prefix`` (where the venv is now); the path written in them was ``old_prefix``.
+
+    The server does this with its own rights in a tree that installs (package code) could
+    write: no symlink is ever followed (``O_NOFOLLOW`` on every open, the new file created
+    exclusively, mode and times set on its descriptor), and only regular files are touched.
     """
     old = os.fsencode(old_prefix or prefix)
     new = os.fsencode(target)
@@ -723,10 +743,14 @@ def _relocate(
     with contextlib.suppress(OSError):
         candidates += [e.path for e in os.scandir(bindir) if e.is_file(follow_symlinks=False)]
     for path in candidates:
-        st = os.lstat(path)
-        if st.st_size > _SCRIPT_MAX_BYTES:
-            continue
-        with open(path, "rb") as fh:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue  # a symlink, gone, or unreadable: never followed, never rewritten
+        with open(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _SCRIPT_MAX_BYTES:
+                continue
             data = fh.read()
         if data.startswith(b"\x7fELF") or b"\0" in data[:1024]:
             continue
@@ -743,11 +767,17 @@ def _relocate(
             continue
         # A new file, not a rewrite in place: never a half-written script, and a hard link
         # (uv links from its cache) is not changed under another environment.
-        tmp = f"{path}.ctm-tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(changed)
-        os.chmod(tmp, st.st_mode & 0o7777)
-        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        tmp = f"{path}.ctm-tmp-{uuid.uuid4().hex[:8]}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        out = os.open(tmp, flags, 0o600)
+        try:
+            with open(out, "wb", closefd=False) as fh:
+                fh.write(changed)
+            # No set-id bits: the server must never hand out a set-uid file it wrote.
+            os.fchmod(out, st.st_mode & 0o777)
+            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(out)
         os.replace(tmp, path)
 
 

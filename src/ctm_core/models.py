@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
+
+_N = TypeVar("_N", int, float)
 
 
 class TaskStatus(enum.StrEnum):
@@ -182,20 +184,22 @@ class RunPolicy:
     """For non-admins."""
 
     def memory_limit_for(self, task: Task) -> float | None:
-        """The task's memory limit (MB), or the default."""
-        return task.memory_limit_mb if task.memory_limit_mb is not None else (
-            self.default_memory_limit_mb
-        )
+        """The task's memory limit (MB), or the default; never above the maximum (which may
+        have been lowered since the task was stored)."""
+        own = task.memory_limit_mb
+        return _capped(own if own is not None else self.default_memory_limit_mb,
+                       self.max_memory_limit_mb)
 
     def max_processes_for(self, task: Task) -> int | None:
-        """The task's process limit, or the default."""
-        return task.max_processes if task.max_processes is not None else (
-            self.default_max_processes
-        )
+        """The task's process limit, or the default; never above the maximum."""
+        own = task.max_processes
+        return _capped(own if own is not None else self.default_max_processes,
+                       self.max_max_processes)
 
     def cpu_limit_for(self, task: Task) -> float | None:
-        """The task's CPU limit (cores), or the default."""
-        return task.cpu_limit if task.cpu_limit is not None else self.default_cpu_limit
+        """The task's CPU limit (cores), or the default; never above the maximum."""
+        own = task.cpu_limit
+        return _capped(own if own is not None else self.default_cpu_limit, self.max_cpu_limit)
 
     def timeout_for(self, task: Task) -> float | None:
         """The task's timeout (seconds), or the default."""
@@ -206,3 +210,9 @@ class RunPolicy:
     def network_for(self, task: Task) -> bool:
         """Whether the task's runs have network: the server's setting, unless the task cut it."""
         return self.network and task.network is not False
+
+
+def _capped(value: _N | None, maximum: _N | None) -> _N | None:
+    if value is None or maximum is None:
+        return value
+    return min(value, maximum)

@@ -203,7 +203,7 @@ def _containment(settings: Settings) -> tuple[Any, Any, Containment]:
     reason = "bubblewrap (bwrap) is not installed"
     if box is not None:
         try:
-            trial = identities.for_user("ctm-trial", 0) if identities.per_user_uids else None
+            trial = identities.trial()
             box.check(trial)
             reason = ""
         except (SandboxUnavailable, ValueError) as exc:

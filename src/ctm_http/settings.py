@@ -3,6 +3,7 @@ command-line flags of ``ctm serve`` (--host, --port, --data-dir, --backend, --co
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -52,8 +53,8 @@ def _uid_range(value: str) -> tuple[int, int]:
 
 def _positive_float(value: str) -> float:
     number = float(value)
-    if not number > 0:
-        raise ValueError(f"must be > 0: {value!r}")
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"must be a finite number > 0: {value!r}")
     return number
 
 

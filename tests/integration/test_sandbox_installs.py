@@ -112,3 +112,30 @@ def test_an_install_cannot_write_into_another_environment(
     assert sorted(os.listdir(victim)) == before
     backend.delete("victim")
     backend.delete("other")
+
+
+def test_rename_never_follows_a_planted_symlink(
+    backend: VenvEnvironmentBackend, place: dict[str, str]
+) -> None:
+    """Rewriting paths at rename (as the server) follows no symlink an install left in bin/,
+    and never writes a set-uid file."""
+    backend.create("planted", None, [])
+    prefix = backend.get_environment("planted").prefix
+    outside = Path(place["top"]) / "outside.txt"
+    outside.write_text(f"# {prefix}/bin/python\n")
+    target = Path(place["top"]) / "server-wrote-this"
+    bindir = Path(prefix, "bin")
+    (bindir / "zz-link").symlink_to(outside)
+    script = bindir / "zz-pwn"
+    script.write_text(f"#!{prefix}/bin/python\n")
+    script.chmod(0o4755)
+    (bindir / "zz-pwn.ctm-tmp").symlink_to(target)  # the old fixed temporary name
+    backend.rename("planted", "planted2")
+    renamed = Path(backend.get_environment("planted2").prefix, "bin")
+    assert outside.read_text() == f"# {prefix}/bin/python\n"
+    assert not target.exists()
+    assert (renamed / "zz-link").is_symlink()
+    rewritten = renamed / "zz-pwn"
+    assert rewritten.read_text().startswith(f"#!{renamed.parent}/bin/python")
+    assert rewritten.stat().st_mode & 0o7777 == 0o755
+    backend.delete("planted2")

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import pytest
 
-from ctm_adapters._sandbox import Identities, Sandbox
+from ctm_adapters._sandbox import Identities, Sandbox, SandboxUnavailable
 from ctm_adapters.process import PsutilProcessRunner
 from ctm_adapters.supervised import SupervisedProcessRunner
 from ctm_core.ports import RunLimits, RunResult, RunSpec
@@ -45,20 +45,22 @@ def world() -> Iterator[dict[str, str]]:
     shutil.rmtree(top, ignore_errors=True)
 
 
-@pytest.fixture(params=["in-process", "supervised"])
-def runner(request: pytest.FixtureRequest, world: dict[str, str]) -> Iterator[Any]:
+def make_runner(world: dict[str, str], kind: str) -> Any:
     box = Sandbox.find(hidden=(world["data"], world["homes"]))
     assert box is not None, "bubblewrap (bwrap) is not installed"
     ids = Identities(homes_dir=world["homes"])
-    box.check(ids.for_user("trial", 0) if ids.per_user_uids else None)
+    box.check(ids.trial())
     options: dict[str, Any] = {
         "identities": ids, "sandbox": box, "sample_interval": 0.1, "timeout_grace": 2.0,
     }
-    r: Any
-    if request.param == "supervised":
-        r = SupervisedProcessRunner(instance_id=f"t{uuid.uuid4().hex[:8]}", **options)
-    else:
-        r = PsutilProcessRunner(**options)
+    if kind == "supervised":
+        return SupervisedProcessRunner(instance_id=f"t{uuid.uuid4().hex[:8]}", **options)
+    return PsutilProcessRunner(**options)
+
+
+@pytest.fixture(params=["in-process", "supervised"])
+def runner(request: pytest.FixtureRequest, world: dict[str, str]) -> Iterator[Any]:
+    r = make_runner(world, request.param)
     yield r
     r.close()
 
@@ -264,3 +266,97 @@ def test_conda_style_prefix_runs_with_its_own_libraries(runner: Any, world: dict
     result, log = run(runner, spec)
     assert result.exit_code == 0, log
     assert f"prefix {prefix}" in log and "ok" in log
+
+
+def test_tmp_is_writable_and_no_larger_than_the_memory_limit(
+    runner: Any, world: dict[str, str]
+) -> None:
+    """/tmp and /dev/shm are the run's to write, but hold no more than its memory limit."""
+    spec = make_spec(world, """
+        import os, tempfile
+        for folder in ("/tmp", "/dev/shm"):
+            with tempfile.NamedTemporaryFile(dir=folder) as f:
+                f.write(b"x" * (8 << 20))
+                f.flush()
+                print(folder, "8 MB ok")
+            try:
+                with open(os.path.join(folder, "big"), "wb") as f:
+                    for _ in range(100):
+                        f.write(b"x" * (1 << 20))
+                        f.flush()
+                print(folder, "100 MB written")
+            except OSError as exc:
+                print(folder, "refused", exc.errno)
+    """, limits=RunLimits(memory_mb=64))
+    result, log = run(runner, spec)
+    assert result.exit_code == 0, log
+    assert "/tmp 8 MB ok" in log and "/dev/shm 8 MB ok" in log
+    assert "/tmp refused 28" in log and "/dev/shm refused 28" in log  # ENOSPC
+
+
+def test_cpu_limit_holds_short_lived_children(runner: Any, world: dict[str, str]) -> None:
+    """Children that each burn 50 ms and exit are held to the run's share too."""
+    spec = make_spec(world, """
+        import os, time
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            pids = []
+            for _ in range(2):
+                pid = os.fork()
+                if pid == 0:
+                    stop = time.monotonic() + 0.05
+                    while time.monotonic() < stop:
+                        pass
+                    os._exit(0)
+                pids.append(pid)
+            for pid in pids:
+                os.waitpid(pid, 0)
+        t = os.times()
+        print("cpu", t.user + t.system + t.children_user + t.children_system)
+    """, limits=RunLimits(cpu_cores=0.5))
+    result, log = run(runner, spec)
+    assert result.exit_code == 0, log
+    cpu = float(log.split("cpu ")[1].split()[0])
+    assert cpu <= 1.6, log  # unthrottled: up to 4 s on two cores
+
+
+def test_a_venv_config_cannot_bind_the_data_directory(runner: Any, world: dict[str, str]) -> None:
+    """A pyvenv.cfg whose home names the data directory (a wheel can write one) binds nothing."""
+    fake = Path(world["data"]) / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "python3").write_text("")
+    (fake / "python3").chmod(0o755)
+    cfg = Path(world["venv"]) / "pyvenv.cfg"
+    original = cfg.read_text()
+    cfg.write_text(original + f"home = {fake}\n")
+    try:
+        spec = make_spec(world, f"""
+            import os
+            print("secret", os.path.exists({world['data'] + '/secret.sqlite3'!r}))
+        """)
+        result, log = run(runner, spec)
+    finally:
+        cfg.write_text(original)
+    assert "secret False" in log, log
+
+
+def test_the_script_peak_is_the_floor_even_at_the_very_end(world: dict[str, str]) -> None:
+    """A 300 MB spike in the last moment of a run (between two samples) is its peak: the run
+    supervisor reaps bubblewrap's init, whose figure holds the script's own peak."""
+    runner = make_runner(world, "supervised")
+    spec = make_spec(world, "import time\ntime.sleep(0.7)\nx = b'y' * (300 << 20)\n")
+    try:
+        result, log = run(runner, spec)
+    finally:
+        runner.close()
+    assert result.exit_code == 0, log
+    assert result.peak_memory >= 290 * (1 << 20)
+
+
+def test_trial_fails_without_prlimit() -> None:
+    """Without prlimit no run could start, so the start-up trial fails (required refuses)."""
+    box = Sandbox.find()
+    assert box is not None
+    box.prlimit = None
+    with pytest.raises(SandboxUnavailable, match="prlimit"):
+        box.check()
