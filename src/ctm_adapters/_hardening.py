@@ -12,22 +12,35 @@ from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
+_PR_GET_DUMPABLE = 3
 _PR_SET_DUMPABLE = 4
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int = 0) -> int | None:
+    """``prctl(option, value)``'s result; None when it cannot be called (not Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(option, value, 0, 0, 0))
+    except (OSError, AttributeError):
+        return None
 
 
 def make_undumpable() -> bool:
-    """``prctl(PR_SET_DUMPABLE, 0)``; False when it could not be done (not Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
+    """``prctl(PR_SET_DUMPABLE, 0)``; False when it could not be done."""
+    return _prctl(_PR_SET_DUMPABLE, 0) == 0
 
 
 def is_dumpable() -> bool:
     """The process's dumpable flag as the kernel holds it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    return int(libc.prctl(3, 0, 0, 0, 0)) != 0  # PR_GET_DUMPABLE
+    return bool(_prctl(_PR_GET_DUMPABLE))
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (``PR_SET_CHILD_SUBREAPER``), so that bubblewrap's init comes
+    to this process to be reaped (its ``wait4`` figure holds the script's peak memory); False
+    when it could not be done."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0
 
 
 def scrub_environment(names: Iterable[str]) -> list[str]:

@@ -91,6 +91,24 @@ def read_cpu_ticks(pid: int, starttime: int) -> int | None:
         return None
 
 
+def children(pid: int, *, main_thread_only: bool = False) -> list[int]:
+    """The live children of ``pid``, oldest first per thread, from the kernel's lists (those of
+    every thread, or of the main thread alone)."""
+    if main_thread_only:
+        tids = [str(pid)]
+    else:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return []
+    found: list[int] = []
+    for tid in tids:
+        data = _read(f"/proc/{pid}/task/{tid}/children", 65536)
+        if data:
+            found.extend(int(w) for w in data.split() if w.isdigit())
+    return found
+
+
 def descendants(pid: int) -> list[int]:
     """``pid`` and every process below it now, from the kernel's children lists (cheaper than
     a scan of ``/proc``; a process reparented away from the tree is not found)."""
@@ -98,14 +116,7 @@ def descendants(pid: int) -> list[int]:
     while todo:
         current = todo.pop()
         found.append(current)
-        try:
-            tasks = os.listdir(f"/proc/{current}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            data = _read(f"/proc/{current}/task/{tid}/children", 65536)
-            if data:
-                todo.extend(int(w) for w in data.split() if w.isdigit())
+        todo.extend(children(current))
     return found
 
 

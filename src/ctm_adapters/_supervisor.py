@@ -50,8 +50,9 @@ def read_json(path: str) -> dict[str, Any] | None:
 
 
 def main(state_dir: str) -> int:
+    from ctm_adapters._hardening import become_subreaper
     from ctm_adapters._proctree import read_stat
-    from ctm_adapters.process import Launch, PsutilProcessRunner, become_subreaper
+    from ctm_adapters.process import Launch, PsutilProcessRunner
     from ctm_core.ports import RunSpec
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -37,6 +37,7 @@ from ctm_adapters._proctree import (
     ProcStat,
     RunTree,
     TreeScanner,
+    children,
     descendants,
     read_cpu_ticks,
     read_environ_value,
@@ -1028,18 +1029,6 @@ def _reap_sandbox_init(run: PsutilRunHandle) -> int:
     return int(usage.ru_maxrss) * 1024
 
 
-def become_subreaper() -> bool:
-    """Adopt orphaned descendants (``PR_SET_CHILD_SUBREAPER``), so that bubblewrap's init comes
-    to this process to be reaped; False when it could not be done."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(36, 1, 0, 0, 0)) == 0  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        return False
-
-
 def _mb(value: int) -> str:
     """Bytes as MB for a message: ``256`` or ``0.5``."""
     return f"{value / MB:g}"
@@ -1047,21 +1036,8 @@ def _mb(value: int) -> str:
 
 def _first_child(pid: int | None) -> int | None:
     """The oldest live child of ``pid`` (bubblewrap has exactly one), or None."""
-    if pid is None:
-        return None
-    data = _read_children(pid)
-    for word in data.split():
-        if word.isdigit():
-            return int(word)
-    return None
-
-
-def _read_children(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
-            return f.read()
-    except OSError:
-        return ""
+    found = [] if pid is None else children(pid, main_thread_only=True)
+    return found[0] if found else None
 
 
 def _result(run: PsutilRunHandle, exit_code: int, duration: float, maxrss: int) -> RunResult:

@@ -189,37 +189,33 @@ def _containment(settings: Settings) -> tuple[Any, Any, Containment]:
         if identities.per_user_uids
         else f"the server's uid {os.geteuid()}"
     )
-    limits = (
-        "memory: the monitor ends a run whose process tree passes its limit "
-        f"(sampled every {settings.sample_interval:g} s); processes: "
-    )
-    cpu = "cpu: the run is paused (SIGSTOP/SIGCONT) while over its share, checked every 0.1 s"
-    if settings.sandbox == "off":
-        return None, identities, Containment(
-            contained=False, mode="off", reason="CTM_SANDBOX=off", identity=identity,
-            limits=limits + "the monitor; " + cpu,
+
+    def told(box: Sandbox | None, reason: str) -> Containment:
+        processes = (
+            "prlimit --nproc in the run's own user namespace" if box else "the monitor"
         )
+        return Containment(
+            contained=box is not None, mode=settings.sandbox, reason=reason, identity=identity,
+            limits="memory: the monitor ends a run whose process tree passes its limit "
+            f"(sampled every {settings.sample_interval:g} s); processes: {processes}; cpu: the "
+            "run is paused (SIGSTOP/SIGCONT) while over its share, checked every 0.1 s",
+        )
+
+    if settings.sandbox == "off":
+        return None, identities, told(None, "CTM_SANDBOX=off")
     box = Sandbox.find(hidden=(settings.data_dir, homes))
-    reason = "bubblewrap (bwrap) is not installed"
-    if box is not None:
+    if box is None:
+        reason = "bubblewrap (bwrap) is not installed"
+    else:
         try:
-            trial = identities.trial()
-            box.check(trial)
-            reason = ""
+            box.check(identities.trial())
         except (SandboxUnavailable, ValueError) as exc:
-            reason = str(exc)
-    if reason or box is None:
+            box, reason = None, str(exc)
+    if box is None:
         if settings.sandbox == "required":
             raise SystemExit(f"ctm: CTM_SANDBOX=required but runs cannot be contained: {reason}")
-        return None, identities, Containment(
-            contained=False, mode=settings.sandbox, reason=reason, identity=identity,
-            limits=limits + "the monitor; " + cpu,
-        )
-    return box, identities, Containment(
-        contained=True, mode=settings.sandbox, reason=f"bubblewrap {box.bwrap}",
-        identity=identity,
-        limits=limits + "prlimit --nproc in the run's own user namespace; " + cpu,
-    )
+        return None, identities, told(None, reason)
+    return box, identities, told(box, f"bubblewrap {box.bwrap}")
 
 
 def _process_runner(settings: Settings, sandbox: Any, identities: Any) -> ProcessRunner:

@@ -29,10 +29,6 @@ def _bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
-def _on_off(value: str) -> bool:
-    return _bool(value)
-
-
 def _sandbox_mode(value: str) -> str:
     v = value.strip().lower()
     if v not in ("auto", "required", "off"):
@@ -156,7 +152,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "CTM_SUPERVISED_RUNS": ("supervised_runs", _bool),
     "CTM_MAX_BODY_BYTES": ("max_body_bytes", int),
     "CTM_SANDBOX": ("sandbox", _sandbox_mode),
-    "CTM_RUN_NETWORK": ("run_network", _on_off),
+    "CTM_RUN_NETWORK": ("run_network", _bool),
     "CTM_HOMES_DIR": ("homes_dir", str),
     "CTM_RUN_UIDS": ("run_uids", _uid_range),
     "CTM_INSTALL_ONLY_BINARY": ("install_only_binary", _bool),

@@ -49,6 +49,11 @@ class Server:
                  "--data-dir", str(self.data_dir)],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )
+        self.wait_up(timeout)
+
+    def wait_up(self, timeout: float) -> None:
+        """Poll until the started server answers; fail with its log if it exits or is slow."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -228,9 +228,22 @@ def test_short_runs_never_record_zero_memory(runner: Any, world: dict[str, str])
     assert not zeros
 
 
+PRINT_CPU = """
+t = os.times()
+print("cpu", t.user + t.system + t.children_user + t.children_system)
+"""
+
+
+def cpu_seconds(runner: Any, spec: RunSpec) -> tuple[float, str]:
+    """Run ``spec`` (whose script ends with ``PRINT_CPU``): the CPU seconds it printed, its log."""
+    result, log = run(runner, spec)
+    assert result.exit_code == 0, log
+    return float(log.split("cpu ")[1].split()[0]), log
+
+
 def test_cpu_limit_holds_a_busy_run_to_its_share(runner: Any, world: dict[str, str]) -> None:
     """Two busy processes under cpu_limit 0.5 get about half a core between them, not two."""
-    spec = make_spec(world, """
+    spec = make_spec(world, textwrap.dedent("""
         import os, time
         pid = os.fork()
         end = time.monotonic() + 2.0
@@ -239,12 +252,8 @@ def test_cpu_limit_holds_a_busy_run_to_its_share(runner: Any, world: dict[str, s
         if pid == 0:
             os._exit(0)
         os.waitpid(pid, 0)
-        t = os.times()
-        print("cpu", t.user + t.system + t.children_user + t.children_system)
-    """, limits=RunLimits(cpu_cores=0.5))
-    result, log = run(runner, spec)
-    assert result.exit_code == 0, log
-    cpu = float(log.split("cpu ")[1].split()[0])
+    """) + PRINT_CPU, limits=RunLimits(cpu_cores=0.5))
+    cpu, log = cpu_seconds(runner, spec)
     # Unthrottled, both loops would burn ~2 s each (4 s on two free cores); half a core for the
     # ~2 s of wall time is ~1 s. Less is fine (a busy machine gives less).
     assert 0 < cpu <= 1.6, log
@@ -296,7 +305,7 @@ def test_tmp_is_writable_and_no_larger_than_the_memory_limit(
 
 def test_cpu_limit_holds_short_lived_children(runner: Any, world: dict[str, str]) -> None:
     """Children that each burn 50 ms and exit are held to the run's share too."""
-    spec = make_spec(world, """
+    spec = make_spec(world, textwrap.dedent("""
         import os, time
         end = time.monotonic() + 2.0
         while time.monotonic() < end:
@@ -311,12 +320,8 @@ def test_cpu_limit_holds_short_lived_children(runner: Any, world: dict[str, str]
                 pids.append(pid)
             for pid in pids:
                 os.waitpid(pid, 0)
-        t = os.times()
-        print("cpu", t.user + t.system + t.children_user + t.children_system)
-    """, limits=RunLimits(cpu_cores=0.5))
-    result, log = run(runner, spec)
-    assert result.exit_code == 0, log
-    cpu = float(log.split("cpu ")[1].split()[0])
+    """) + PRINT_CPU, limits=RunLimits(cpu_cores=0.5))
+    cpu, log = cpu_seconds(runner, spec)
     assert cpu <= 1.6, log  # unthrottled: up to 4 s on two cores
 
 
