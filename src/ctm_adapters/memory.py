@@ -303,6 +303,10 @@ class InMemoryRepository:
             del self._tasks[task_id]
             return [ex.log_path for ex in self._sorted(doomed) if ex.log_path is not None]
 
+    def count_tasks_owned_by(self, owner_id: int) -> int:
+        with self._lock:
+            return sum(1 for t in self._tasks.values() if t.owner_id == owner_id)
+
     def tasks_using_environment(self, name: str) -> list[Task]:
         """Tasks whose ``conda_env`` is ``name``, by id."""
         with self._lock:

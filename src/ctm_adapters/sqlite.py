@@ -718,6 +718,11 @@ class SqliteRepository:
             rows = self._rows("SELECT * FROM tasks WHERE conda_env = ? ORDER BY id", (name,))
         return [_task_from_row(r) for r in rows]
 
+    def count_tasks_owned_by(self, owner_id: int) -> int:
+        with self._lock:
+            row = self._one("SELECT COUNT(*) AS n FROM tasks WHERE owner_id = ?", (owner_id,))
+        return int(row["n"]) if row is not None else 0
+
     # --- executions ----------------------------------------------------------------------------
 
     def add_execution(self, execution: Execution, *, task: Task | None = None) -> None:

@@ -296,6 +296,10 @@ class Repository(Protocol):
 
     def tasks_using_environment(self, name: str) -> list[Task]: ...
 
+    def count_tasks_owned_by(self, owner_id: int) -> int:
+        """How many tasks ``owner_id`` owns."""
+        ...
+
     # executions
     def add_execution(self, execution: Execution, *, task: Task | None = None) -> None:
         """Store a new execution, and ``task``'s new state in the same transaction (a firing

@@ -242,8 +242,7 @@ class TaskService:
         limit = self.policy.max_tasks_per_user
         if limit is None or actor.is_admin:
             return
-        owned = sum(1 for t in self.repo.list_tasks() if t.owner_id == actor.user_id)
-        if owned >= limit:
+        if self.repo.count_tasks_owned_by(actor.user_id) >= limit:
             raise TaskLimitReached(limit)
 
     def _free_name(self, wanted: str) -> str:

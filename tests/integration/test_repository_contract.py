@@ -404,6 +404,15 @@ def test_tasks_using_environment(repo: Repository) -> None:
     assert repo.tasks_using_environment("none") == []
 
 
+def test_count_tasks_owned_by(repo: Repository) -> None:
+    """count_tasks_owned_by counts one owner's tasks only."""
+    repo.add_task(make_task("a", owner_id=1))
+    repo.add_task(make_task("b", owner_id=2))
+    repo.add_task(make_task("c", owner_id=1))
+    assert (repo.count_tasks_owned_by(1), repo.count_tasks_owned_by(2)) == (2, 1)
+    assert repo.count_tasks_owned_by(99) == 0
+
+
 # --- executions --------------------------------------------------------------------------------
 
 
