@@ -841,6 +841,7 @@ class PsutilProcessRunner:
             run._term_sent = True
         deadline = time.monotonic() + max(0.0, grace)
         if send_term:
+            _read_last_peak(run)
             self._signal(run, signal.SIGTERM, self._alive(run))
         while grace > 0:
             remaining = deadline - time.monotonic()
@@ -1009,6 +1010,17 @@ def _copy_output(run: PsutilRunHandle) -> None:
                 return
     finally:
         os.close(fd)
+
+
+def _read_last_peak(run: PsutilRunHandle) -> None:
+    """Read the script's own peak once more before it is signalled: a run stopped between two
+    samples would otherwise keep only what the monitor saw before its last allocation."""
+    payload = run.payload_pid()
+    if payload is None:
+        return
+    peak = read_peak_rss(payload)
+    with run._lock:
+        run._os_peak = max(run._os_peak, peak)
 
 
 def _reap_sandbox_init(run: PsutilRunHandle) -> int:

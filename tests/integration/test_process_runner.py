@@ -174,12 +174,35 @@ def test_one_monitor_thread_samples_many_runs(runner: PsutilProcessRunner, tmp_p
         wait_for_line(s, "^ready")
     assert len(monitors() - before) <= 1
     assert len(monitors()) <= len(before) + 1
-    wait_until(lambda: all(h._samples >= 3 for h in handles))
+    at_ready = [h._samples for h in handles]  # a slow start may have been sampled before it
+    wait_until(lambda: all(h._samples >= n + 2 for h, n in zip(handles, at_ready, strict=True)))
     for h in handles:
         runner.stop(h, 5)
     results = [runner.wait(h) for h in handles]
     for i, result in enumerate(results):
         assert (20 * (i + 1)) * MB <= result.peak_memory <= (20 * (i + 1) + 40) * MB
+
+
+def test_a_run_stopped_between_samples_keeps_its_peak(tmp_path: Path) -> None:
+    """Stopped right after a big allocation, before the monitor's next sample: the peak is still
+    the script's own (the server's own peak may hide it from wait4's figure)."""
+    ballast = bytearray(200 * MB)  # this process's own peak now hides the run's from wait4
+    del ballast
+    runner = PsutilProcessRunner(sample_interval=60.0, timeout_grace=5.0)
+    try:
+        s = spec(tmp_path, """
+            import time
+            time.sleep(0.5)  # past the early peak reads of a young run
+            block = bytearray(120 * 1024 * 1024)
+            print("ready", flush=True)
+            time.sleep(30)
+        """)
+        handle = runner.start(s)
+        wait_for_line(s, "^ready")
+        runner.stop(handle, 5)
+        assert runner.wait(handle).peak_memory >= 120 * MB
+    finally:
+        runner.close()
 
 
 # ------------------------------------------------------------------ output
