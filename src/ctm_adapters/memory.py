@@ -9,13 +9,15 @@ every method atomic, which also makes the multi-row changes all-or-nothing.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import attrs
 
-from ctm_core.errors import TaskExists, TaskNotFound, UserExists
+from ctm_core.errors import TaskExists, TaskLimitReached, TaskNotFound, UserExists
 from ctm_core.models import Execution, ExecutionStatus, Session, Task, TaskStatus, User
+from ctm_core.ports import ExecutionSummary
 
 __all__ = ["InMemoryRepository"]
 
@@ -254,10 +256,15 @@ class InMemoryRepository:
 
     # --- tasks ---------------------------------------------------------------------------------
 
-    def add_task(self, task: Task) -> Task:
+    def add_task(self, task: Task, *, owner_limit: int | None = None) -> Task:
         """Store ``task`` (its ``id`` is ignored) and return it with the id given. Raises
-        ``TaskExists`` when the name is taken. Ids are never reused, even after a delete."""
+        ``TaskExists`` when the name is taken, ``TaskLimitReached`` when ``owner_limit`` is given
+        and the owner already owns that many. Ids are never reused, even after a delete."""
         with self._lock:
+            if owner_limit is not None and task.owner_id is not None:
+                owned = sum(1 for t in self._tasks.values() if t.owner_id == task.owner_id)
+                if owned >= owner_limit:
+                    raise TaskLimitReached(owner_limit)
             if any(t.name == task.name for t in self._tasks.values()):
                 raise TaskExists(task.name)
             stored = _copy(task)
@@ -269,10 +276,13 @@ class InMemoryRepository:
     def get_task(self, task_id: int) -> Task:
         """Raises ``TaskNotFound``."""
         with self._lock:
-            task = self._tasks.get(task_id)
-            if task is None:
-                raise TaskNotFound(task_id)
-            return _copy(task)
+            return _copy(self._task(task_id))
+
+    def _task(self, task_id: int) -> Task:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
 
     def get_task_by_name(self, name: str) -> Task | None:
         with self._lock:
@@ -285,6 +295,48 @@ class InMemoryRepository:
         """All tasks by id."""
         with self._lock:
             return [_copy(self._tasks[i]) for i in sorted(self._tasks)]
+
+    def list_tasks_with_latest(self) -> list[tuple[Task, Execution | None]]:
+        """All tasks by id with their latest execution."""
+        with self._lock:
+            out = []
+            for i in sorted(self._tasks):
+                task = self._tasks[i]
+                stored = self._executions.get(task.last_execution_id or "")
+                out.append((_copy(task), None if stored is None else _copy(stored.execution)))
+            return out
+
+    def due_tasks(self, now: datetime) -> list[Task]:
+        """Tasks due at or before ``now``, earliest due first."""
+        at = _utc(now)
+        with self._lock:
+            due = [t for t in self._tasks.values() if t.next_run_at is not None]
+            return [
+                _copy(t)
+                for t in sorted(due, key=lambda t: (t.next_run_at, t.id))
+                if t.next_run_at is not None and t.next_run_at <= at
+            ]
+
+    def earliest_next_run(self) -> datetime | None:
+        with self._lock:
+            return min(
+                (t.next_run_at for t in self._tasks.values() if t.next_run_at is not None),
+                default=None,
+            )
+
+    def set_task_script(self, task_id: int, *, name: str, script_path: str) -> None:
+        """Raises ``TaskNotFound``, and ``TaskExists`` when ``name`` is taken."""
+        with self._lock:
+            task = self._task(task_id)
+            if any(t.name == name and t.id != task_id for t in self._tasks.values()):
+                raise TaskExists(name)
+            task.name, task.script_path = name, script_path
+
+    def unschedule_task(self, task_id: int) -> None:
+        """Raises ``TaskNotFound``."""
+        with self._lock:
+            task = self._task(task_id)
+            task.next_run_at = task.cron_expression = None
 
     def update_task(self, task: Task) -> None:
         """Raises ``TaskNotFound``, and ``TaskExists`` when renamed to a name taken."""
@@ -316,45 +368,80 @@ class InMemoryRepository:
                 if self._tasks[i].conda_env == name
             ]
 
-    # --- executions ----------------------------------------------------------------------------
+    # --- executions: changes -------------------------------------------------------------------
 
-    def add_execution(self, execution: Execution, *, task: Task | None = None) -> None:
-        """Store a new execution (and update ``task`` in the same transaction). Raises
-        ``TaskNotFound`` when its task does not exist and ``ValueError`` when its id is taken."""
-        with self._lock:
-            self._check_execution(execution)
-            if execution.id in self._executions:
-                raise ValueError(f"execution {execution.id!r} exists")
-            if task is not None:
-                self._check_task_update(task)
-                self._tasks[task.id] = _copy(task)
-            self._last_seq += 1
-            self._executions[execution.id] = _Stored(self._last_seq, _copy(execution))
+    def _insert(self, execution: Execution) -> None:
+        self._check_execution(execution)
+        if execution.id in self._executions:
+            raise ValueError(f"execution {execution.id!r} exists")
+        self._last_seq += 1
+        self._executions[execution.id] = _Stored(self._last_seq, _copy(execution))
 
-    def record_skip(self, skip: Execution, *, task: Task) -> Execution:
-        """Add a skipped occurrence to the task's latest execution when that is a skipped
-        record, else store ``skip`` as a new one; update ``task`` in the same transaction.
-        Returns the record as stored. Raises ``TaskNotFound`` and ``ValueError``."""
-        if ExecutionStatus(skip.status) is not ExecutionStatus.SKIPPED or skip.task_id != task.id:
-            raise ValueError(f"execution {skip.id!r} is not a skipped execution of task {task.id}")
+    def add_execution(self, execution: Execution) -> None:
+        """Store a new execution. Raises ``TaskNotFound`` when its task does not exist and
+        ``ValueError`` when its id is taken."""
         with self._lock:
-            self._check_task_update(task)
-            own = [s for s in self._executions.values() if s.execution.task_id == task.id]
-            latest = max(own, key=lambda s: s.seq, default=None)
-            if latest is None or latest.execution.status is not ExecutionStatus.SKIPPED:
-                if skip.id in self._executions:
-                    raise ValueError(f"execution {skip.id!r} exists")
-                self._tasks[task.id] = _copy(task)
-                self._last_seq += 1
-                self._executions[skip.id] = _Stored(self._last_seq, _copy(skip))
-                return _copy(skip)
-            self._tasks[task.id] = _copy(task)
-            merged = latest.execution
-            merged.skip_count += skip.skip_count
-            merged.last_skipped_at = skip.last_skipped_at
-            merged.end_time = skip.end_time
-            latest.execution = _copy(merged)
-            return _copy(merged)
+            self._insert(execution)
+
+    def claim_occurrence(
+        self, execution: Execution, *, due: datetime, next_run_at: datetime | None
+    ) -> Execution | None:
+        """Move the task's schedule from ``due`` to ``next_run_at`` and store ``execution``, only
+        if ``due`` is still the task's next run (see the port)."""
+        skipped = ExecutionStatus(execution.status) is ExecutionStatus.SKIPPED
+        if skipped and (
+            execution.skip_count < 1
+            or execution.first_skipped_at is None
+            or execution.last_skipped_at is None
+        ):
+            raise ValueError(f"execution {execution.id!r} is not a skipped record of an occurrence")
+        with self._lock:
+            task = self._tasks.get(execution.task_id)
+            if task is None or task.next_run_at is None or task.next_run_at != _utc(due):
+                return None
+            if skipped:
+                own = [s for s in self._executions.values() if s.execution.task_id == task.id]
+                latest = max(own, key=lambda s: s.seq, default=None)
+                if latest is not None and latest.execution.status is ExecutionStatus.SKIPPED:
+                    merged = latest.execution
+                    merged.skip_count += execution.skip_count
+                    merged.last_skipped_at = execution.last_skipped_at
+                    merged.end_time = execution.end_time
+                    latest.execution = _copy(merged)
+                    task.next_run_at = None if next_run_at is None else _utc(next_run_at)
+                    return _copy(merged)
+            self._insert(execution)
+            task.next_run_at = None if next_run_at is None else _utc(next_run_at)
+            return _copy(execution)
+
+    def record_run_start(self, execution: Execution) -> bool:
+        """Store the started execution and mark its task running, in one step."""
+        with self._lock:
+            task = self._tasks.get(execution.task_id)
+            if task is None or execution.id not in self._executions:
+                return False
+            self._put_execution(execution)
+            task.status = TaskStatus.RUNNING
+            task.last_run_at = None if execution.start_time is None else _utc(execution.start_time)
+            task.last_execution_id = execution.id
+            return True
+
+    def record_run_end(self, execution: Execution, *, only_if_latest: bool = False) -> bool:
+        """Store the ended execution and set its task's state from it, in one step."""
+        with self._lock:
+            if execution.id not in self._executions:
+                return False
+            self._put_execution(execution)
+            task = self._tasks.get(execution.task_id)
+            if task is None or (
+                only_if_latest and task.last_execution_id not in (None, execution.id)
+            ):
+                return True
+            task.status = TaskStatus(ExecutionStatus(execution.status).value)
+            task.last_execution_id = execution.id
+            task.last_run_at = None if execution.start_time is None else _utc(execution.start_time)
+            task.last_run_duration = execution.duration
+            return True
 
     def update_execution(self, execution: Execution) -> None:
         """Replace a stored execution's fields. An unknown (e.g. pruned) one is ignored."""
@@ -362,57 +449,6 @@ class InMemoryRepository:
             if execution.id in self._executions:
                 self._check_execution(execution)
             self._put_execution(execution)
-
-    def save_run_state(self, task: Task, execution: Execution) -> None:
-        """Update a task and one of its executions in one transaction. Raises ``TaskNotFound``
-        (and ``TaskExists``) with nothing changed."""
-        if execution.task_id != task.id:
-            raise ValueError(f"execution {execution.id!r} is not of task {task.id}")
-        with self._lock:
-            self._check_task_update(task)
-            self._check_execution(execution)
-            task, execution = _copy(task), _copy(execution)  # both checked before either lands
-            self._tasks[task.id] = task
-            self._put_execution(execution)
-
-    def get_execution(self, execution_id: str) -> Execution | None:
-        with self._lock:
-            stored = self._executions.get(execution_id)
-            return None if stored is None else _copy(stored.execution)
-
-    def list_executions(self, task_id: int) -> list[Execution]:
-        """A task's executions, newest first: not yet started ones first, then by start time,
-        then by scheduled time (unscheduled first), then the latest stored first."""
-        with self._lock:
-            return self._sorted(
-                [s for s in self._executions.values() if s.execution.task_id == task_id]
-            )
-
-    def executions_since(self, since: datetime) -> list[Execution]:
-        """Every execution that started at or after ``since``, newest first."""
-        start = _utc(since)
-        with self._lock:
-            return self._sorted(
-                [
-                    s
-                    for s in self._executions.values()
-                    if s.execution.start_time is not None and s.execution.start_time >= start
-                ]
-            )
-
-    def all_finished_executions(self) -> list[Execution]:
-        """Every execution whose status is completed, failed or stopped, newest first."""
-        with self._lock:
-            return self._sorted(
-                [s for s in self._executions.values() if s.execution.status.finished]
-            )
-
-    def unfinished_executions(self) -> list[Execution]:
-        """Executions left ``queued`` or ``running``, newest first."""
-        with self._lock:
-            return self._sorted(
-                [s for s in self._executions.values() if s.execution.status in _UNFINISHED]
-            )
 
     def prune_executions(self, before: datetime) -> list[str]:
         """Delete finished or skipped executions that ended before ``before``; return their log
@@ -429,3 +465,104 @@ class InMemoryRepository:
             for stored in doomed:
                 del self._executions[stored.execution.id]
             return [s.execution.log_path for s in doomed if s.execution.log_path is not None]
+
+    # --- executions: reads ---------------------------------------------------------------------
+
+    def get_execution(self, execution_id: str) -> Execution | None:
+        with self._lock:
+            stored = self._executions.get(execution_id)
+            return None if stored is None else _copy(stored.execution)
+
+    def list_executions(self, task_id: int) -> list[Execution]:
+        """A task's executions, newest first: not yet started ones first, then by start time,
+        then by scheduled time (unscheduled first), then the latest stored first."""
+        with self._lock:
+            return self._sorted(
+                [s for s in self._executions.values() if s.execution.task_id == task_id]
+            )
+
+    def execution_page(
+        self,
+        *,
+        limit: int,
+        task_id: int | None = None,
+        started_since: datetime | None = None,
+        before: str | None = None,
+        include_skipped: bool = True,
+    ) -> list[Execution]:
+        """A page of executions in ``list_executions``'s order (see the port)."""
+        since = None if started_since is None else _utc(started_since)
+        with self._lock:
+            chosen = [
+                s
+                for s in self._executions.values()
+                if (task_id is None or s.execution.task_id == task_id)
+                and (
+                    since is None
+                    or (s.execution.start_time is not None and s.execution.start_time >= since)
+                )
+                and (include_skipped or s.execution.status is not ExecutionStatus.SKIPPED)
+            ]
+            if before is not None:
+                anchor = self._executions.get(before)
+                if anchor is None:
+                    return []
+                key = _newest_first(anchor)
+                chosen = [s for s in chosen if _newest_first(s) < key]
+            return self._sorted(chosen)[: max(0, limit)]
+
+    def latest_started(self, limit: int) -> list[Execution]:
+        """The ``limit`` running or finished executions started last, newest first."""
+        with self._lock:
+            started = [
+                s
+                for s in self._executions.values()
+                if s.execution.start_time is not None
+                and (s.execution.status.finished or s.execution.status is ExecutionStatus.RUNNING)
+            ]
+            return self._sorted(started)[: max(0, limit)]
+
+    def summarize_executions(self, *, environment: str | None = None) -> ExecutionSummary:
+        """Counts and durations of finished executions (of one environment's tasks)."""
+        with self._lock:
+            in_env = {t.id for t in self._tasks.values() if t.conda_env == environment}
+            finished = [
+                s.execution
+                for s in self._executions.values()
+                if s.execution.status.finished
+                and (environment is None or s.execution.task_id in in_env)
+            ]
+        durations = [e.duration for e in finished if e.duration is not None]
+        return ExecutionSummary(
+            finished=len(finished),
+            completed=sum(1 for e in finished if e.status is ExecutionStatus.COMPLETED),
+            timed=len(durations),
+            total_duration=float(sum(durations)),
+            min_duration=min(durations, default=None),
+            max_duration=max(durations, default=None),
+        )
+
+    def count_outcomes(self, boundaries: Sequence[datetime]) -> list[tuple[int, int]]:
+        """(completed, failed) executions ended in each interval of ``boundaries``."""
+        edges = [_utc(b) for b in boundaries]
+        counts = [[0, 0] for _ in range(max(0, len(edges) - 1))]
+        with self._lock:
+            ended = [s.execution for s in self._executions.values()]
+        for e in ended:
+            if e.end_time is None or e.status not in (
+                ExecutionStatus.COMPLETED,
+                ExecutionStatus.FAILED,
+            ):
+                continue
+            for i in range(len(counts)):
+                if edges[i] <= e.end_time < edges[i + 1]:
+                    counts[i][0 if e.status is ExecutionStatus.COMPLETED else 1] += 1
+                    break
+        return [(c, f) for c, f in counts]
+
+    def unfinished_executions(self) -> list[Execution]:
+        """Executions left ``queued`` or ``running``, newest first."""
+        with self._lock:
+            return self._sorted(
+                [s for s in self._executions.values() if s.execution.status in _UNFINISHED]
+            )

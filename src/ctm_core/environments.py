@@ -11,7 +11,7 @@ import attrs
 
 from ctm_core.auth import require_owner
 from ctm_core.errors import EnvironmentExists, EnvironmentInUse, EnvironmentNotFound, InvalidInput
-from ctm_core.models import DiskUsage, Environment, ExecutionStatus, Principal, Task, TaskStatus
+from ctm_core.models import DiskUsage, Environment, Principal, Task, TaskStatus
 from ctm_core.ports import EnvironmentBackend, Repository
 from ctm_core.validation import validate_environment_name, validate_specs
 
@@ -19,24 +19,70 @@ PYTHON_VERSION_MAX = 16
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+class _SharedLock:
+    """One key's lock: any number of shared holders, or one exclusive holder. A waiting
+    exclusive holder goes first: new shared holders wait behind it (no starvation)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.shared = 0
+        self.exclusive = False
+        self.waiting = 0
+
+    def free(self) -> bool:
+        """Nobody holds it (``cond`` held)."""
+        return not self.exclusive and not self.shared
+
+
 class KeyedLocks:
-    """One lock per key, created on demand: serializes changes to one environment."""
+    """One lock per key, created on demand: serializes changes to one environment (``hold``)
+    while run starts, which may go on side by side, share it (``hold_shared``)."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, _SharedLock] = {}
+
+    def _lock(self, key: str) -> _SharedLock:
+        with self._guard:
+            return self._locks.setdefault(key, _SharedLock())
 
     @contextmanager
     def hold(self, *keys: str) -> Iterator[None]:
-        with self._guard:
-            locks = [self._locks.setdefault(k, threading.Lock()) for k in sorted(set(keys))]
-        for lock in locks:
-            lock.acquire()
+        """Hold every key exclusively (taken in sorted order: no deadlock between holders)."""
+        locks = [self._lock(k) for k in sorted(set(keys))]
+        taken: list[_SharedLock] = []
+        try:
+            for lock in locks:
+                with lock.cond:
+                    lock.waiting += 1
+                    try:
+                        lock.cond.wait_for(lock.free)
+                    finally:
+                        lock.waiting -= 1
+                    lock.exclusive = True
+                taken.append(lock)
+            yield
+        finally:
+            for lock in reversed(taken):
+                with lock.cond:
+                    lock.exclusive = False
+                    lock.cond.notify_all()
+
+    @contextmanager
+    def hold_shared(self, key: str) -> Iterator[None]:
+        """Hold ``key`` beside other shared holders; not while it is (or waits to be) held
+        exclusively."""
+        lock = self._lock(key)
+        with lock.cond:
+            lock.cond.wait_for(lambda: not lock.exclusive and not lock.waiting)
+            lock.shared += 1
         try:
             yield
         finally:
-            for lock in reversed(locks):
-                lock.release()
+            with lock.cond:
+                lock.shared -= 1
+                if not lock.shared:
+                    lock.cond.notify_all()
 
 
 @attrs.frozen(kw_only=True)
@@ -111,19 +157,15 @@ class EnvironmentService:
     def detail(self, name: str) -> EnvironmentDetail:
         env = self.get_environment(name)
         tasks = self.repo.tasks_using_environment(name)
-        durations: list[float] = []
-        completed = finished = 0
-        for task in tasks:
-            for ex in self.repo.list_executions(task.id):
-                if ex.status.finished:
-                    finished += 1
-                    completed += ex.status is ExecutionStatus.COMPLETED
-                    if ex.duration is not None:
-                        durations.append(ex.duration)
+        summary = self.repo.summarize_executions(environment=name)
         usage = UsageStats(
             total_tasks=len(tasks),
-            success_rate=round(100 * completed / finished, 1) if finished else 0,
-            avg_execution_time=round(sum(durations) / len(durations), 2) if durations else 0,
+            success_rate=(
+                round(100 * summary.completed / summary.finished, 1) if summary.finished else 0
+            ),
+            avg_execution_time=(
+                round(summary.total_duration / summary.timed, 2) if summary.timed else 0
+            ),
             disk_usage_bytes=self.backend.disk_usage().per_environment.get(name, 0),
         )
         return EnvironmentDetail(environment=env, usage=usage)

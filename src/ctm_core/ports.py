@@ -210,6 +210,19 @@ class ProcessRunner(Protocol):
         ...
 
 
+@attrs.frozen(kw_only=True)
+class ExecutionSummary:
+    """Counts and durations of finished (completed, failed or stopped) executions."""
+
+    finished: int
+    completed: int
+    timed: int
+    """How many of them have a duration."""
+    total_duration: float
+    min_duration: float | None
+    max_duration: float | None
+
+
 class Repository(Protocol):
     """All state: users, sessions, login failures, environment owners, tasks, executions.
 
@@ -271,9 +284,10 @@ class Repository(Protocol):
     def forget_environment(self, name: str) -> None: ...
 
     # tasks
-    def add_task(self, task: Task) -> Task:
+    def add_task(self, task: Task, *, owner_limit: int | None = None) -> Task:
         """Store ``task`` (its ``id`` is ignored) and return it with the id given. Raises
-        ``TaskExists`` when the name is taken."""
+        ``TaskExists`` when the name is taken, and ``TaskLimitReached`` when ``owner_limit`` is
+        given and the task's owner already owns that many (counted in the same transaction)."""
         ...
 
     def get_task(self, task_id: int) -> Task:
@@ -286,8 +300,33 @@ class Repository(Protocol):
         """All tasks by id."""
         ...
 
+    def list_tasks_with_latest(self) -> list[tuple[Task, Execution | None]]:
+        """All tasks by id, each with its ``last_execution_id`` execution (None when it has none
+        or it was pruned), read together."""
+        ...
+
+    def due_tasks(self, now: datetime) -> list[Task]:
+        """Tasks whose ``next_run_at`` is at or before ``now``, earliest due first."""
+        ...
+
+    def earliest_next_run(self) -> datetime | None:
+        """The earliest ``next_run_at`` of any task; None when no task is scheduled."""
+        ...
+
+    def set_task_script(self, task_id: int, *, name: str, script_path: str) -> None:
+        """Set a task's name and script path (nothing else). Raises ``TaskNotFound``, and
+        ``TaskExists`` when the name is taken."""
+        ...
+
+    def unschedule_task(self, task_id: int) -> None:
+        """Clear the task's ``next_run_at`` and ``cron_expression``: once this returns, no
+        occurrence of it can be claimed. Raises ``TaskNotFound``."""
+        ...
+
     def update_task(self, task: Task) -> None:
-        """Raises ``TaskNotFound``."""
+        """Replace every stored field of ``task``. Raises ``TaskNotFound``, and ``TaskExists``
+        when renamed to a name taken. Overwrites what another actor changed meanwhile: the core
+        uses the targeted changes above."""
         ...
 
     def delete_task(self, task_id: int) -> list[str]:
@@ -301,43 +340,77 @@ class Repository(Protocol):
         ...
 
     # executions
-    def add_execution(self, execution: Execution, *, task: Task | None = None) -> None:
-        """Store a new execution, and ``task``'s new state in the same transaction (a firing
-        must move the schedule on atomically, or a crash could run it twice). Raises
-        ``TaskNotFound`` when its task does not exist and ``ValueError`` when the id is taken."""
+    def add_execution(self, execution: Execution) -> None:
+        """Store a new execution. Raises ``TaskNotFound`` when its task does not exist and
+        ``ValueError`` when the id is taken."""
         ...
 
-    def record_skip(self, skip: Execution, *, task: Task) -> Execution:
-        """Record a skipped occurrence and store ``task``'s new state, in one transaction.
-
-        ``skip`` is a ``skipped`` execution of ``task`` (``skip_count`` 1 and ``first_skipped_at``
-        = ``last_skipped_at`` = the occurrence, for one). When the latest execution stored for the
-        task is a ``skipped`` one (nothing ran or was queued since), that record absorbs ``skip``:
-        its ``skip_count`` grows by ``skip``'s, its ``last_skipped_at`` and ``end_time`` become
-        ``skip``'s; otherwise ``skip`` is stored as a new record. Returns the record as stored.
-        Raises ``TaskNotFound`` (nothing stored) and ``ValueError`` when ``skip`` is not a
-        skipped execution of ``task`` or a new record's id is taken."""
+    def claim_occurrence(
+        self, execution: Execution, *, due: datetime, next_run_at: datetime | None
+    ) -> Execution | None:
+        """Fire the occurrence ``due`` of ``execution.task_id``, in one transaction: only when the
+        task's ``next_run_at`` still is ``due`` (compare-and-set: two firings of one occurrence
+        cannot both succeed, nor a firing of a task deleted or unscheduled meanwhile), set it to
+        ``next_run_at`` and store ``execution``. A ``queued`` execution is a new record. A
+        ``skipped`` one (``skip_count`` 1 and ``first_skipped_at`` = ``last_skipped_at`` = the
+        occurrence) is absorbed by the task's latest stored execution when that is a skipped
+        record (nothing ran or was queued since: its ``skip_count`` grows, its
+        ``last_skipped_at`` and ``end_time`` become the new one's), else stored as a new record.
+        Returns the record as stored, or None when nothing was claimed. Raises ``ValueError``
+        when a new record's id is taken or a skipped ``execution`` is malformed."""
         ...
 
-    def update_execution(self, execution: Execution) -> None: ...
+    def record_run_start(self, execution: Execution) -> bool:
+        """Store a started execution (every field) and mark its task ``running`` with this as its
+        latest run (``last_run_at``, ``last_execution_id``), in one transaction. False, with
+        nothing stored, when the execution or its task no longer exists."""
+        ...
 
-    def save_run_state(self, task: Task, execution: Execution) -> None:
-        """Update a task and one of its executions in one transaction."""
+    def record_run_end(self, execution: Execution, *, only_if_latest: bool = False) -> bool:
+        """Store an ended execution (every field) and set its task's ``status`` (the execution's),
+        ``last_execution_id``, ``last_run_at`` (its start) and ``last_run_duration``, in one
+        transaction. With ``only_if_latest`` the task changes only when its
+        ``last_execution_id`` is this execution or none. False, with nothing stored, when the
+        execution no longer exists."""
+        ...
+
+    def update_execution(self, execution: Execution) -> None:
+        """Replace a stored execution's fields. An unknown (e.g. pruned) one is ignored."""
         ...
 
     def get_execution(self, execution_id: str) -> Execution | None: ...
 
     def list_executions(self, task_id: int) -> list[Execution]:
         """A task's executions, newest first: not yet started ones first, then by start time,
-        then scheduled time, then the latest stored first."""
+        then scheduled time (unscheduled first), then the latest stored first."""
         ...
 
-    def executions_since(self, since: datetime) -> list[Execution]:
-        """Every execution that started at or after ``since``, newest first."""
+    def execution_page(
+        self,
+        *,
+        limit: int,
+        task_id: int | None = None,
+        started_since: datetime | None = None,
+        before: str | None = None,
+        include_skipped: bool = True,
+    ) -> list[Execution]:
+        """At most ``limit`` executions in ``list_executions``'s order: of one task, or (with
+        ``started_since``) those started at or after it, and only those that come after the
+        execution ``before`` in that order (none when ``before`` is unknown)."""
         ...
 
-    def all_finished_executions(self) -> list[Execution]:
-        """Every execution whose status is completed, failed or stopped."""
+    def latest_started(self, limit: int) -> list[Execution]:
+        """The ``limit`` executions started last that are running or finished, newest first."""
+        ...
+
+    def summarize_executions(self, *, environment: str | None = None) -> ExecutionSummary:
+        """Counts and durations of every finished execution (of the tasks using
+        ``environment``, when given), computed by the store."""
+        ...
+
+    def count_outcomes(self, boundaries: Sequence[datetime]) -> list[tuple[int, int]]:
+        """(completed, failed) executions that ended in each interval ``[b[i], b[i + 1])`` of
+        the ascending ``boundaries``: one pair fewer than there are boundaries."""
         ...
 
     def unfinished_executions(self) -> list[Execution]:

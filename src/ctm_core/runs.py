@@ -10,6 +10,7 @@ followed by a thread of its own, since waiting for a child blocks.
 
 from __future__ import annotations
 
+import enum
 import posixpath
 import threading
 from collections import deque
@@ -19,7 +20,7 @@ import attrs
 
 from ctm_core.environments import KeyedLocks
 from ctm_core.errors import EnvironmentNotFound, TaskNotFound
-from ctm_core.models import Execution, ExecutionStatus, RunPolicy, Task, TaskStatus
+from ctm_core.models import Execution, ExecutionStatus, RunPolicy, Task
 from ctm_core.ports import (
     Clock,
     EnvironmentBackend,
@@ -35,6 +36,13 @@ from ctm_core.ports import (
 MB = 1024 * 1024
 
 
+class _Unknown(enum.Enum):
+    UNKNOWN = enum.auto()
+
+
+_UNKNOWN = _Unknown.UNKNOWN
+
+
 @attrs.define(eq=False)
 class _Run:
     task_id: int
@@ -46,6 +54,9 @@ class _Run:
     shutting_down: bool = False
     detached: bool = False
     """Left going at shutdown (the runner's runs survive it): the next server records its end."""
+    ended: bool = False
+    """The runner reported the run's end (set under the coordinator's guard): a stop asked
+    after that changes nothing, the run keeps its own outcome."""
     started: threading.Event = attrs.field(factory=threading.Event)
     done: threading.Event = attrs.field(factory=threading.Event)
 
@@ -60,7 +71,6 @@ class RunCoordinator:
     files: FileStore
     clock: Clock
     env_locks: KeyedLocks
-    state_lock: threading.RLock
     max_concurrent: int = 4
     stop_grace: float = 10.0
     log_tail_bytes: int = 256 * 1024
@@ -111,11 +121,14 @@ class RunCoordinator:
         with self._guard:
             return self._guard.wait_for(lambda: not self._runs, timeout)
 
-    def launch(self, task_id: int, execution_id: str) -> None:
-        """Queue a stored execution in its task owner's queue; it starts when a slot is free
-        and the owner is below the per-user limit: each owner's runs in the order of launches,
-        the owners in turn."""
-        owner_id = self._owner_of(task_id)
+    def launch(
+        self, task_id: int, execution_id: str, *, owner_id: int | None | _Unknown = _UNKNOWN
+    ) -> None:
+        """Queue a stored execution in its task owner's queue (``owner_id``, read from the task
+        when not given); it starts when a slot is free and the owner is below the per-user
+        limit: each owner's runs in the order of launches, the owners in turn."""
+        if isinstance(owner_id, _Unknown):
+            owner_id = self._owner_of(task_id)
         run = _Run(task_id=task_id, execution_id=execution_id, owner_id=owner_id)
         with self._guard:
             self._runs[task_id] = run
@@ -190,12 +203,17 @@ class RunCoordinator:
         return True
 
     def stop(self, task_id: int, *, timeout: float | None = None) -> bool:
-        """Stop the task's running execution and wait until it is recorded. False when none."""
+        """Stop the task's queued or running execution and wait until it is recorded. False when
+        it has none, or when its run had already ended on its own (it keeps that outcome)."""
         with self._guard:
             run = self._runs.get(task_id)
-        if run is None:
+            if run is None:
+                return False
+            ended = run.ended
+            run.stop_requested = not ended
+        if ended:
+            run.done.wait(timeout if timeout is not None else self.stop_grace + 30)
             return False
-        run.stop_requested = True
         if self._unqueue(run):
             self._finish_unstarted(run, ExecutionStatus.STOPPED, "stopped before it started")
             self._forget(run)
@@ -249,8 +267,7 @@ class RunCoordinator:
 
     def _follow_adopted(self, run: _Run, execution: Execution) -> None:
         def record() -> None:
-            assert run.handle is not None
-            self._record(run, execution, self.runner.wait(run.handle))
+            self._record(run, execution, self._wait(run))
 
         self._follow(run, record)
 
@@ -287,7 +304,8 @@ class RunCoordinator:
         execution.log_path = log_path
         while True:  # the env may be renamed while this run waits for its lock: follow it
             env_name = task.conda_env
-            with self.env_locks.hold(env_name):
+            # Shared: starts go on side by side; a package change waits for them, and they for it.
+            with self.env_locks.hold_shared(env_name):
                 fresh = self._fresh_task(run.task_id)
                 if fresh is None:
                     return
@@ -299,7 +317,15 @@ class RunCoordinator:
             return
         if run.stop_requested:
             self.runner.stop(run.handle, self.stop_grace)
-        self._record(run, execution, self.runner.wait(run.handle))
+        self._record(run, execution, self._wait(run))
+
+    def _wait(self, run: _Run) -> RunResult:
+        """Wait for the run's end; from then on a stop no longer counts (``stop`` says so)."""
+        assert run.handle is not None
+        result = self.runner.wait(run.handle)
+        with self._guard:
+            run.ended = True
+        return result
 
     def _record(self, run: _Run, execution: Execution, result: RunResult) -> None:
         """Record how a started run ended (not when it was left going at shutdown)."""
@@ -376,15 +402,9 @@ class RunCoordinator:
         execution.status = ExecutionStatus.RUNNING
         execution.start_time = start_time
         execution.pid = run.handle.pid
-        with self.state_lock:
-            fresh = self._fresh_task(run.task_id)
-            if fresh is not None:
-                fresh.status = TaskStatus.RUNNING
-                fresh.last_run_at = start_time
-                fresh.last_execution_id = execution.id
-                self.repo.save_run_state(fresh, execution)
-            else:
-                self.repo.update_execution(execution)
+        if not self.repo.record_run_start(execution):
+            # The task was deleted while its run started: end the run, nothing to record.
+            run.stop_requested = True
         run.started.set()
 
     def _fresh_task(self, task_id: int) -> Task | None:
@@ -418,15 +438,7 @@ class RunCoordinator:
             self.files.append_log(execution.log_path, f"[ctm: run not started: {note}]")
         elif run.shutting_down and execution.log_path:
             self.files.append_log(execution.log_path, f"[ctm: run {note}]")
-        with self.state_lock:
-            task = self._fresh_task(run.task_id)
-            if task is None:
-                return
-            task.status = TaskStatus(status.value)
-            task.last_execution_id = execution.id
-            task.last_run_at = execution.start_time
-            task.last_run_duration = execution.duration
-            self.repo.save_run_state(task, execution)
+        self.repo.record_run_end(execution)
 
     def _finish_unstarted(self, run: _Run, status: ExecutionStatus, note: str) -> None:
         execution = self.repo.get_execution(run.execution_id)

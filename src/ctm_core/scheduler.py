@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
 
 import attrs
 
-from ctm_core.errors import TaskNotFound
-from ctm_core.models import Execution, ExecutionStatus, TaskStatus
+from ctm_core.models import Execution, ExecutionStatus, Task
 from ctm_core.ports import Clock, FileStore, Repository
 from ctm_core.runs import RunCoordinator
 from ctm_core.schedule import following_run_time
 from ctm_core.tasks import new_execution_id
 
+FIRED_KEPT = 10_000
 MAINTENANCE_EVERY = timedelta(hours=1)
 RETRY_AFTER = timedelta(seconds=1)
 INTERRUPTED_NOTE = "the server stopped while this run was going on; its end was not observed"
@@ -33,7 +33,6 @@ class Scheduler:
     coordinator: RunCoordinator
     files: FileStore
     tz: tzinfo
-    state_lock: threading.RLock
     retention_days: int = 30
     on_maintenance: Callable[[], object] = lambda: None
     """Called with the hourly maintenance (the composition root purges expired sessions)."""
@@ -42,8 +41,10 @@ class Scheduler:
     _loop: asyncio.AbstractEventLoop | None = attrs.field(init=False, default=None)
     _wake: asyncio.Event | None = attrs.field(init=False, default=None)
     _next_maintenance: datetime | None = attrs.field(init=False, default=None)
-    fired: list[tuple[int, datetime, datetime]] = attrs.field(init=False, factory=list)
-    """(task id, due time, time fired) of every firing, for tests and benchmarks."""
+    fired: deque[tuple[int, datetime, datetime]] = attrs.field(
+        init=False, factory=lambda: deque(maxlen=FIRED_KEPT)
+    )
+    """(task id, due time, time fired) of the latest firings, for tests and benchmarks."""
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -68,16 +69,8 @@ class Scheduler:
                 execution.duration = round((now - execution.start_time).total_seconds(), 2)
             if execution.log_path:
                 self.files.append_log(execution.log_path, f"[ctm: {INTERRUPTED_NOTE}]")
-            with self.state_lock:
-                try:
-                    task = self.repo.get_task(execution.task_id)
-                except LookupError:
-                    self.repo.update_execution(execution)
-                    continue
-                if task.last_execution_id in (None, execution.id):
-                    task.status = TaskStatus.FAILED
-                    task.last_run_duration = execution.duration
-                self.repo.save_run_state(task, execution)
+            # Its task's state follows only when nothing newer ran meanwhile.
+            self.repo.record_run_end(execution, only_if_latest=True)
         for execution in queued:
             self.coordinator.launch(execution.task_id, execution.id)
 
@@ -115,47 +108,39 @@ class Scheduler:
         if self._next_maintenance is None or now >= self._next_maintenance:
             self.maintenance()
             self._next_maintenance = now + MAINTENANCE_EVERY
+        for task in self.repo.due_tasks(now):
+            self.fire(task, now)
         next_due: datetime = self._next_maintenance
-        for task in self.repo.list_tasks():
-            due = task.next_run_at
-            if due is not None and due <= now:
-                try:
-                    self.fire(task.id, now)
-                    due = self.repo.get_task(task.id).next_run_at
-                except TaskNotFound:  # deleted since the listing
-                    continue
-            if due is not None:
-                next_due = min(next_due, due)
-        return next_due
+        earliest = self.repo.earliest_next_run()
+        return next_due if earliest is None else min(next_due, earliest)
 
-    def fire(self, task_id: int, now: datetime) -> None:
-        """Run one due task and move its schedule on. While the task still runs, the occurrence
-        is recorded as skipped instead: consecutive skips share one record, which counts them
-        (``Repository.record_skip``)."""
-        with self.state_lock:
-            task = self.repo.get_task(task_id)
-            due = task.next_run_at
-            if due is None or due > now:
-                return
-            busy = self.coordinator.is_active(task.id)
-            execution = Execution(
-                id=new_execution_id(),
-                task_id=task.id,
-                status=ExecutionStatus.SKIPPED if busy else ExecutionStatus.QUEUED,
-                scheduled_for=due,
-                note="skipped: the previous run was still going on" if busy else None,
-            )
-            task.next_run_at = following_run_time(task.cron_expression, due, now, self.tz)
-            if busy:
-                execution.start_time = execution.end_time = now
-                execution.skip_count = 1
-                execution.first_skipped_at = execution.last_skipped_at = due
-                self.repo.record_skip(execution, task=task)
-            else:
-                self.repo.add_execution(execution, task=task)
-            self.fired.append((task.id, due, now))
+    def fire(self, task: Task, now: datetime) -> bool:
+        """Run one due occurrence of ``task`` (as read) and move its schedule on. While the task
+        still runs, the occurrence is recorded as skipped instead: consecutive skips share one
+        record, which counts them. The repository claims the occurrence (compare-and-set on
+        ``next_run_at``): False when another firing, a change or a delete came first."""
+        due = task.next_run_at
+        if due is None or due > now:
+            return False
+        busy = self.coordinator.is_active(task.id)
+        execution = Execution(
+            id=new_execution_id(),
+            task_id=task.id,
+            status=ExecutionStatus.SKIPPED if busy else ExecutionStatus.QUEUED,
+            scheduled_for=due,
+            note="skipped: the previous run was still going on" if busy else None,
+        )
+        if busy:
+            execution.start_time = execution.end_time = now
+            execution.skip_count = 1
+            execution.first_skipped_at = execution.last_skipped_at = due
+        following = following_run_time(task.cron_expression, due, now, self.tz)
+        if self.repo.claim_occurrence(execution, due=due, next_run_at=following) is None:
+            return False
+        self.fired.append((task.id, due, now))
         if not busy:
-            self.coordinator.launch(task.id, execution.id)
+            self.coordinator.launch(task.id, execution.id, owner_id=task.owner_id)
+        return True
 
     def maintenance(self) -> None:
         """Prune executions and logs past the retention period."""

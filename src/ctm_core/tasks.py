@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 import posixpath
 import secrets
-import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import date, datetime, time, timedelta, tzinfo
 
 import attrs
 
@@ -40,7 +39,9 @@ MAX_MEMORY_LIMIT_MB = 16 * 1024 * 1024
 MAX_PROCESSES = 4 * 1024 * 1024
 MAX_CPU_LIMIT = 4096
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DEFAULT_PAGE = 500
+MAX_PAGE = 5000
+"""Executions per page of the history and of a task's detail: by default, and at most."""
 STATE_UNCHANGED = "Environment unchanged: no package was installed or changed"
 STATE_INCONSISTENT = "Environment may be in an inconsistent state, consider restoring from backup"
 
@@ -58,9 +59,18 @@ class CreatedTask:
 @attrs.frozen(kw_only=True)
 class TaskDetail:
     task: Task
-    executions: list[Execution]  # newest first, skipped ones left out
+    executions: list[Execution]  # one page, newest first, skipped ones left out
     latest: Execution | None
     latest_log: str
+    next_before: str | None = None
+    """The ``before`` of the next page; None when this page is the last."""
+
+
+@attrs.frozen(kw_only=True)
+class HistoryPage:
+    items: list[tuple[Execution, str]]
+    """(execution, its task's name), newest first."""
+    next_before: str | None
 
 
 @attrs.frozen(kw_only=True)
@@ -120,7 +130,6 @@ class TaskService:
     clock: Clock
     tz: tzinfo
     env_locks: KeyedLocks
-    state_lock: threading.RLock
     script_roots: Sequence[str] = ()
     on_change: Callable[[], None] = lambda: None
     retention_days: int = 30
@@ -222,20 +231,33 @@ class TaskService:
             cpu_limit=cpu_limit,
             network=network,
         )
-        with self.state_lock:
-            self._check_task_limit(actor)  # again: a parallel create may have taken the last
-            task = self.repo.add_task(task)
-            if script_path is None:
-                try:
-                    if task_name is None:
-                        task.name = self._free_name(f"task_{task.id}.py")
-                    task.script_path = self.files.store_script(f"task_{task.id}.py", script)
-                    self.repo.update_task(task)
-                except BaseException:
-                    self.repo.delete_task(task.id)  # never leave a task without its script
-                    raise
+        limit = None if actor.is_admin else self.policy.max_tasks_per_user
+        # Counted again in the task's own transaction: a parallel create may take the last one.
+        task = self.repo.add_task(task, owner_limit=limit)
+        if script_path is None:
+            try:
+                self._store_script(task, script, named=task_name is not None)
+            except BaseException:
+                self.repo.delete_task(task.id)  # never leave a task without its script
+                raise
         self.on_change()
         return CreatedTask(task=task, environment_message=message)
+
+    def _store_script(self, task: Task, script: str, *, named: bool) -> None:
+        """Store a task's inline script as ``task_<id>.py``; a task without a name takes that
+        name, or ``task_<id>_<n>.py`` when another task has it (retried if one takes it first)."""
+        task.script_path = self.files.store_script(f"task_{task.id}.py", script)
+        wanted = f"task_{task.id}.py"
+        for n in range(1, 1000):
+            if not named:
+                task.name = wanted if n == 1 else f"task_{task.id}_{n}.py"
+            try:
+                self.repo.set_task_script(task.id, name=task.name, script_path=task.script_path)
+                return
+            except TaskExists:
+                if named:
+                    raise
+        raise TaskExists(wanted)
 
     def _check_task_limit(self, actor: Principal) -> None:
         """Raise ``TaskLimitReached`` when a non-admin already owns the most tasks allowed."""
@@ -244,13 +266,6 @@ class TaskService:
             return
         if self.repo.count_tasks_owned_by(actor.user_id) >= limit:
             raise TaskLimitReached(limit)
-
-    def _free_name(self, wanted: str) -> str:
-        name, n = wanted, 1
-        while self.repo.get_task_by_name(name) is not None:
-            n += 1
-            name = f"{wanted.removesuffix('.py')}_{n}.py"
-        return name
 
     def _check_script_path(self, actor: Principal, path: str) -> str:
         if not posixpath.isabs(path):
@@ -329,20 +344,45 @@ class TaskService:
     def list_tasks(self) -> list[Task]:
         return self.repo.list_tasks()
 
+    def list_with_latest(self) -> list[tuple[Task, Execution | None]]:
+        """Every task with its latest execution (one read of the store)."""
+        return self.repo.list_tasks_with_latest()
+
     def get_task(self, task_id: int) -> Task:
         return self.repo.get_task(task_id)
 
-    def detail(self, task_id: int, log_bytes: int = 256 * 1024) -> TaskDetail:
+    def detail(
+        self,
+        task_id: int,
+        *,
+        limit: int = DEFAULT_PAGE,
+        before: str | None = None,
+        log_bytes: int = 256 * 1024,
+    ) -> TaskDetail:
+        """The task, a page of its executions (newest first, skipped ones left out) after the
+        execution ``before``, its latest execution and that one's log. Raises ``TaskNotFound``
+        and ``InvalidInput`` (a bad ``limit`` or ``before``)."""
         task = self.repo.get_task(task_id)
-        executions = [
-            e for e in self.repo.list_executions(task_id)
-            if e.status is not ExecutionStatus.SKIPPED
-        ]
-        latest = executions[0] if executions else None
+        _check_page(limit, before, self.repo, task_id)
+        page = self.repo.execution_page(
+            task_id=task_id, before=before, limit=limit + 1, include_skipped=False
+        )
+        if before is None:
+            latest = page[0] if page else None
+        else:
+            first = self.repo.execution_page(task_id=task_id, limit=1, include_skipped=False)
+            latest = first[0] if first else None
         log = ""
         if latest is not None and latest.log_path:
             log = self.files.read_log(latest.log_path, log_bytes)
-        return TaskDetail(task=task, executions=executions, latest=latest, latest_log=log)
+        more = len(page) > limit
+        return TaskDetail(
+            task=task,
+            executions=page[:limit],
+            latest=latest,
+            latest_log=log,
+            next_before=page[limit - 1].id if more else None,
+        )
 
     def executions_of(self, task_id: int) -> list[Execution]:
         return self.repo.list_executions(task_id)
@@ -351,12 +391,14 @@ class TaskService:
 
     def stop_task(self, actor: Principal, task_id: int) -> TaskStatus:
         """Stop the running execution; return the previous status. Raises ``TaskNotFound``,
-        ``NotOwner`` and ``TaskNotRunning``."""
+        ``NotOwner`` and ``TaskNotRunning`` (also when the run ended on its own meanwhile: the
+        error then names the status it ended with)."""
         task = self.repo.get_task(task_id)
         require_owner(actor, task.owner_id, "stop this task")
-        if task.status is not TaskStatus.RUNNING or not self.coordinator.is_active(task_id):
+        if task.status is not TaskStatus.RUNNING:
             raise TaskNotRunning(task.status.value)
-        self.coordinator.stop(task_id)
+        if not self.coordinator.stop(task_id):  # it ended meanwhile: say how, as recorded now
+            raise TaskNotRunning(self.repo.get_task(task_id).status.value)
         return TaskStatus.RUNNING
 
     def delete_task(self, actor: Principal, task_id: int) -> None:
@@ -364,13 +406,9 @@ class TaskService:
         script. Raises ``TaskNotFound`` and ``NotOwner``."""
         task = self.repo.get_task(task_id)
         require_owner(actor, task.owner_id, "delete this task")
-        with self.state_lock:
-            task.next_run_at = None
-            task.cron_expression = None
-            self.repo.update_task(task)
+        self.repo.unschedule_task(task_id)  # no occurrence can be claimed after this
         self.coordinator.stop(task_id)
-        with self.state_lock:
-            paths = self.repo.delete_task(task_id)
+        paths = self.repo.delete_task(task_id)
         if task.script_stored:
             paths.append(task.script_path)
         self.files.delete(paths)
@@ -379,43 +417,35 @@ class TaskService:
     # --- stats ---------------------------------------------------------------------------------
 
     def stats(self) -> TaskStats:
+        """Tasks by status, durations of every finished execution, completed and failed runs
+        of the last 7 days (by end date in the server's time zone), the 5 latest runs: each an
+        aggregate or a bounded read of the store."""
         tasks = self.repo.list_tasks()
         counts = {s.value: 0 for s in TaskStatus}
         for t in tasks:
             counts[t.status.value] += 1
-        finished = self.repo.all_finished_executions()
-        durations = [e.duration for e in finished if e.duration is not None]
+        summary = self.repo.summarize_executions()
         done = counts["completed"] + counts["failed"]
-        today = self.clock.now().astimezone(self.tz).date()
+        now = self.clock.now().astimezone(self.tz)
+        today = now.date()
         days = [today - timedelta(days=i) for i in range(6, -1, -1)]
-        success = dict.fromkeys(days, 0)
-        failed = dict.fromkeys(days, 0)
-        for e in finished:
-            if e.end_time is None:
-                continue
-            day = e.end_time.astimezone(self.tz).date()
-            if day in success:
-                if e.status is ExecutionStatus.COMPLETED:
-                    success[day] += 1
-                elif e.status is ExecutionStatus.FAILED:
-                    failed[day] += 1
+        edges = [_midnight(d, self.tz) for d in [*days, today + timedelta(days=1)]]
+        outcomes = self.repo.count_outcomes(edges)
         names = {t.id: t.name for t in tasks}
-        started = sorted(
-            (e for e in finished + self.running_executions() if e.start_time is not None),
-            key=lambda e: e.start_time or _EPOCH,
-            reverse=True,
-        )[:5]
+        recent = self.repo.latest_started(5)
         return TaskStats(
             counts=counts,
             total=len(tasks),
-            avg_duration=round(sum(durations) / len(durations), 2) if durations else 0,
-            min_duration=round(min(durations), 2) if durations else 0,
-            max_duration=round(max(durations), 2) if durations else 0,
+            avg_duration=(
+                round(summary.total_duration / summary.timed, 2) if summary.timed else 0
+            ),
+            min_duration=round(summary.min_duration or 0, 2),
+            max_duration=round(summary.max_duration or 0, 2),
             success_rate=round(100 * counts["completed"] / done, 1) if done else 0,
             dates=[d.isoformat() for d in days],
-            success_counts=[success[d] for d in days],
-            failed_counts=[failed[d] for d in days],
-            recent=[(e, names.get(e.task_id, "")) for e in started],
+            success_counts=[c for c, _ in outcomes],
+            failed_counts=[f for _, f in outcomes],
+            recent=[(e, names.get(e.task_id, "")) for e in recent],
         )
 
     def running_executions(self) -> list[Execution]:
@@ -423,11 +453,40 @@ class TaskService:
             e for e in self.repo.unfinished_executions() if e.status is ExecutionStatus.RUNNING
         ]
 
-    def history(self) -> list[tuple[Execution, str]]:
-        since = self.clock.now() - timedelta(days=30)
+    def history(
+        self, *, limit: int = DEFAULT_PAGE, before: str | None = None
+    ) -> HistoryPage:
+        """Executions started within the retention period (all when it is 0), newest first,
+        skipped ones left out: a page of ``limit`` after the execution ``before``. Raises
+        ``InvalidInput`` (a bad ``limit`` or ``before``)."""
+        _check_page(limit, before, self.repo, None)
+        since = (
+            self.clock.now() - timedelta(days=self.retention_days)
+            if self.retention_days > 0
+            else None
+        )
+        page = self.repo.execution_page(
+            started_since=since, before=before, limit=limit + 1, include_skipped=False
+        )
         names = {t.id: t.name for t in self.repo.list_tasks()}
-        return [
-            (e, names.get(e.task_id, ""))
-            for e in self.repo.executions_since(since)
-            if e.status is not ExecutionStatus.SKIPPED
-        ]
+        more = len(page) > limit
+        return HistoryPage(
+            items=[(e, names.get(e.task_id, "")) for e in page[:limit]],
+            next_before=page[limit - 1].id if more else None,
+        )
+
+
+def _midnight(day: date, tz: tzinfo) -> datetime:
+    """The start of ``day`` in ``tz`` (the first instant of it, across DST changes)."""
+    return datetime.combine(day, time(), tzinfo=tz)
+
+
+def _check_page(limit: int, before: str | None, repo: Repository, task_id: int | None) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput("limit", f"'limit' must be a whole number from 1 to {MAX_PAGE}")
+    if before is not None:
+        anchor = repo.get_execution(before)
+        if anchor is None or (task_id is not None and anchor.task_id != task_id):
+            raise InvalidInput(
+                "before", "'before' must be the execution_id of an execution in the list"
+            )

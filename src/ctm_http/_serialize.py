@@ -130,9 +130,7 @@ def execution_body(ex: Execution, tz: tzinfo) -> dict[str, Any]:
     return body
 
 
-def task_detail(
-    detail: TaskDetail, tz: tzinfo, policy: RunPolicy, limit: int | None = None
-) -> dict[str, Any]:
+def task_detail(detail: TaskDetail, tz: tzinfo, policy: RunPolicy) -> dict[str, Any]:
     task = task_body(detail.task, tz, policy)
     task["last_execution_id"] = detail.task.last_execution_id
     task["executions"] = [e.id for e in detail.executions]
@@ -146,8 +144,9 @@ def task_detail(
         "task": task,
         # api.md shows a "logs" key here too; the full log is only in latest_execution.
         "execution_history": [
-            {**execution_body(e, tz), "logs": None} for e in detail.executions[:limit]
+            {**execution_body(e, tz), "logs": None} for e in detail.executions
         ],
+        "execution_history_next_before": detail.next_before,
         "performance_metrics": {
             "durations": [e.duration for e in finished],
             "timestamps": [fmt_time(e.start_time, tz) for e in finished],

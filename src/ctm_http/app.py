@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, tzinfo
 from functools import partial
@@ -37,7 +36,7 @@ from ctm_core.ports import (
 )
 from ctm_core.runs import RunCoordinator
 from ctm_core.scheduler import Scheduler
-from ctm_core.tasks import TaskService
+from ctm_core.tasks import MAX_PAGE, TaskService
 from ctm_http import _serialize as ser
 from ctm_http._errors import (
     RequestError,
@@ -121,7 +120,6 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
     )
     files: FileStore = overrides.get("files") or _file_store(settings)
     env_locks = KeyedLocks()
-    state_lock = threading.RLock()
     run_limits = run_policy(settings)
     policy = AuthPolicy(
         idle_timeout=timedelta(minutes=settings.session_idle_minutes),
@@ -130,7 +128,7 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
     auth = Authenticator(repo, hasher, clock, policy)
     coordinator = RunCoordinator(
         repo=repo, backend=backend, runner=runner, files=files, clock=clock,
-        env_locks=env_locks, state_lock=state_lock,
+        env_locks=env_locks,
         max_concurrent=settings.max_concurrent_runs, stop_grace=settings.stop_grace_seconds,
         policy=run_limits,
     )
@@ -140,13 +138,13 @@ def build_services(settings: Settings, **overrides: Any) -> Services:
     )
     scheduler = Scheduler(
         repo=repo, clock=clock, coordinator=coordinator, files=files, tz=tz,
-        state_lock=state_lock, retention_days=settings.retention_days,
+        retention_days=settings.retention_days,
         on_maintenance=auth.purge_sessions,
         on_error=lambda exc: log.error("scheduler tick failed", exc_info=exc),
     )
     tasks = TaskService(
         repo=repo, backend=backend, environments=environments, coordinator=coordinator,
-        files=files, clock=clock, tz=tz, env_locks=env_locks, state_lock=state_lock,
+        files=files, clock=clock, tz=tz, env_locks=env_locks,
         script_roots=settings.script_roots, on_change=scheduler.wake,
         retention_days=settings.retention_days, policy=run_limits,
     )
@@ -602,30 +600,39 @@ async def list_tasks(request: Request, actor: Principal) -> Response:
     svc = services(request)
 
     def load() -> list[dict[str, Any]]:
-        out = []
-        for task in svc.tasks.list_tasks():
-            last = (
-                svc.repo.get_execution(task.last_execution_id)
-                if task.last_execution_id
-                else None
-            )
-            out.append(ser.task_list_item(task, last, svc.tz, svc.tasks.policy))
-        return out
+        policy = svc.tasks.policy
+        return [
+            ser.task_list_item(task, last, svc.tz, policy)
+            for task, last in svc.tasks.list_with_latest()
+        ]
 
     return ok(await call(load))
+
+
+def _page(limit: str | None, before: str | None, *, name: str = "limit") -> dict[str, Any]:
+    """The keywords of a paged read from its query parameters."""
+    page: dict[str, Any] = {}
+    if limit is not None:
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
+            raise InvalidInput(name, f"'{name}' must be a whole number from 1 to {MAX_PAGE}")
+        page["limit"] = int(limit)
+    if before is not None:
+        page["before"] = before
+    return page
 
 
 @authenticated
 async def get_task(request: Request, actor: Principal) -> Response:
     svc = services(request)
-    limit = None
-    raw = request.query_params.get("history_limit")
-    if raw is not None:
-        if not raw.isdigit() or not 0 < int(raw) <= 100_000:
-            raise InvalidInput("history_limit", "'history_limit' must be a whole number >= 1")
-        limit = int(raw)
-    detail = await call(svc.tasks.detail, _task_id(request))
-    return ok(ser.task_detail(detail, svc.tz, svc.tasks.policy, limit))
+    limit = request.query_params.get("limit")
+    before = request.query_params.get("before")
+    legacy = request.query_params.get("history_limit")  # the older name of limit
+    if limit is None and legacy is not None:
+        page = _page(legacy, before, name="history_limit")
+    else:
+        page = _page(limit, before)
+    detail = await call(svc.tasks.detail, _task_id(request), **page)
+    return ok(ser.task_detail(detail, svc.tz, svc.tasks.policy))
 
 
 @authenticated
@@ -664,8 +671,15 @@ async def task_stats(request: Request, actor: Principal) -> Response:
 @authenticated
 async def task_history(request: Request, actor: Principal) -> Response:
     svc = services(request)
-    items = await call(svc.tasks.history)
-    return ok({"status": "success", "data": [ser.history_item(e, n, svc.tz) for e, n in items]})
+    paging = _page(request.query_params.get("limit"), request.query_params.get("before"))
+    page = await call(svc.tasks.history, **paging)
+    return ok(
+        {
+            "status": "success",
+            "data": [ser.history_item(e, n, svc.tz) for e, n in page.items],
+            "next_before": page.next_before,
+        }
+    )
 
 
 ROUTES = [

@@ -31,8 +31,10 @@ from ctm_core import errors as e
 from ctm_core.models import ExecutionStatus, TaskStatus
 from ctm_core.schedule import MAX_CRON_LENGTH, MAX_DELAY_SECONDS
 from ctm_core.tasks import (
+    DEFAULT_PAGE,
     MAX_CPU_LIMIT,
     MAX_MEMORY_LIMIT_MB,
+    MAX_PAGE,
     MAX_PROCESSES,
     MAX_REQUIREMENTS_BYTES,
     MAX_SCRIPT_BYTES,
@@ -472,6 +474,15 @@ class _Op:
     sets_cookie: bool = False
 
 
+_PAGE_QUERY = (
+    {"name": "limit", "in": "query", "required": False,
+     "description": f"Executions per page, newest first (default {DEFAULT_PAGE})",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
+    {"name": "before", "in": "query", "required": False,
+     "description": "The execution_id after which the page starts (the previous page's "
+                    "`next_before`); 400 when it is not an execution of the list",
+     "schema": {"type": "string"}},
+)
 _ENV = ("environments",)
 _TASKS = ("tasks",)
 _ENV_PARAM_ERRORS = (e.InvalidEnvironmentName, e.EnvironmentNotFound)
@@ -735,10 +746,14 @@ OPERATIONS: tuple[_Op, ...] = (
     ),
     _Op(
         method="GET", path="/api/tasks/history", operation_id="taskHistory",
-        summary="Executions of the last 30 days", tag="tasks",
+        summary="Executions of the retention period (default 30 days)", tag="tasks",
         ok_schema=_obj({"status": _const("success"),
-                        "data": {"type": "array", "items": _ref("HistoryItem")}}),
-        description="Newest first.",
+                        "data": {"type": "array", "items": _ref("HistoryItem")},
+                        "next_before": _null({**STR, "description": "The `before` of the "
+                                              "next page; null on the last page"})}),
+        description="Newest first, a page at a time (`limit`, `before`).",
+        query=_PAGE_QUERY,
+        errors=(e.InvalidInput,),
     ),
     _Op(
         method="GET", path="/api/tasks/{task_id}", operation_id="getTask",
@@ -755,11 +770,14 @@ OPERATIONS: tuple[_Op, ...] = (
                 "avg_memories": {"type": "array", "items": _null(NUM)},
             }, description="Finished executions, oldest first"),
             "latest_execution": _null(_ref("ExecutionWithLogs")),
+            "execution_history_next_before": _null({**STR, "description": "The `before` of "
+                                                    "the next page of execution_history; null "
+                                                    "on the last page"}),
         }),
-        query=({"name": "history_limit", "in": "query", "required": False,
-                "description": "At most this many entries of execution_history (newest "
-                "first); the other keys are unchanged",
-                "schema": {"type": "integer", "minimum": 1, "maximum": 100_000}},),
+        query=(*_PAGE_QUERY,
+               {"name": "history_limit", "in": "query", "required": False,
+                "description": "The older name of `limit`",
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}}),
         errors=(e.TaskNotFound, e.InvalidInput),
         error_examples=((404, "missing", {"success": False,
                                           "message": "Task with ID 1 not found"}),),

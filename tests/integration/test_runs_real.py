@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 
 from ctm_adapters.clock import SystemClock
@@ -36,15 +35,15 @@ def test_twenty_runs_with_a_limit_of_four(tmp_path: Path) -> None:
     runner = PsutilProcessRunner(sample_interval=0.5)
     backend = HostPythonBackend()
     clock = SystemClock()
-    locks, state = KeyedLocks(), threading.RLock()
+    locks = KeyedLocks()
     coordinator = RunCoordinator(repo=repo, backend=backend, runner=runner, files=files,
-                                 clock=clock, env_locks=locks, state_lock=state,
+                                 clock=clock, env_locks=locks,
                                  max_concurrent=4)
     envs = EnvironmentService(backend, repo, locks)
     scheduler = Scheduler(repo=repo, clock=clock, coordinator=coordinator, files=files,
-                          tz=UTC, state_lock=state)
+                          tz=UTC)
     tasks = TaskService(repo=repo, backend=backend, environments=envs, coordinator=coordinator,
-                        files=files, clock=clock, tz=UTC, env_locks=locks, state_lock=state)
+                        files=files, clock=clock, tz=UTC, env_locks=locks)
     user = repo.add_user(username="u", password_hash="x", is_admin=True, created_at=clock.now())
     actor = Principal(user_id=user.id, username="u", is_admin=True)
     marks = tmp_path / "marks"

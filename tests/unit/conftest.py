@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -21,6 +20,7 @@ from ctm_adapters.memory import InMemoryRepository
 from ctm_core.auth import Authenticator
 from ctm_core.environments import EnvironmentService, KeyedLocks
 from ctm_core.models import Principal, RunPolicy
+from ctm_core.ports import Repository
 from ctm_core.runs import RunCoordinator
 from ctm_core.scheduler import Scheduler
 from ctm_core.tasks import TaskService
@@ -29,7 +29,7 @@ from ctm_core.tasks import TaskService
 @attrs.define
 class World:
     clock: FakeClock
-    repo: InMemoryRepository
+    repo: Repository
     backend: FakeEnvironmentBackend
     runner: FakeProcessRunner
     files: InMemoryFileStore
@@ -46,29 +46,30 @@ class World:
 def make_world(
     *, start: datetime | None = None, tz: str = "UTC", max_concurrent: int = 4,
     auto_exit_code: int | None = None, policy: RunPolicy | None = None,
+    repo: Repository | None = None, runner: FakeProcessRunner | None = None,
 ) -> World:
+    """The core on fakes; ``repo`` (an in-memory one by default) and ``runner`` may be given."""
     clock = FakeClock(start or datetime(2026, 5, 1, 12, 0, tzinfo=UTC))
-    repo = InMemoryRepository()
+    repo = repo if repo is not None else InMemoryRepository()
     backend = FakeEnvironmentBackend()
-    runner = FakeProcessRunner(auto_exit_code=auto_exit_code)
+    runner = runner if runner is not None else FakeProcessRunner(auto_exit_code=auto_exit_code)
     files = InMemoryFileStore()
     auth = Authenticator(repo, FakePasswordHasher(), clock)
     locks = KeyedLocks()
-    state = threading.RLock()
     run_policy = policy or RunPolicy()
     coordinator = RunCoordinator(
         repo=repo, backend=backend, runner=runner, files=files, clock=clock,
-        env_locks=locks, state_lock=state, max_concurrent=max_concurrent, stop_grace=0.1,
+        env_locks=locks, max_concurrent=max_concurrent, stop_grace=0.1,
         policy=run_policy,
     )
     envs = EnvironmentService(backend, repo, locks, is_task_active=coordinator.is_active)
     zone = ZoneInfo(tz)
     scheduler = Scheduler(
-        repo=repo, clock=clock, coordinator=coordinator, files=files, tz=zone, state_lock=state
+        repo=repo, clock=clock, coordinator=coordinator, files=files, tz=zone
     )
     tasks = TaskService(
         repo=repo, backend=backend, environments=envs, coordinator=coordinator, files=files,
-        clock=clock, tz=zone, env_locks=locks, state_lock=state, on_change=scheduler.wake,
+        clock=clock, tz=zone, env_locks=locks, on_change=scheduler.wake,
         policy=run_policy,
     )
     users = []

@@ -45,6 +45,24 @@ def test_session_expires_after_15_idle_minutes(world: World) -> None:
         world.auth.authenticate(token)
 
 
+def test_a_sessions_use_is_written_at_most_once_a_minute(world: World) -> None:
+    """Requests within a minute of the last written use write nothing; the next one does. Idle
+    expiry counts from the written use, so it is exact to within that minute."""
+    token, _ = world.auth.login("alice", "password-alice", "c")
+    opened = world.clock.now()
+    world.clock.advance(30)
+    world.auth.authenticate(token)
+    session = world.repo.get_session(hash_token(token))
+    assert session is not None and session.last_seen_at == opened
+    world.clock.advance(30)
+    world.auth.authenticate(token)
+    session = world.repo.get_session(hash_token(token))
+    assert session is not None and session.last_seen_at == world.clock.now()
+    world.clock.advance(15 * 60)
+    with pytest.raises(AuthenticationRequired):
+        world.auth.authenticate(token)
+
+
 def test_session_ends_at_its_absolute_lifetime(world: World) -> None:
     """Even a session in constant use ends after 12 hours."""
     token, _ = world.auth.login("alice", "password-alice", "c")

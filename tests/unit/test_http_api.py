@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from ctm_adapters.fakes import (
     InMemoryFileStore,
 )
 from ctm_adapters.memory import InMemoryRepository
+from ctm_core.models import Execution, ExecutionStatus
 from ctm_http.app import create_app
 from ctm_http.settings import Settings
 
@@ -466,3 +468,56 @@ def test_others_tasks_pin_an_environment_only_while_running(
     detail = client.get(f"/api/tasks/{tid}").json()
     assert detail["task"]["conda_env"] == "shared"
     assert [e["status"] for e in detail["execution_history"]] == ["completed"]
+
+
+def test_history_and_task_detail_come_a_page_at_a_time(
+    client: TestClient, parts: dict[str, Any]
+) -> None:
+    """``limit`` and ``before`` walk every execution once, newest first; the default call is
+    the first page of 500 with the api.md keys; bad values are a 400."""
+    login(client)
+    r = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env",
+                                        "cron_expression": "0 0 1 1 *"})
+    tid = r.json()["task"]["task_id"]
+    other = client.post("/api/tasks", json={"script": "print(2)", "conda_env": "env",
+                                            "cron_expression": "0 0 1 1 *"}).json()
+    repo, now = parts["repo"], parts["clock"].now()
+    for i in range(7):
+        start = now - timedelta(minutes=10 - i)
+        repo.add_execution(Execution(
+            id=f"e{i}", task_id=tid, status=ExecutionStatus.COMPLETED, start_time=start,
+            end_time=start + timedelta(seconds=1), duration=1.0))
+    repo.add_execution(Execution(id="x", task_id=other["task"]["task_id"],
+                                 status=ExecutionStatus.FAILED, start_time=now - timedelta(hours=1),
+                                 end_time=now, duration=1.0))
+    newest_first = [f"e{i}" for i in reversed(range(7))]
+
+    def walk(path: str, items: str, cursor: str) -> list[str]:
+        seen: list[str] = []
+        before = None
+        while True:
+            query = "?limit=3" + (f"&before={before}" if before else "")
+            body = client.get(path + query).json()
+            assert len(body[items]) <= 3
+            seen += [d["execution_id"] for d in body[items]]
+            before = body[cursor]
+            if before is None:
+                return seen
+
+    assert walk("/api/tasks/history", "data", "next_before") == [*newest_first, "x"]
+    assert walk(f"/api/tasks/{tid}", "execution_history",
+                "execution_history_next_before") == newest_first
+    default = client.get("/api/tasks/history").json()
+    assert set(default) == {"status", "data", "next_before"} and default["next_before"] is None
+    assert len(default["data"]) == 8
+    page = client.get(f"/api/tasks/{tid}?limit=2&before=e5").json()
+    assert [e["execution_id"] for e in page["execution_history"]] == ["e4", "e3"]
+    assert page["latest_execution"]["execution_id"] == "e6"  # the latest, whatever the page
+    assert page["task"]["executions"] == ["e4", "e3"]
+    for query in ("limit=0", "limit=5001", "limit=x", "before=nope"):
+        for path in ("/api/tasks/history", f"/api/tasks/{tid}"):
+            r = client.get(f"{path}?{query}")
+            assert r.status_code == 400, (path, query)
+            assert r.json()["success"] is False
+    # Another task's execution is no cursor for this task's list.
+    assert client.get(f"/api/tasks/{tid}?before=x").status_code == 400

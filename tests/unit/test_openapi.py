@@ -219,9 +219,8 @@ NOT_REACHABLE = {
         "the backend reads the new environment back while the service holds its lock: only a "
         "deletion outside ctm could make it vanish",
     ("POST", "/api/tasks", "TaskNotFound"):
-        "update_task follows add_task under the state lock that delete_task takes too",
-    ("DELETE", "/api/tasks/{task_id}", "TaskExists"):
-        "delete_task saves the task under its own, unchanged name",
+        "set_task_script follows add_task at once, before the new task's id is answered to "
+        "anyone who could delete it",
 }
 
 

@@ -307,16 +307,16 @@ def test_a_failing_tick_never_ends_the_loop() -> None:
     world = make_world(start=T0, auto_exit_code=0)
     errors: list[BaseException] = []
     world.scheduler.on_error = errors.append
-    real_list = world.repo.list_tasks
+    real_list = world.repo.due_tasks
     calls = {"n": 0}
 
-    def flaky() -> list[Any]:
+    def flaky(now: Any) -> list[Any]:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("database hiccup")
-        return real_list()
+        return real_list(now)
 
-    world.repo.list_tasks = flaky  # type: ignore[method-assign]
+    world.repo.due_tasks = flaky  # type: ignore[method-assign]
 
     async def scenario() -> None:
         loop_task = asyncio.create_task(world.scheduler.run())

@@ -189,9 +189,9 @@ def test_stats_and_history_agree_with_runs(world: World) -> None:
     assert stats.success_counts[-1] == 1 and stats.failed_counts[-1] == 1
     assert stats.dates[-1] == world.clock.now().date().isoformat()
     assert len(stats.recent) == 2
-    assert {e.task_id for e, _ in world.tasks.history()} == {ok, bad}
+    assert {e.task_id for e, _ in world.tasks.history().items} == {ok, bad}
     world.clock.advance(timedelta(days=31).total_seconds())
-    assert world.tasks.history() == []
+    assert world.tasks.history().items == []
 
 
 def test_run_in_missing_env_fails_with_a_reason(world: World) -> None:
