@@ -422,12 +422,16 @@ def page_query(*, of_task: bool, since: bool, after: bool, skipped: bool) -> str
         where.append("coalesce(start_time, '~') >= :since AND start_time IS NOT NULL")
     if after:
         # The first term bounds the index range; the second orders ties exactly.
-        where.append(
+        bound = (
             "coalesce(start_time, '~') <= (SELECT coalesce(start_time, '~') FROM executions"
-            f" WHERE id = :before) AND {ORDER_KEY} < (SELECT"  # noqa: S608
+            " WHERE id = :before)"
+        )
+        tie = (
+            f"{ORDER_KEY} < (SELECT"  # noqa: S608
             " coalesce(start_time, '~'), coalesce(scheduled_for, '~'),"
             " rowid FROM executions WHERE id = :before)"
         )
+        where.append(f"{bound} AND {tie}")
     if not skipped:
         where.append("status != 'skipped'")
     return (

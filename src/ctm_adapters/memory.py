@@ -395,9 +395,11 @@ class InMemoryRepository:
             or execution.last_skipped_at is None
         ):
             raise ValueError(f"execution {execution.id!r} is not a skipped record of an occurrence")
+        due, following = _utc(due), None if next_run_at is None else _utc(next_run_at)
+        stored = _copy(execution)  # checked (times, status) before anything changes
         with self._lock:
             task = self._tasks.get(execution.task_id)
-            if task is None or task.next_run_at is None or task.next_run_at != _utc(due):
+            if task is None or task.next_run_at is None or task.next_run_at != due:
                 return None
             if skipped:
                 own = [s for s in self._executions.values() if s.execution.task_id == task.id]
@@ -408,39 +410,40 @@ class InMemoryRepository:
                     merged.last_skipped_at = execution.last_skipped_at
                     merged.end_time = execution.end_time
                     latest.execution = _copy(merged)
-                    task.next_run_at = None if next_run_at is None else _utc(next_run_at)
+                    task.next_run_at = following
                     return _copy(merged)
-            self._insert(execution)
-            task.next_run_at = None if next_run_at is None else _utc(next_run_at)
-            return _copy(execution)
+            self._insert(stored)
+            task.next_run_at = following
+            return _copy(stored)
 
     def record_run_start(self, execution: Execution) -> bool:
         """Store the started execution and mark its task running, in one step."""
+        stored = _copy(execution)
         with self._lock:
             task = self._tasks.get(execution.task_id)
             if task is None or execution.id not in self._executions:
                 return False
-            self._put_execution(execution)
+            self._put_execution(stored)
             task.status = TaskStatus.RUNNING
-            task.last_run_at = None if execution.start_time is None else _utc(execution.start_time)
-            task.last_execution_id = execution.id
+            task.last_run_at = stored.start_time
+            task.last_execution_id = stored.id
             return True
 
     def record_run_end(self, execution: Execution, *, only_if_latest: bool = False) -> bool:
         """Store the ended execution and set its task's state from it, in one step."""
+        stored = _copy(execution)
+        status = TaskStatus(stored.status.value)  # ValueError for a status no task can have
         with self._lock:
-            if execution.id not in self._executions:
-                return False
-            self._put_execution(execution)
             task = self._tasks.get(execution.task_id)
-            if task is None or (
-                only_if_latest and task.last_execution_id not in (None, execution.id)
-            ):
+            if task is None or execution.id not in self._executions:
+                return False
+            self._put_execution(stored)
+            if only_if_latest and task.last_execution_id not in (None, execution.id):
                 return True
-            task.status = TaskStatus(ExecutionStatus(execution.status).value)
-            task.last_execution_id = execution.id
-            task.last_run_at = None if execution.start_time is None else _utc(execution.start_time)
-            task.last_run_duration = execution.duration
+            task.status = status
+            task.last_execution_id = stored.id
+            task.last_run_at = stored.start_time
+            task.last_run_duration = stored.duration
             return True
 
     def update_execution(self, execution: Execution) -> None:

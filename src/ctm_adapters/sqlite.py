@@ -502,10 +502,11 @@ class SqliteRepository:
         skipped = execution.status is ExecutionStatus.SKIPPED
         if skipped:
             check_skip(execution)
+        new_row = execution_to_row(execution)
+        cas = (opt_dt_out(next_run_at), execution.task_id, dt_out(due))
         with self._transaction():
             claimed = self._write(
-                "UPDATE tasks SET next_run_at = ? WHERE id = ? AND next_run_at = ?",
-                (opt_dt_out(next_run_at), execution.task_id, dt_out(due)),
+                "UPDATE tasks SET next_run_at = ? WHERE id = ? AND next_run_at = ?", cas
             )
             if claimed == 0:
                 return None
@@ -519,12 +520,13 @@ class SqliteRepository:
                     self._write(EXECUTION_UPDATE, execution_to_row(latest))
                     return latest
             self._insert_execution(execution)
-        return execution_from_row(execution_to_row(execution))
+        return execution_from_row(new_row)
 
     def record_run_start(self, execution: Execution) -> bool:
         """Store the started execution and mark its task running, in one transaction."""
+        row = execution_to_row(execution)
         with self._transaction():
-            if self._write(EXECUTION_UPDATE, execution_to_row(execution)) == 0:
+            if not self._update_execution_of_task(row):
                 return False
             return (
                 self._write(
@@ -542,13 +544,15 @@ class SqliteRepository:
 
     def record_run_end(self, execution: Execution, *, only_if_latest: bool = False) -> bool:
         """Store the ended execution and set its task's state from it, in one transaction."""
+        row = execution_to_row(execution)
+        status = TaskStatus(execution.status.value).value  # ValueError before anything changes
         with self._transaction():
-            if self._write(EXECUTION_UPDATE, execution_to_row(execution)) == 0:
+            if not self._update_execution_of_task(row):
                 return False
             self._write(
                 _TASK_AFTER_LATEST_RUN if only_if_latest else _TASK_AFTER_RUN,
                 {
-                    "status": TaskStatus(execution.status.value).value,
+                    "status": status,
                     "id": execution.id,
                     "start": opt_dt_out(execution.start_time),
                     "duration": execution.duration,
@@ -556,6 +560,15 @@ class SqliteRepository:
                 },
             )
         return True
+
+    def _update_execution_of_task(self, row: Row) -> bool:
+        """Replace an execution's row; False when it, or the task it names, does not exist."""
+        try:
+            return self._write(EXECUTION_UPDATE, row) == 1
+        except sqlite3.IntegrityError as e:
+            if is_foreign_key_violation(e):
+                return False
+            raise
 
     def update_execution(self, execution: Execution) -> None:
         """Replace a stored execution's fields. An unknown (e.g. pruned) one is ignored."""
@@ -629,10 +642,10 @@ class SqliteRepository:
 
     def count_outcomes(self, boundaries: Sequence[datetime]) -> list[tuple[int, int]]:
         """(completed, failed) executions ended in each interval of ``boundaries``."""
+        params = {f"b{i}": dt_out(b) for i, b in enumerate(boundaries)}
         buckets = len(boundaries) - 1
         if buckets < 1:
             return []
-        params = {f"b{i}": dt_out(b) for i, b in enumerate(boundaries)}
         counts = [[0, 0] for _ in range(buckets)]
         for row in self._read(outcomes_query(buckets), params):
             column = 0 if row["status"] == ExecutionStatus.COMPLETED.value else 1

@@ -15,7 +15,8 @@ GB = 1024**3
 def fmt_time(value: datetime | None, tz: tzinfo) -> str | None:
     if value is None:
         return None
-    return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+    # ``YYYY-MM-DD HH:MM:SS``; isoformat is several times faster than strftime (pages of 500).
+    return value.astimezone(tz).replace(tzinfo=None).isoformat(" ", "seconds")
 
 
 def gb(n: int) -> float:

@@ -25,9 +25,9 @@ from sqlite_utils import Database
 
 from ctm_adapters.memory import InMemoryRepository
 from ctm_adapters.sqlite import MIGRATIONS, SqliteRepository
-from ctm_core.errors import TaskExists, TaskNotFound, UserExists
+from ctm_core.errors import TaskExists, TaskLimitReached, TaskNotFound, UserExists
 from ctm_core.models import Execution, ExecutionStatus, Session, Task, TaskStatus
-from ctm_core.ports import Repository
+from ctm_core.ports import ExecutionSummary, Repository
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -235,6 +235,14 @@ def test_clear_login_failures_of_one_username(repo: Repository) -> None:
     assert repo.login_failures_since(username="x", client="c1", since=at(-1)) == [at(2)]
 
 
+def test_old_login_failures_are_forgotten(repo: Repository) -> None:
+    """delete_login_failures_before drops only failures older than the bound."""
+    repo.add_login_failure(username="u", client="c", at=at(0))
+    repo.add_login_failure(username="u", client="c", at=at(20))
+    assert repo.delete_login_failures_before(at(10)) == 1
+    assert repo.login_failures_since(username="u", client="c", since=at(0)) == [at(20)]
+
+
 # --- environment owners ------------------------------------------------------------------------
 
 
@@ -413,6 +421,135 @@ def test_count_tasks_owned_by(repo: Repository) -> None:
     assert repo.count_tasks_owned_by(99) == 0
 
 
+def test_add_task_owner_limit_counts_that_owners_tasks(repo: Repository) -> None:
+    """With owner_limit, an owner at the limit gets TaskLimitReached and nothing is stored."""
+    repo.add_task(make_task("a1", owner_id=1), owner_limit=2)
+    repo.add_task(make_task("b1", owner_id=2), owner_limit=2)
+    repo.add_task(make_task("a2", owner_id=1), owner_limit=2)
+    with pytest.raises(TaskLimitReached) as caught:
+        repo.add_task(make_task("a3", owner_id=1), owner_limit=2)
+    assert caught.value.limit == 2
+    assert repo.get_task_by_name("a3") is None
+    assert repo.count_tasks_owned_by(1) == 2
+    repo.add_task(make_task("b2", owner_id=2), owner_limit=2)
+    repo.add_task(make_task("a3", owner_id=1))
+    assert repo.count_tasks_owned_by(1) == 3, "without owner_limit nothing is counted"
+    with pytest.raises(TaskLimitReached):
+        repo.add_task(make_task("c1", owner_id=3), owner_limit=0)
+
+
+def test_add_task_owner_limit_frees_a_slot_on_delete(repo: Repository) -> None:
+    """Deleting one of an owner's tasks makes room for one more under the same limit."""
+    first = repo.add_task(make_task("a1", owner_id=1), owner_limit=1)
+    with pytest.raises(TaskLimitReached):
+        repo.add_task(make_task("a2", owner_id=1), owner_limit=1)
+    repo.delete_task(first.id)
+    assert repo.add_task(make_task("a2", owner_id=1), owner_limit=1).name == "a2"
+
+
+def test_list_tasks_with_latest(repo: Repository) -> None:
+    """Every task by id with its last_execution_id execution; None when it has none or it was
+    pruned."""
+    never = repo.add_task(make_task("never"))
+    ran = repo.add_task(make_task("ran"))
+    pruned = repo.add_task(make_task("pruned"))
+    repo.add_execution(finished("ran-old", ran.id, 0, 1))
+    repo.add_execution(finished("ran-new", ran.id, 2, 3, status=ExecutionStatus.FAILED))
+    assert repo.record_run_end(finished("ran-new", ran.id, 2, 3, status=ExecutionStatus.FAILED))
+    repo.add_execution(finished("gone", pruned.id, 0, 1))
+    assert repo.record_run_end(finished("gone", pruned.id, 0, 1))
+    repo.prune_executions(at(2))
+    got = repo.list_tasks_with_latest()
+    assert [(task.name, None if latest is None else latest.id) for task, latest in got] == [
+        ("never", None),
+        ("ran", "ran-new"),
+        ("pruned", None),
+    ]
+    assert [task for task, _ in got] == repo.list_tasks()
+    assert got[0][0] == never
+    assert got[1][1] == repo.get_execution("ran-new")
+    assert got[2][0].last_execution_id == "gone"
+
+
+def test_due_tasks_earliest_first_at_or_before_now(repo: Repository) -> None:
+    """due_tasks returns tasks whose next_run_at is at or before now (inclusive), earliest first;
+    never unscheduled ones."""
+    plus2 = timezone(timedelta(hours=2))
+    repo.add_task(make_task("late", next_run_at=at(5)))
+    repo.add_task(make_task("first", next_run_at=at(1).astimezone(plus2)))
+    repo.add_task(make_task("unscheduled"))
+    repo.add_task(make_task("future", next_run_at=at(5) + timedelta(microseconds=1)))
+    repo.add_task(make_task("middle", next_run_at=at(3)))
+    assert [t.name for t in repo.due_tasks(at(5))] == ["first", "middle", "late"]
+    assert [t.name for t in repo.due_tasks(at(5).astimezone(plus2))] == [
+        "first",
+        "middle",
+        "late",
+    ]
+    assert repo.due_tasks(at(1) - timedelta(microseconds=1)) == []
+    [first] = repo.due_tasks(at(1))
+    assert first == repo.get_task_by_name("first")
+
+
+def test_earliest_next_run(repo: Repository) -> None:
+    """earliest_next_run is the smallest next_run_at (in UTC); None when no task is scheduled."""
+    assert repo.earliest_next_run() is None
+    repo.add_task(make_task("unscheduled"))
+    assert repo.earliest_next_run() is None
+    plus2 = timezone(timedelta(hours=2))
+    repo.add_task(make_task("later", next_run_at=at(10)))
+    early = repo.add_task(make_task("early", next_run_at=at(3).astimezone(plus2)))
+    earliest = repo.earliest_next_run()
+    assert earliest == at(3)
+    assert earliest is not None
+    assert earliest.utcoffset() == timedelta(0)
+    repo.unschedule_task(early.id)
+    assert repo.earliest_next_run() == at(10)
+
+
+def test_set_task_script_changes_name_and_path_only(repo: Repository) -> None:
+    """set_task_script sets the name and script path and leaves every other field alone."""
+    task = repo.add_task(
+        make_task("old", cron_expression="* * * * *", next_run_at=at(1), owner_id=7)
+    )
+    repo.set_task_script(task.id, name="new", script_path="/srv/scripts/new.py")
+    assert repo.get_task(task.id) == attrs.evolve(
+        task, name="new", script_path="/srv/scripts/new.py"
+    )
+    assert repo.get_task_by_name("old") is None
+    repo.set_task_script(task.id, name="new", script_path="/same-name.py")
+    assert repo.get_task(task.id).script_path == "/same-name.py"
+
+
+def test_set_task_script_errors_change_nothing(repo: Repository) -> None:
+    """set_task_script raises TaskExists for a taken name and TaskNotFound for an unknown
+    task; neither changes anything."""
+    repo.add_task(make_task("taken"))
+    task = repo.add_task(make_task("mine"))
+    with pytest.raises(TaskExists):
+        repo.set_task_script(task.id, name="taken", script_path="/other.py")
+    assert repo.get_task(task.id) == task
+    with pytest.raises(TaskNotFound):
+        repo.set_task_script(task.id + 100, name="ghost", script_path="/other.py")
+    with pytest.raises(TaskNotFound):
+        repo.set_task_script(task.id + 100, name="taken", script_path="/other.py")
+    assert [t.name for t in repo.list_tasks()] == ["taken", "mine"]
+
+
+def test_unschedule_task_clears_schedule_only(repo: Repository) -> None:
+    """unschedule_task clears next_run_at and cron_expression and nothing else; TaskNotFound for
+    an unknown task."""
+    task = repo.add_task(
+        make_task(cron_expression="*/5 * * * *", next_run_at=at(5), status=TaskStatus.COMPLETED)
+    )
+    repo.unschedule_task(task.id)
+    assert repo.get_task(task.id) == attrs.evolve(task, cron_expression=None, next_run_at=None)
+    assert repo.due_tasks(at(100)) == []
+    repo.unschedule_task(task.id)
+    with pytest.raises(TaskNotFound):
+        repo.unschedule_task(task.id + 100)
+
+
 # --- executions --------------------------------------------------------------------------------
 
 
@@ -489,34 +626,15 @@ def test_list_executions_newest_first(repo: Repository) -> None:
     assert repo.list_executions(999) == []
 
 
-def test_executions_since(repo: Repository) -> None:
-    """executions_since returns every task's executions started at or after ``since``, newest
-    first, never ones not started."""
-    a = repo.add_task(make_task("a"))
-    b = repo.add_task(make_task("b"))
-    repo.add_execution(finished("a-early", a.id, 0, 1))
-    repo.add_execution(finished("a-bound", a.id, 5, 6))
-    repo.add_execution(finished("b-late", b.id, 9, 10))
-    repo.add_execution(make_execution("queued", b.id, scheduled_for=at(20)))
-    assert [e.id for e in repo.executions_since(at(5))] == ["b-late", "a-bound"]
-
-
-def test_finished_and_unfinished_executions(repo: Repository) -> None:
-    """Finished means completed/failed/stopped; unfinished means queued/running; skipped in
-    neither."""
+def test_unfinished_executions(repo: Repository) -> None:
+    """unfinished_executions returns queued and running ones, newest first; never finished or
+    skipped ones."""
     task = repo.add_task(make_task())
-    statuses = {
-        "c": ExecutionStatus.COMPLETED,
-        "f": ExecutionStatus.FAILED,
-        "s": ExecutionStatus.STOPPED,
-        "q": ExecutionStatus.QUEUED,
-        "r": ExecutionStatus.RUNNING,
-        "k": ExecutionStatus.SKIPPED,
-    }
-    for minute, (ident, status) in enumerate(statuses.items()):
-        repo.add_execution(make_execution(ident, task.id, status=status, start_time=at(minute)))
-    assert [e.id for e in repo.all_finished_executions()] == ["s", "f", "c"]
-    assert [e.id for e in repo.unfinished_executions()] == ["r", "q"]
+    for minute, status in enumerate(ExecutionStatus):
+        repo.add_execution(
+            make_execution(status.value, task.id, status=status, start_time=at(minute))
+        )
+    assert [e.id for e in repo.unfinished_executions()] == ["running", "queued"]
 
 
 def test_prune_executions(repo: Repository) -> None:
@@ -546,47 +664,707 @@ def test_prune_executions(repo: Repository) -> None:
     assert repo.prune_executions(at(10)) == []
 
 
-def test_save_run_state_updates_task_and_execution(repo: Repository) -> None:
-    """save_run_state stores both the task and the execution."""
-    task = repo.add_task(make_task())
-    execution = make_execution("ex", task.id)
-    repo.add_execution(execution)
-    execution.status = ExecutionStatus.RUNNING
-    execution.start_time = at(1)
-    execution.pid = 99
-    task.status = TaskStatus.RUNNING
-    task.last_run_at = at(1)
-    task.last_execution_id = "ex"
-    repo.save_run_state(task, execution)
-    assert repo.get_task(task.id) == task
-    assert repo.get_execution("ex") == execution
+# --- runs: start and end -----------------------------------------------------------------------
 
 
-def test_save_run_state_is_all_or_nothing(repo: Repository) -> None:
-    """When the task part fails (taken name, deleted task) the execution is not changed."""
-    repo.add_task(make_task("taken"))
-    task = repo.add_task(make_task("mine"))
-    execution = make_execution("ex", task.id)
-    repo.add_execution(execution)
-    running = attrs.evolve(execution, status=ExecutionStatus.RUNNING, start_time=at(1))
-    with pytest.raises(TaskExists):
-        repo.save_run_state(attrs.evolve(task, name="taken"), running)
-    assert repo.get_execution("ex") == execution
-    assert repo.get_task(task.id) == task
-    with pytest.raises(ValueError, match="not of task"):
-        repo.save_run_state(attrs.evolve(task, id=task.id + 100), running)
-    assert repo.get_execution("ex") == execution
+def test_record_run_start_stores_execution_and_marks_task_running(repo: Repository) -> None:
+    """record_run_start stores every field of the execution and sets the task's status,
+    last_run_at and last_execution_id, nothing else."""
+    task = repo.add_task(make_task(last_run_duration=4.5, cron_expression="* * * * *"))
+    repo.add_execution(make_execution("ex", task.id, scheduled_for=at(0)))
+    running = make_execution(
+        "ex",
+        task.id,
+        status=ExecutionStatus.RUNNING,
+        scheduled_for=at(0),
+        start_time=at(1),
+        pid=99,
+        log_path="/logs/ex.log",
+    )
+    assert repo.record_run_start(running) is True
+    assert repo.get_execution("ex") == running
+    assert repo.get_task(task.id) == attrs.evolve(
+        task, status=TaskStatus.RUNNING, last_run_at=at(1), last_execution_id="ex"
+    )
 
 
-def test_save_run_state_of_deleted_task_raises(repo: Repository) -> None:
-    """save_run_state for a task deleted meanwhile raises TaskNotFound and stores nothing."""
+def test_record_run_start_of_deleted_task_stores_nothing(repo: Repository) -> None:
+    """record_run_start for a task deleted meanwhile returns False and stores nothing."""
     task = repo.add_task(make_task())
     execution = make_execution("ex", task.id)
     repo.add_execution(execution)
     repo.delete_task(task.id)
-    with pytest.raises(TaskNotFound):
-        repo.save_run_state(task, attrs.evolve(execution, status=ExecutionStatus.RUNNING))
+    running = attrs.evolve(execution, status=ExecutionStatus.RUNNING, start_time=at(1))
+    assert repo.record_run_start(running) is False
     assert repo.get_execution("ex") is None
+    assert repo.list_tasks() == []
+    assert repo.latest_started(10) == []
+
+
+def test_record_run_start_of_unknown_execution_stores_nothing(repo: Repository) -> None:
+    """record_run_start of an execution not stored (e.g. pruned) returns False and changes
+    neither it nor its task."""
+    task = repo.add_task(make_task())
+    running = make_execution("ghost", task.id, status=ExecutionStatus.RUNNING, start_time=at(1))
+    assert repo.record_run_start(running) is False
+    assert repo.get_execution("ghost") is None
+    assert repo.get_task(task.id) == task
+
+
+@pytest.mark.parametrize(
+    ("status", "task_status"),
+    [
+        (ExecutionStatus.COMPLETED, TaskStatus.COMPLETED),
+        (ExecutionStatus.FAILED, TaskStatus.FAILED),
+        (ExecutionStatus.STOPPED, TaskStatus.STOPPED),
+    ],
+)
+def test_record_run_end_stores_execution_and_task_state(
+    repo: Repository, status: ExecutionStatus, task_status: TaskStatus
+) -> None:
+    """record_run_end stores the ended execution and sets the task's status, last_execution_id,
+    last_run_at (its start) and last_run_duration, nothing else."""
+    task = repo.add_task(make_task(next_run_at=at(60)))
+    repo.add_execution(make_execution("ex", task.id))
+    assert repo.record_run_start(
+        make_execution("ex", task.id, status=ExecutionStatus.RUNNING, start_time=at(1))
+    )
+    ended = finished("ex", task.id, 1, 3, status=status, duration=120.0, exit_code=0, pid=5)
+    assert repo.record_run_end(ended) is True
+    assert repo.get_execution("ex") == ended
+    assert repo.get_task(task.id) == attrs.evolve(
+        task,
+        status=task_status,
+        last_execution_id="ex",
+        last_run_at=at(1),
+        last_run_duration=120.0,
+    )
+
+
+def test_record_run_end_only_if_latest_leaves_a_newer_run_alone(repo: Repository) -> None:
+    """With only_if_latest the execution is stored but the task keeps its state when its
+    last_execution_id is another execution."""
+    task = repo.add_task(make_task())
+    repo.add_execution(make_execution("old", task.id, status=ExecutionStatus.RUNNING))
+    repo.add_execution(make_execution("new", task.id))
+    newer = make_execution("new", task.id, status=ExecutionStatus.RUNNING, start_time=at(5))
+    assert repo.record_run_start(newer)
+    before = repo.get_task(task.id)
+    interrupted = finished("old", task.id, 1, 2, status=ExecutionStatus.FAILED, duration=60.0)
+    assert repo.record_run_end(interrupted, only_if_latest=True) is True
+    assert repo.get_execution("old") == interrupted
+    assert repo.get_task(task.id) == before
+    assert before.last_execution_id == "new"
+    assert before.status is TaskStatus.RUNNING
+
+
+def test_record_run_end_only_if_latest_changes_task_when_it_is_latest_or_none(
+    repo: Repository,
+) -> None:
+    """With only_if_latest the task follows when its last_execution_id is this execution or
+    none."""
+    fresh = repo.add_task(make_task("fresh"))
+    repo.add_execution(make_execution("first", fresh.id))
+    assert repo.record_run_end(
+        finished("first", fresh.id, 0, 1, status=ExecutionStatus.FAILED, duration=1.0),
+        only_if_latest=True,
+    )
+    got = repo.get_task(fresh.id)
+    assert (got.status, got.last_execution_id, got.last_run_at, got.last_run_duration) == (
+        TaskStatus.FAILED,
+        "first",
+        at(0),
+        1.0,
+    )
+    ran = repo.add_task(make_task("ran"))
+    repo.add_execution(make_execution("mine", ran.id))
+    assert repo.record_run_start(
+        make_execution("mine", ran.id, status=ExecutionStatus.RUNNING, start_time=at(2))
+    )
+    assert repo.record_run_end(finished("mine", ran.id, 2, 3, duration=2.0), only_if_latest=True)
+    got = repo.get_task(ran.id)
+    assert (got.status, got.last_execution_id, got.last_run_duration) == (
+        TaskStatus.COMPLETED,
+        "mine",
+        2.0,
+    )
+
+
+def test_record_run_end_without_only_if_latest_takes_over_the_task(repo: Repository) -> None:
+    """Without only_if_latest the ended execution becomes the task's latest run even when
+    another one was."""
+    task = repo.add_task(make_task())
+    repo.add_execution(make_execution("a", task.id))
+    repo.add_execution(make_execution("b", task.id))
+    assert repo.record_run_start(
+        make_execution("b", task.id, status=ExecutionStatus.RUNNING, start_time=at(2))
+    )
+    assert repo.record_run_end(finished("a", task.id, 1, 2, status=ExecutionStatus.STOPPED))
+    got = repo.get_task(task.id)
+    assert (got.status, got.last_execution_id, got.last_run_at) == (
+        TaskStatus.STOPPED,
+        "a",
+        at(1),
+    )
+
+
+def test_record_run_end_of_unknown_execution_stores_nothing(repo: Repository) -> None:
+    """record_run_end of an execution not stored (pruned, or its task deleted) returns False
+    and changes nothing."""
+    task = repo.add_task(make_task())
+    assert repo.record_run_end(finished("ghost", task.id, 0, 1)) is False
+    assert repo.get_execution("ghost") is None
+    assert repo.get_task(task.id) == task
+    repo.add_execution(make_execution("doomed", task.id))
+    repo.delete_task(task.id)
+    assert repo.record_run_end(finished("doomed", task.id, 0, 1), only_if_latest=True) is False
+    assert repo.get_execution("doomed") is None
+
+
+# --- claiming occurrences ----------------------------------------------------------------------
+
+
+def queued_for(ident: str, task_id: int, minute: float) -> Execution:
+    """A queued firing of the occurrence at ``minute``, as the scheduler builds it."""
+    return make_execution(ident, task_id, scheduled_for=at(minute))
+
+
+def skip_at(ident: str, task_id: int, minute: float) -> Execution:
+    """A skipped occurrence at ``minute``, as the scheduler hands it to ``claim_occurrence``."""
+    return make_execution(
+        ident,
+        task_id,
+        status=ExecutionStatus.SKIPPED,
+        scheduled_for=at(minute),
+        start_time=at(minute),
+        end_time=at(minute),
+        skip_count=1,
+        first_skipped_at=at(minute),
+        last_skipped_at=at(minute),
+    )
+
+
+def test_claim_occurrence_stores_queued_execution_and_moves_schedule(repo: Repository) -> None:
+    """A claim of the task's next run stores the queued execution, returns it as stored and moves
+    next_run_at, changing nothing else of the task."""
+    task = repo.add_task(make_task(cron_expression="* * * * *", next_run_at=at(1)))
+    execution = queued_for("fired", task.id, 1)
+    stored = repo.claim_occurrence(execution, due=at(1), next_run_at=at(2))
+    assert stored == execution
+    assert repo.get_execution("fired") == execution
+    assert repo.get_task(task.id) == attrs.evolve(task, next_run_at=at(2))
+    last = repo.claim_occurrence(queued_for("last", task.id, 2), due=at(2), next_run_at=None)
+    assert last is not None
+    assert repo.get_task(task.id).next_run_at is None
+    assert repo.earliest_next_run() is None
+    assert [e.id for e in repo.list_executions(task.id)] == ["last", "fired"]
+
+
+def test_claim_occurrence_twice_claims_once(repo: Repository) -> None:
+    """A second claim of the same occurrence returns None and stores nothing."""
+    task = repo.add_task(make_task(next_run_at=at(1)))
+    assert repo.claim_occurrence(queued_for("one", task.id, 1), due=at(1), next_run_at=at(2))
+    assert (
+        repo.claim_occurrence(queued_for("two", task.id, 1), due=at(1), next_run_at=at(3)) is None
+    )
+    assert repo.get_execution("two") is None
+    assert [e.id for e in repo.list_executions(task.id)] == ["one"]
+    assert repo.get_task(task.id).next_run_at == at(2)
+
+
+def test_claim_occurrence_refused_when_next_run_moved(repo: Repository) -> None:
+    """When the task's next_run_at is no longer ``due`` (rescheduled meanwhile), the claim
+    returns None, stores nothing and leaves the schedule alone."""
+    task = repo.add_task(make_task(next_run_at=at(5)))
+    for due in (at(4), at(5) + timedelta(microseconds=1)):
+        assert (
+            repo.claim_occurrence(queued_for("stale", task.id, 4), due=due, next_run_at=at(9))
+            is None
+        )
+        assert (
+            repo.claim_occurrence(skip_at("stale-skip", task.id, 4), due=due, next_run_at=None)
+            is None
+        )
+    assert repo.list_executions(task.id) == []
+    assert repo.get_task(task.id) == task
+
+
+def test_claim_occurrence_due_is_an_instant_not_a_zone(repo: Repository) -> None:
+    """``due`` given in another zone is the same occurrence and is claimed."""
+    task = repo.add_task(make_task(next_run_at=at(1)))
+    plus2 = timezone(timedelta(hours=2))
+    stored = repo.claim_occurrence(
+        queued_for("fired", task.id, 1), due=at(1).astimezone(plus2), next_run_at=at(2)
+    )
+    assert stored is not None
+    assert repo.get_task(task.id).next_run_at == at(2)
+
+
+def test_claim_occurrence_refused_after_unschedule(repo: Repository) -> None:
+    """Once unschedule_task returns, no occurrence of the task can be claimed."""
+    task = repo.add_task(make_task(cron_expression="* * * * *", next_run_at=at(1)))
+    repo.unschedule_task(task.id)
+    assert repo.claim_occurrence(queued_for("q", task.id, 1), due=at(1), next_run_at=at(2)) is None
+    assert repo.claim_occurrence(skip_at("s", task.id, 1), due=at(1), next_run_at=at(2)) is None
+    assert repo.list_executions(task.id) == []
+    got = repo.get_task(task.id)
+    assert (got.next_run_at, got.cron_expression) == (None, None)
+
+
+def test_claim_occurrence_refused_for_deleted_task(repo: Repository) -> None:
+    """A claim for a task deleted meanwhile returns None and stores nothing (no error)."""
+    task = repo.add_task(make_task(next_run_at=at(1)))
+    repo.delete_task(task.id)
+    assert repo.claim_occurrence(queued_for("q", task.id, 1), due=at(1), next_run_at=at(2)) is None
+    assert repo.claim_occurrence(skip_at("s", task.id, 1), due=at(1), next_run_at=at(2)) is None
+    assert repo.get_execution("q") is None
+    assert repo.get_execution("s") is None
+
+
+def test_claim_occurrence_with_taken_id_raises_and_changes_nothing(repo: Repository) -> None:
+    """A new record whose id is taken raises ValueError; the schedule does not move."""
+    task = repo.add_task(make_task(next_run_at=at(1)))
+    repo.add_execution(make_execution("taken", task.id, status=ExecutionStatus.COMPLETED))
+    with pytest.raises(ValueError, match="exists"):
+        repo.claim_occurrence(queued_for("taken", task.id, 1), due=at(1), next_run_at=at(2))
+    with pytest.raises(ValueError, match="exists"):
+        repo.claim_occurrence(skip_at("taken", task.id, 1), due=at(1), next_run_at=at(2))
+    assert repo.get_task(task.id).next_run_at == at(1)
+    [stored] = repo.list_executions(task.id)
+    assert stored.status is ExecutionStatus.COMPLETED
+
+
+@pytest.mark.parametrize(
+    "malformed",
+    [
+        {"skip_count": 0},
+        {"first_skipped_at": None},
+        {"last_skipped_at": None},
+    ],
+)
+def test_claim_occurrence_malformed_skip_raises_and_changes_nothing(
+    repo: Repository, malformed: dict[str, Any]
+) -> None:
+    """A skipped execution without its count or skip times raises ValueError; nothing changes."""
+    task = repo.add_task(make_task(next_run_at=at(1)))
+    repo.add_execution(skip_at("earlier", task.id, 0))
+    bad = attrs.evolve(skip_at("bad", task.id, 1), **malformed)
+    with pytest.raises(ValueError, match="skipped"):
+        repo.claim_occurrence(bad, due=at(1), next_run_at=at(2))
+    assert repo.get_task(task.id).next_run_at == at(1)
+    assert repo.list_executions(task.id) == [skip_at("earlier", task.id, 0)]
+
+
+def test_claim_occurrence_merges_consecutive_skips_into_one_record(repo: Repository) -> None:
+    """Skips with nothing fired in between are one record: its count, last skip and end time
+    grow; the first skip's id, start and scheduled time stay."""
+    task = repo.add_task(make_task(next_run_at=at(1)))
+    repo.add_execution(
+        make_execution("run", task.id, status=ExecutionStatus.RUNNING, start_time=at(0))
+    )
+    for minute in (1, 2, 3):
+        stored = repo.claim_occurrence(
+            skip_at(f"skip-{minute}", task.id, minute), due=at(minute), next_run_at=at(minute + 1)
+        )
+        assert stored is not None
+        assert (stored.id, stored.skip_count) == ("skip-1", minute)
+    [skip, run] = repo.list_executions(task.id)
+    assert run.id == "run"
+    assert skip == stored
+    assert (skip.id, skip.status, skip.skip_count) == ("skip-1", ExecutionStatus.SKIPPED, 3)
+    assert (skip.first_skipped_at, skip.last_skipped_at) == (at(1), at(3))
+    assert (skip.scheduled_for, skip.start_time, skip.end_time) == (at(1), at(1), at(3))
+    assert repo.get_execution("skip-2") is None
+    assert repo.get_task(task.id).next_run_at == at(4)
+
+
+def test_claim_occurrence_skip_after_a_firing_starts_a_new_record(repo: Repository) -> None:
+    """An execution stored after a skip record ends it: the next skip is a new record; another
+    task's skips are its own."""
+    task = repo.add_task(make_task(next_run_at=at(1)))
+    repo.claim_occurrence(skip_at("skip-a", task.id, 1), due=at(1), next_run_at=at(2))
+    repo.claim_occurrence(skip_at("skip-a2", task.id, 2), due=at(2), next_run_at=at(3))
+    repo.claim_occurrence(queued_for("queued", task.id, 3), due=at(3), next_run_at=at(4))
+    stored = repo.claim_occurrence(skip_at("skip-b", task.id, 4), due=at(4), next_run_at=at(5))
+    assert stored is not None
+    assert (stored.id, stored.skip_count) == ("skip-b", 1)
+    assert (stored.first_skipped_at, stored.last_skipped_at) == (at(4), at(4))
+    assert repo.get_execution("skip-a2") is None
+    first = repo.get_execution("skip-a")
+    assert first is not None
+    assert first.skip_count == 2
+    other = repo.add_task(make_task("other", next_run_at=at(5)))
+    own = repo.claim_occurrence(skip_at("skip-other", other.id, 5), due=at(5), next_run_at=None)
+    assert own is not None
+    assert (own.id, own.skip_count) == ("skip-other", 1)
+    assert repo.get_execution("skip-b") == stored
+
+
+def test_claim_occurrence_skip_is_not_merged_into_a_finished_run(repo: Repository) -> None:
+    """A skip after a finished (not skipped) latest execution is a new record."""
+    task = repo.add_task(make_task(next_run_at=at(5)))
+    repo.add_execution(finished("done", task.id, 0, 1))
+    stored = repo.claim_occurrence(skip_at("skip", task.id, 5), due=at(5), next_run_at=None)
+    assert stored == skip_at("skip", task.id, 5)
+    done = repo.get_execution("done")
+    assert done is not None
+    assert done.skip_count == 0
+
+
+def test_claims_from_many_threads_claim_each_occurrence_once(repo: Repository) -> None:
+    """Threads racing through 40 skipped occurrences claim each exactly once: one record counts
+    them all."""
+    task = repo.add_task(make_task(next_run_at=at(0)))
+    start = threading.Barrier(8, timeout=30)
+
+    def work(worker: int) -> int:
+        start.wait()
+        claimed = 0
+        for attempt in range(1000):
+            due = repo.get_task(task.id).next_run_at
+            if due is None:
+                break
+            minute = (due - T0) // timedelta(minutes=1)
+            following = None if minute >= 39 else at(minute + 1)
+            skip = skip_at(f"w{worker}-{attempt}", task.id, minute)
+            if repo.claim_occurrence(skip, due=due, next_run_at=following) is not None:
+                claimed += 1
+        return claimed
+
+    with ThreadPoolExecutor(8) as pool:
+        counts = [f.result() for f in [pool.submit(work, w) for w in range(8)]]
+    assert sum(counts) == 40
+    [skip] = repo.list_executions(task.id)
+    assert (skip.skip_count, skip.first_skipped_at, skip.last_skipped_at) == (40, at(0), at(39))
+
+
+# --- reading executions in pages ---------------------------------------------------------------
+
+
+def walk(repo: Repository, limit: int, **filters: Any) -> list[Execution]:
+    """Every page of execution_page, each cursor the last id of the page before."""
+    pages: list[Execution] = []
+    before: str | None = None
+    for _ in range(1000):
+        page = repo.execution_page(limit=limit, before=before, **filters)
+        assert len(page) <= limit
+        if not page:
+            return pages
+        pages.extend(page)
+        before = page[-1].id
+    raise AssertionError("execution_page never ran out")
+
+
+def add_history(repo: Repository) -> tuple[Task, Task]:
+    """Two tasks whose executions tie in every way the order knows of."""
+    task = repo.add_task(make_task("task"))
+    other = repo.add_task(make_task("other"))
+    for ident, task_id, start, sched, status in [
+        ("old", task.id, 0, 0, ExecutionStatus.COMPLETED),
+        ("tie-a", task.id, 5, 4, ExecutionStatus.COMPLETED),
+        ("o-tie", other.id, 5, 4, ExecutionStatus.FAILED),
+        ("tie-b", task.id, 5, 4, ExecutionStatus.FAILED),
+        ("tie-manual", task.id, 5, None, ExecutionStatus.STOPPED),
+        ("manual-1", task.id, 7, None, ExecutionStatus.COMPLETED),
+        ("manual-2", task.id, 7, None, ExecutionStatus.COMPLETED),
+        ("o-manual", other.id, 7, None, ExecutionStatus.COMPLETED),
+        ("skip", task.id, 8, 8, ExecutionStatus.SKIPPED),
+        ("o-skip", other.id, 8, 8, ExecutionStatus.SKIPPED),
+        ("running", task.id, 9, 9, ExecutionStatus.RUNNING),
+    ]:
+        repo.add_execution(
+            make_execution(
+                ident,
+                task_id,
+                status=status,
+                start_time=at(start),
+                end_time=None if status is ExecutionStatus.RUNNING else at(start + 1),
+                scheduled_for=None if sched is None else at(sched),
+            )
+        )
+    for ident, task_id, sched in [
+        ("queued-1", task.id, 20),
+        ("queued-2", task.id, 20),
+        ("o-queued", other.id, 20),
+        ("queued-manual-1", task.id, None),
+        ("queued-manual-2", task.id, None),
+    ]:
+        repo.add_execution(
+            make_execution(ident, task_id, scheduled_for=None if sched is None else at(sched))
+        )
+    return task, other
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 100])
+def test_execution_page_walk_is_list_executions(repo: Repository, limit: int) -> None:
+    """Walking a task's pages with ``before`` yields exactly list_executions, in order, with no
+    duplicate nor gap, ties (same start and scheduled time), queued and unscheduled included."""
+    task, other = add_history(repo)
+    for of in (task, other):
+        expected = [e.id for e in repo.list_executions(of.id)]
+        assert [e.id for e in walk(repo, limit, task_id=of.id)] == expected
+    assert [e.id for e in repo.list_executions(task.id)] == [
+        "queued-manual-2",
+        "queued-manual-1",
+        "queued-2",
+        "queued-1",
+        "running",
+        "skip",
+        "manual-2",
+        "manual-1",
+        "tie-manual",
+        "tie-b",
+        "tie-a",
+        "old",
+    ]
+    assert walk(repo, limit, task_id=task.id) == repo.list_executions(task.id)
+
+
+@pytest.mark.parametrize("limit", [1, 4, 100])
+def test_execution_page_of_every_task_keeps_each_tasks_order(repo: Repository, limit: int) -> None:
+    """Without task_id, the walk holds every execution once, in one order that agrees with each
+    task's list_executions."""
+    task, other = add_history(repo)
+    everything = walk(repo, limit)
+    ids = [e.id for e in everything]
+    assert len(ids) == len(set(ids))
+    assert ids == [e.id for e in repo.execution_page(limit=1000)]
+    for of in (task, other):
+        assert [e for e in everything if e.task_id == of.id] == repo.list_executions(of.id)
+    assert ids[:3] == ["queued-manual-2", "queued-manual-1", "o-queued"]
+    assert ids[-1] == "old"
+
+
+def test_execution_page_edges(repo: Repository) -> None:
+    """A page stops at ``limit``; an unknown cursor, the last one, or limit 0 give []."""
+    task, _ = add_history(repo)
+    all_ids = [e.id for e in repo.list_executions(task.id)]
+    assert [e.id for e in repo.execution_page(limit=3, task_id=task.id)] == all_ids[:3]
+    assert [
+        e.id for e in repo.execution_page(limit=3, task_id=task.id, before=all_ids[4])
+    ] == all_ids[5:8]
+    assert repo.execution_page(limit=3, task_id=task.id, before="no-such-id") == []
+    assert repo.execution_page(limit=3, before="no-such-id") == []
+    assert repo.execution_page(limit=3, task_id=task.id, before=all_ids[-1]) == []
+    assert repo.execution_page(limit=0, task_id=task.id) == []
+    assert repo.execution_page(limit=5, task_id=task.id + 100) == []
+
+
+@pytest.mark.parametrize("limit", [1, 3, 100])
+def test_execution_page_without_skipped(repo: Repository, limit: int) -> None:
+    """include_skipped=False leaves skipped records out and keeps the rest in order."""
+    task, _ = add_history(repo)
+    expected = [
+        e.id for e in repo.list_executions(task.id) if e.status is not ExecutionStatus.SKIPPED
+    ]
+    got = [e.id for e in walk(repo, limit, task_id=task.id, include_skipped=False)]
+    assert got == expected
+    everything = walk(repo, limit, include_skipped=False)
+    assert all(e.status is not ExecutionStatus.SKIPPED for e in everything)
+    assert len(everything) == len(walk(repo, 100)) - 2
+    after_skip = repo.execution_page(
+        limit=100, task_id=task.id, before="skip", include_skipped=False
+    )
+    assert [e.id for e in after_skip] == expected[expected.index("running") + 1 :]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 100])
+def test_execution_page_started_since(repo: Repository, limit: int) -> None:
+    """started_since keeps executions started at or after it (of every task, or one), newest
+    first, never ones not started."""
+    task, other = add_history(repo)
+    got = [e.id for e in walk(repo, limit, started_since=at(7))]
+    assert got[0] == "running"
+    assert set(got) == {"running", "skip", "o-skip", "manual-1", "manual-2", "o-manual"}
+    assert got.index("manual-2") < got.index("manual-1")
+    everything = [e.id for e in walk(repo, 100)]
+    assert got == [i for i in everything if i in set(got)]
+    assert [e.id for e in walk(repo, limit, started_since=at(7), task_id=other.id)] == [
+        "o-skip",
+        "o-manual",
+    ]
+    assert [
+        e.id for e in walk(repo, limit, started_since=at(7), task_id=task.id, include_skipped=False)
+    ] == ["running", "manual-2", "manual-1"]
+    assert repo.execution_page(limit=10, started_since=at(9) + timedelta(microseconds=1)) == []
+    plus2 = timezone(timedelta(hours=2))
+    assert [e.id for e in repo.execution_page(limit=10, started_since=at(9).astimezone(plus2))] == [
+        "running"
+    ]
+
+
+_slots = st.none() | st.integers(min_value=0, max_value=3)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    rows=st.lists(
+        st.tuples(_slots, _slots, st.booleans(), st.sampled_from(ExecutionStatus)), max_size=25
+    ),
+    limit=st.integers(min_value=1, max_value=6),
+)
+def test_execution_page_walk_property(
+    repo: Repository, rows: list[tuple[int | None, int | None, bool, ExecutionStatus]], limit: int
+) -> None:
+    """For any executions (many ties), walking pages yields list_executions exactly."""
+    task = repo.add_task(make_task(f"walk-{uuid.uuid4()}"))
+    other = repo.add_task(make_task(f"other-{uuid.uuid4()}"))
+    try:
+        for n, (start, sched, mine, status) in enumerate(rows):
+            repo.add_execution(
+                make_execution(
+                    f"{task.id}-{n}",
+                    task.id if mine else other.id,
+                    status=status,
+                    start_time=None if start is None else at(start),
+                    scheduled_for=None if sched is None else at(sched),
+                )
+            )
+        assert walk(repo, limit, task_id=task.id) == repo.list_executions(task.id)
+        assert walk(repo, limit, task_id=other.id) == repo.list_executions(other.id)
+    finally:
+        repo.delete_task(task.id)
+        repo.delete_task(other.id)
+
+
+def test_latest_started_running_or_finished_newest_first(repo: Repository) -> None:
+    """latest_started returns the ``limit`` running or finished executions started last, newest
+    first; never queued or skipped ones."""
+    add_history(repo)
+    assert [e.id for e in repo.latest_started(6)] == [
+        "running",
+        "o-manual",
+        "manual-2",
+        "manual-1",
+        "tie-manual",
+        "tie-b",
+    ]
+    assert [e.id for e in repo.latest_started(100)][-3:] == ["o-tie", "tie-a", "old"]
+    assert len(repo.latest_started(100)) == 9
+    assert repo.latest_started(0) == []
+
+
+def test_latest_started_empty(repo: Repository) -> None:
+    """With only queued and skipped executions, latest_started is empty."""
+    task = repo.add_task(make_task())
+    repo.add_execution(make_execution("q", task.id, scheduled_for=at(0)))
+    repo.add_execution(skip_at("s", task.id, 1))
+    assert repo.latest_started(10) == []
+
+
+# --- aggregates --------------------------------------------------------------------------------
+
+
+def test_summarize_executions_empty(repo: Repository) -> None:
+    """With no finished execution every count is 0 and there is no min or max."""
+    task = repo.add_task(make_task())
+    repo.add_execution(make_execution("q", task.id))
+    repo.add_execution(skip_at("s", task.id, 0))
+    empty = ExecutionSummary(
+        finished=0,
+        completed=0,
+        timed=0,
+        total_duration=0.0,
+        min_duration=None,
+        max_duration=None,
+    )
+    assert repo.summarize_executions() == empty
+    assert repo.summarize_executions(environment="env1") == empty
+
+
+def test_summarize_executions_counts_and_durations(repo: Repository) -> None:
+    """Finished (completed, failed, stopped) executions are counted, with min, max and total (so
+    average) of those that have a duration; per environment when asked."""
+    env1 = repo.add_task(make_task("one", conda_env="env1"))
+    env1b = repo.add_task(make_task("one-b", conda_env="env1"))
+    env2 = repo.add_task(make_task("two", conda_env="env2"))
+    for ident, task, status, duration in [
+        ("c1", env1, ExecutionStatus.COMPLETED, 1.5),
+        ("c2", env1b, ExecutionStatus.COMPLETED, 4.0),
+        ("c3", env1, ExecutionStatus.COMPLETED, None),
+        ("f1", env1, ExecutionStatus.FAILED, 2.5),
+        ("s1", env2, ExecutionStatus.STOPPED, 0.5),
+        ("c4", env2, ExecutionStatus.COMPLETED, 10.0),
+        ("r1", env1, ExecutionStatus.RUNNING, 100.0),
+        ("q1", env1, ExecutionStatus.QUEUED, 200.0),
+        ("k1", env2, ExecutionStatus.SKIPPED, 300.0),
+    ]:
+        repo.add_execution(
+            make_execution(ident, task.id, status=status, start_time=at(0), duration=duration)
+        )
+    every = repo.summarize_executions()
+    assert every == ExecutionSummary(
+        finished=6,
+        completed=4,
+        timed=5,
+        total_duration=18.5,
+        min_duration=0.5,
+        max_duration=10.0,
+    )
+    assert every.total_duration / every.timed == pytest.approx(3.7)
+    assert repo.summarize_executions(environment="env1") == ExecutionSummary(
+        finished=4,
+        completed=3,
+        timed=3,
+        total_duration=8.0,
+        min_duration=1.5,
+        max_duration=4.0,
+    )
+    assert repo.summarize_executions(environment="env2") == ExecutionSummary(
+        finished=2,
+        completed=1,
+        timed=2,
+        total_duration=10.5,
+        min_duration=0.5,
+        max_duration=10.0,
+    )
+    assert repo.summarize_executions(environment="nowhere").finished == 0
+    repo.rename_environment("env2", "env3")
+    assert repo.summarize_executions(environment="env3").finished == 2
+    assert repo.summarize_executions(environment="env2").finished == 0
+
+
+def test_count_outcomes_buckets_start_inclusive_end_exclusive(repo: Repository) -> None:
+    """Each completed or failed execution counts in the interval [b[i], b[i+1]) its end falls
+    in; stopped, skipped, running and out-of-range ones are not counted."""
+    task = repo.add_task(make_task())
+    tick = timedelta(microseconds=1)
+    ends: list[tuple[str, ExecutionStatus, datetime]] = [
+        ("before-range", ExecutionStatus.COMPLETED, at(0) - tick),
+        ("at-b0", ExecutionStatus.COMPLETED, at(0)),
+        ("just-before-b1", ExecutionStatus.FAILED, at(10) - tick),
+        ("at-b1", ExecutionStatus.COMPLETED, at(10)),
+        ("at-b1-failed", ExecutionStatus.FAILED, at(10)),
+        ("mid-2", ExecutionStatus.FAILED, at(25)),
+        ("just-before-end", ExecutionStatus.COMPLETED, at(30) - tick),
+        ("at-end", ExecutionStatus.COMPLETED, at(30)),
+        ("stopped", ExecutionStatus.STOPPED, at(5)),
+        ("skipped", ExecutionStatus.SKIPPED, at(5)),
+        ("running", ExecutionStatus.RUNNING, at(5)),
+        ("queued", ExecutionStatus.QUEUED, at(5)),
+    ]
+    for ident, status, end in ends:
+        repo.add_execution(
+            make_execution(ident, task.id, status=status, start_time=at(-1), end_time=end)
+        )
+    repo.add_execution(make_execution("no-end", task.id, status=ExecutionStatus.COMPLETED))
+    boundaries = [at(0), at(10), at(20), at(30)]
+    assert repo.count_outcomes(boundaries) == [(1, 1), (1, 1), (1, 1)]
+    plus2 = timezone(timedelta(hours=2))
+    assert repo.count_outcomes([b.astimezone(plus2) for b in boundaries]) == [
+        (1, 1),
+        (1, 1),
+        (1, 1),
+    ]
+    assert repo.count_outcomes([at(0), at(30)]) == [(3, 3)]
+    assert repo.count_outcomes([at(10), at(10) + tick]) == [(1, 1)]
+    assert repo.count_outcomes([at(100), at(200)]) == [(0, 0)]
+    assert repo.count_outcomes([at(0)]) == []
+    assert repo.count_outcomes([]) == []
 
 
 # --- values ------------------------------------------------------------------------------------
@@ -629,11 +1407,39 @@ def test_naive_datetimes_are_refused(repo: Repository) -> None:
     """Query bounds must be aware datetimes: a naive one raises ValueError."""
     naive = datetime(2024, 5, 1)  # noqa: DTZ001
     with pytest.raises(ValueError, match="naive"):
-        repo.executions_since(naive)
+        repo.execution_page(limit=10, started_since=naive)
     with pytest.raises(ValueError, match="naive"):
         repo.prune_executions(naive)
     with pytest.raises(ValueError, match="naive"):
         repo.login_failures_since(username="a", client="b", since=naive)
+    with pytest.raises(ValueError, match="naive"):
+        repo.due_tasks(naive)
+    with pytest.raises(ValueError, match="naive"):
+        repo.count_outcomes([at(0), naive])
+    with pytest.raises(ValueError, match="naive"):
+        repo.count_outcomes([naive, at(0), at(1)])
+
+
+@pytest.mark.parametrize("status", [ExecutionStatus.QUEUED, ExecutionStatus.SKIPPED])
+def test_claim_occurrence_naive_times_raise_and_change_nothing(
+    repo: Repository, status: ExecutionStatus
+) -> None:
+    """A naive ``due`` or ``next_run_at`` raises ValueError, and nothing of the claim is stored:
+    no execution, no grown skip count, no moved schedule."""
+    naive = datetime(2024, 5, 1, 12, 2)  # noqa: DTZ001
+    task = repo.add_task(make_task(next_run_at=at(1)))
+    repo.add_execution(skip_at("earlier", task.id, 0))
+    fresh = (
+        skip_at("new", task.id, 1)
+        if status is ExecutionStatus.SKIPPED
+        else queued_for("new", task.id, 1)
+    )
+    with pytest.raises(ValueError, match="naive"):
+        repo.claim_occurrence(fresh, due=at(1).replace(tzinfo=None), next_run_at=at(2))
+    with pytest.raises(ValueError, match="naive"):
+        repo.claim_occurrence(fresh, due=at(1), next_run_at=naive)
+    assert repo.get_task(task.id).next_run_at == at(1)
+    assert repo.list_executions(task.id) == [skip_at("earlier", task.id, 0)]
 
 
 def test_concurrent_writes_all_land(repo: Repository) -> None:
@@ -685,24 +1491,40 @@ def test_sqlite_migrations_applied_once(db_path: str) -> None:
     db = Database(db_path)
     try:
         names = [r["name"] for r in db.table("_sqlite_migrations").rows]
-        assert names == ["0001_initial_schema", "0002_task_run_limits_and_skip_runs"]
+        assert names == [
+            "0001_initial_schema",
+            "0002_task_run_limits_and_skip_runs",
+            "0003_indexes_for_paged_reads",
+        ]
         assert MIGRATIONS.pending(db) == []
         assert {"users", "sessions", "login_failures", "environment_owners", "tasks"} <= set(
             db.table_names()
         )
         indexes = {i.name for i in db.table("executions").indexes}
-        assert {"executions_task_id_start_time", "executions_status_end_time"} <= indexes
+        assert {
+            "executions_task_newest",
+            "executions_newest",
+            "executions_status_end_time",
+            "executions_status_duration",
+        } <= indexes
+        assert not {"executions_task_id_start_time", "executions_start_time"} & indexes
     finally:
         db.close()
 
 
 def test_sqlite_wal_and_foreign_keys_on(db_path: str) -> None:
-    """The file is in WAL mode and the repository's connection enforces foreign keys."""
+    """The file is in WAL mode; the write and read connections enforce foreign keys and wait
+    for a busy file; the read ones cannot write."""
     with SqliteRepository(db_path) as repo:
-        conn = repo._db.conn
+        conn = repo._conn
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+        with repo._reader() as reader:
+            assert reader is not conn
+            assert reader.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+            assert reader.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+            assert reader.execute("PRAGMA query_only").fetchone()[0] == 1
     other = sqlite3.connect(db_path)
     try:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -828,98 +1650,3 @@ def test_execution_roundtrip(repo: Repository, execution: Execution) -> None:
     execution = attrs.evolve(execution, id=f"{execution.id}-{uuid.uuid4()}", task_id=task.id)
     repo.add_execution(execution)
     assert repo.get_execution(execution.id) == execution
-
-
-def test_add_execution_with_task_moves_schedule_atomically(repo: Repository) -> None:
-    """A firing stores the execution and the task's new state together, or neither."""
-    task = repo.add_task(make_task())
-    task.next_run_at = at(99)
-    repo.add_execution(make_execution("fired", task.id), task=task)
-    assert repo.get_task(task.id).next_run_at == at(99)
-    assert repo.get_execution("fired") is not None
-    task.next_run_at = at(200)
-    with pytest.raises(ValueError, match="exists"):
-        repo.add_execution(make_execution("fired", task.id), task=task)
-    assert repo.get_task(task.id).next_run_at == at(99)
-
-
-def skip_at(ident: str, task_id: int, minute: float) -> Execution:
-    """A skipped occurrence at ``minute``, as the scheduler hands it to ``record_skip``."""
-    return make_execution(
-        ident, task_id, status=ExecutionStatus.SKIPPED, scheduled_for=at(minute),
-        start_time=at(minute), end_time=at(minute), skip_count=1,
-        first_skipped_at=at(minute), last_skipped_at=at(minute),
-    )
-
-
-def test_record_skip_merges_consecutive_skips_into_one_record(repo: Repository) -> None:
-    """Skips with nothing fired in between are one record: count, first and last times grow."""
-    task = repo.add_task(make_task())
-    repo.add_execution(make_execution("run", task.id, status=ExecutionStatus.RUNNING,
-                                      start_time=at(0)))
-    for minute in (1, 2, 3):
-        task.next_run_at = at(minute + 1)
-        stored = repo.record_skip(skip_at(f"skip-{minute}", task.id, minute), task=task)
-        assert stored.id == "skip-1"
-    assert stored.skip_count == 3
-    [skip, run] = repo.list_executions(task.id)
-    assert run.id == "run"
-    assert skip == stored
-    assert (skip.id, skip.status, skip.skip_count) == ("skip-1", ExecutionStatus.SKIPPED, 3)
-    assert (skip.first_skipped_at, skip.last_skipped_at) == (at(1), at(3))
-    assert (skip.scheduled_for, skip.start_time, skip.end_time) == (at(1), at(1), at(3))
-    assert repo.get_task(task.id).next_run_at == at(4)
-
-
-def test_record_skip_after_a_firing_starts_a_new_record(repo: Repository) -> None:
-    """An execution stored after a skip record ends it: the next skip is a new record."""
-    task = repo.add_task(make_task())
-    repo.record_skip(skip_at("skip-a", task.id, 1), task=task)
-    repo.record_skip(skip_at("skip-a2", task.id, 2), task=task)
-    repo.add_execution(make_execution("queued", task.id, scheduled_for=at(3)))
-    stored = repo.record_skip(skip_at("skip-b", task.id, 4), task=task)
-    assert (stored.id, stored.skip_count) == ("skip-b", 1)
-    assert (stored.first_skipped_at, stored.last_skipped_at) == (at(4), at(4))
-    assert repo.get_execution("skip-a2") is None
-    first = repo.get_execution("skip-a")
-    assert first is not None and first.skip_count == 2
-    other = repo.add_task(make_task("other"))
-    assert repo.record_skip(skip_at("skip-other", other.id, 5), task=other).skip_count == 1
-    assert repo.get_execution("skip-b") == stored, "another task's skips are its own"
-
-
-def test_record_skip_errors_change_nothing(repo: Repository) -> None:
-    """record_skip of a missing task raises TaskNotFound; a non-skipped one ValueError."""
-    task = repo.add_task(make_task())
-    gone = make_task("gone", id=task.id + 100)
-    with pytest.raises(TaskNotFound):
-        repo.record_skip(skip_at("s-gone", gone.id, 1), task=gone)
-    with pytest.raises(ValueError, match="skipped"):
-        repo.record_skip(make_execution("not-a-skip", task.id), task=task)
-    with pytest.raises(ValueError, match="skipped"):
-        repo.record_skip(skip_at("wrong-task", task.id + 1, 1), task=task)
-    task.next_run_at = at(50)
-    repo.add_execution(make_execution("taken", task.id, scheduled_for=at(0)))
-    with pytest.raises(ValueError, match="exists"):
-        repo.record_skip(skip_at("taken", task.id, 1), task=task)
-    assert repo.get_task(task.id).next_run_at is None
-    assert [e.id for e in repo.list_executions(task.id)] == ["taken"]
-
-
-def test_concurrent_skips_are_all_counted(repo: Repository) -> None:
-    """Skips recorded from several threads at once all land in one record's count."""
-    task = repo.add_task(make_task())
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(
-            lambda n: repo.record_skip(skip_at(f"s{n}", task.id, 1), task=task), range(40)
-        ))
-    [skip] = repo.list_executions(task.id)
-    assert skip.skip_count == 40
-
-
-def test_old_login_failures_are_forgotten(repo: Repository) -> None:
-    """delete_login_failures_before drops only failures older than the bound."""
-    repo.add_login_failure(username="u", client="c", at=at(0))
-    repo.add_login_failure(username="u", client="c", at=at(20))
-    assert repo.delete_login_failures_before(at(10)) == 1
-    assert repo.login_failures_since(username="u", client="c", since=at(0)) == [at(20)]

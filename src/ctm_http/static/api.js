@@ -80,7 +80,7 @@ export const api = {
 
   tasks: () => request('GET', '/api/tasks'),
   taskStats: () => request('GET', '/api/tasks/stats'),
-  task: (id) => request('GET', `/api/tasks/${enc(id)}`),
+  task: (id, limit) => request('GET', `/api/tasks/${enc(id)}${limit ? `?limit=${enc(limit)}` : ''}`),
   createTask: (body) => request('POST', '/api/tasks', body),
   stopTask: (id) => request('POST', `/api/tasks/${enc(id)}/stop`, {}),
   deleteTask: (id) => request('DELETE', `/api/tasks/${enc(id)}`),

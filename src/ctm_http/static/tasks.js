@@ -394,13 +394,15 @@ export async function detailView(view, ctx, id) {
       format: (v) => (v === null || v === undefined ? '—' : `${Number(v).toFixed(1)} MB`),
       short: shortTime,
     }));
-    patch(history, { list: d.execution_history, limit: historyLimit }, ({ list, limit }) => renderHistory(list, limit));
+    patch(history, { list: d.execution_history, limit: historyLimit, older: Boolean(d.execution_history_next_before) },
+      ({ list, limit, older }) => renderHistory(list, limit, older));
   }
 
   async function refresh() {
     let d;
     try {
-      d = await api.task(id);
+      // One page (the server's are at most 5,000): enough for the table and the charts.
+      d = await api.task(id, Math.min(5000, Math.max(historyLimit + 1, CHART_POINTS)));
     } catch (err) {
       if (err.status === 404 && ctx.isCurrent()) {
         body.replaceChildren(errorBox(err, 'This task does not exist (any more)'),
@@ -422,6 +424,9 @@ export async function detailView(view, ctx, id) {
     if (!event.target.closest('[data-more-runs]')) return;
     historyLimit += HISTORY_PAGE * 5;
     if (current) render(current);
+    if (current && historyLimit >= current.execution_history.length && current.execution_history_next_before) {
+      refresh().catch(() => {}); // the next runs are on the server: fetch a bigger page
+    }
     const rows = history.querySelectorAll('tbody tr');
     const next = rows[historyLimit - HISTORY_PAGE * 5];
     if (next) { next.setAttribute('tabindex', '-1'); next.focus(); }
@@ -516,11 +521,11 @@ function lastRuns(pm, max) {
   };
 }
 
-function renderHistory(all, limit) {
+function renderHistory(all, limit, older) {
   if (!all || !all.length) return h('p', { class: 'empty' }, 'No runs yet.');
   const list = all.slice(0, limit);
-  const more = all.length > list.length
-    ? h('p', { class: 'more' }, `Showing the latest ${list.length} of ${all.length} runs. `,
+  const more = all.length > list.length || older
+    ? h('p', { class: 'more' }, `Showing the latest ${list.length} of ${all.length}${older ? '+' : ''} runs. `,
       h('button', { type: 'button', class: 'button small secondary', 'data-more-runs': '1', 'data-focus-key': 'more-runs' }, 'Show more runs'))
     : null;
   return [h('div', { class: 'table-wrap' },
