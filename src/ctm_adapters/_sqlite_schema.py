@@ -181,7 +181,9 @@ def opt_dt_out(value: datetime | None) -> str | None:
 
 
 def dt_in(value: Any) -> datetime:
-    return datetime.fromisoformat(str(value)).astimezone(UTC)
+    stored = datetime.fromisoformat(str(value))
+    # dt_out writes UTC ("+00:00"), read back as UTC already; other text is converted.
+    return stored if stored.tzinfo is UTC else stored.astimezone(UTC)
 
 
 def opt_dt_in(value: Any) -> datetime | None:
@@ -339,21 +341,23 @@ def execution_to_row(execution: Execution) -> Row:
 
 
 def execution_from_row(row: Row) -> Execution:
+    # The table is STRICT: REAL, INTEGER and TEXT columns come back as float, int and str (or
+    # None) already, so only times and the status are converted (pages have 500 rows).
     return Execution(
-        id=str(row["id"]),
-        task_id=int(row["task_id"]),
+        id=row["id"],
+        task_id=row["task_id"],
         status=ExecutionStatus(row["status"]),
         scheduled_for=opt_dt_in(row["scheduled_for"]),
         start_time=opt_dt_in(row["start_time"]),
         end_time=opt_dt_in(row["end_time"]),
-        duration=opt_float(row["duration"]),
-        peak_memory_mb=opt_float(row["peak_memory_mb"]),
-        avg_memory_mb=opt_float(row["avg_memory_mb"]),
-        exit_code=opt_int(row["exit_code"]),
-        log_path=opt_str(row["log_path"]),
-        pid=opt_int(row["pid"]),
-        note=opt_str(row["note"]),
-        skip_count=int(row["skip_count"] or 0),
+        duration=row["duration"],
+        peak_memory_mb=row["peak_memory_mb"],
+        avg_memory_mb=row["avg_memory_mb"],
+        exit_code=row["exit_code"],
+        log_path=row["log_path"],
+        pid=row["pid"],
+        note=row["note"],
+        skip_count=row["skip_count"] or 0,
         first_skipped_at=opt_dt_in(row["first_skipped_at"]),
         last_skipped_at=opt_dt_in(row["last_skipped_at"]),
     )
