@@ -5,6 +5,10 @@
    (line read from its pipe); p50 and p95 over ``--runs`` runs each, and their ratio. The child
    also prints ``time.monotonic()`` (one clock for all processes), which splits each figure into
    "the program reached its first line" and "the line reached the reader".
+   The supervised runner (the server's default) is measured twice: supervisors forked from its
+   fork server, and (``fork_server=False``) a new supervisor interpreter per run; for each, and
+   for the bare Popen, the CPU time per run of the processes it started (programs and
+   supervisors, not this process).
 2. Monitoring cost: N tasks sleeping, sampled every 0.5 s; this process's own CPU time (every
    thread: monitor, output readers, waiters) over ``--seconds``, less an idle baseline, as a
    percentage of one core, in total and per task.
@@ -87,6 +91,23 @@ def bench_runner(
     return total, child, call
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (and theirs)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def bench_supervised(
+    runs: int, workdir: str, fork_server: bool
+) -> tuple[list[float], list[float], list[float], float]:
+    """``bench_runner`` with a supervised runner, and the CPU seconds per run of every process
+    it started (supervisors, programs, the fork server's own start: all reaped by the end)."""
+    before = children_cpu()
+    runner = SupervisedProcessRunner(instance_id="bench", fork_server=fork_server)
+    total, child, call = bench_runner(runs, workdir, runner)  # close() reaps the fork server
+    return total, child, call, (children_cpu() - before) / runs
+
+
 def cpu_over(seconds: float) -> float:
     """Fraction of one core this process used over ``seconds`` of wall time."""
     c0, t0 = time.process_time(), time.monotonic()
@@ -139,17 +160,27 @@ def main() -> None:
             f"{pct(run_total, 0.5) / pct(bare_total, 0.5):.2f}x, "
             f"p95 {pct(run_total, 0.95) / pct(bare_total, 0.95):.2f}x"
         )
-        # What the server uses: a supervisor process per run, so runs survive a restart.
-        sup = SupervisedProcessRunner(instance_id="bench")
-        sup_total, sup_child, sup_call = bench_runner(args.runs, workdir, sup)
-        show("supervised runner: first line in the log", sup_total)
-        show("supervised runner: child's first line", sup_child)
-        show("supervised runner: start() returned", sup_call)
-        print(
-            f"  ratio supervised/bare (first line delivered): p50 "
-            f"{pct(sup_total, 0.5) / pct(bare_total, 0.5):.2f}x, "
-            f"p95 {pct(sup_total, 0.95) / pct(bare_total, 0.95):.2f}x"
-        )
+        # What the server uses: a supervisor process per run, so runs survive a restart;
+        # forked from the runner's fork server, or a new interpreter each (fork_server=False).
+        c0 = children_cpu()
+        bench_bare(args.runs)
+        bare_cpu = (children_cpu() - c0) / args.runs
+        print(f"  bare Popen: CPU per run (the program){'':<14} {bare_cpu * 1000:7.2f} ms")
+        for fork_server, name in ((True, "fork server"), (False, "interpreter")):
+            sup_total, sup_child, sup_call, cpu = bench_supervised(args.runs, workdir, fork_server)
+            print(f"  supervised runner, supervisor from: {name}")
+            show("  first line in the log", sup_total)
+            show("  child's first line", sup_child)
+            show("  start() returned", sup_call)
+            print(
+                f"    CPU per run (supervisor + program): {cpu * 1000:7.2f} ms, "
+                f"{(cpu - bare_cpu) * 1000:+.2f} ms over the bare program"
+            )
+            print(
+                f"    ratio supervised/bare (first line delivered): p50 "
+                f"{pct(sup_total, 0.5) / pct(bare_total, 0.5):.2f}x, "
+                f"p95 {pct(sup_total, 0.95) / pct(bare_total, 0.95):.2f}x"
+            )
 
         t0 = time.perf_counter()
         for _ in range(20):

@@ -1,7 +1,9 @@
 """The run supervisor: one small process per run, so that a run outlives its server.
 
-``python -m ctm_adapters._supervisor STATE_DIR``, started by ``SupervisedProcessRunner`` in a
-session of its own. It reads ``STATE_DIR/spec.json`` (and deletes it: it holds the run's
+Forked by the fork server (``_forkserver``), or started as ``python -m ctm_adapters._supervisor
+STATE_DIR`` when there is none, by ``SupervisedProcessRunner``, in a session of its own. It names
+itself ``ctm-supervisor`` and works in ``STATE_DIR`` (so ``kill_stale_runs`` finds it whatever
+its command line), reads ``STATE_DIR/spec.json`` (and deletes it: it holds the run's
 environment), starts the program with an in-process ``PsutilProcessRunner`` (capped log, memory
 of the whole tree, timeout, leftovers, ``wait4``), writes ``state.json`` (its own pid and start
 time, the program's pid and marker token), tells the server the program's pid (or why it could
@@ -9,12 +11,14 @@ not start) in one JSON line on stdout, and at the end writes ``result.json`` ato
 asks it to stop the run, with the grace in ``stop.json``.
 
 It is the program's parent, not the server: the program's exit status, output and peak memory
-(``ru_maxrss`` counts the supervisor's small memory before ``exec``, not the server's) never
-depend on the server being alive.
+(``ru_maxrss`` counts the supervisor's small memory before ``exec``, not the server's; the
+runner's pollution bound is the supervisor's own peak, forked or not) never depend on the server
+being alive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,16 +30,20 @@ SPEC = "spec.json"
 STATE = "state.json"
 STOP = "stop.json"
 RESULT = "result.json"
+SUPERVISOR_NAME = "ctm-supervisor"
+"""A supervisor's process name (``/proc/PID/comm``); its working folder is its state folder."""
 
 
-def write_json(path: str, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename), mode 0600."""
+def write_json(path: str, data: dict[str, Any], *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, rename), mode 0600; ``durable``:
+    fsync before the rename, so the content survives a crash of the machine too."""
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with open(fd, "w", encoding="utf-8") as f:
         json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -55,6 +63,10 @@ def main(state_dir: str) -> int:
     from ctm_adapters.process import Launch, PsutilProcessRunner
     from ctm_core.ports import RunSpec
 
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as f:
+        f.write(SUPERVISOR_NAME)
+    with contextlib.suppress(OSError):  # missing: the spec is missing too, and said so below
+        os.chdir(state_dir)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stop_asked: list[int] = []  # a plain flag: the handler runs between two bytecodes
@@ -74,6 +86,7 @@ def main(state_dir: str) -> int:
         timeout_grace=config["timeout_grace"],
         leftover_grace=config["leftover_grace"],
         log_flush_interval=config["log_flush_interval"],
+        only_descendants=True,  # a subreaper: escapees come back to it
     )
     spec = RunSpec(
         argv=tuple(config["argv"]),
@@ -97,6 +110,7 @@ def main(state_dir: str) -> int:
             "pid": handle.pid,
             "token": launch.token,
         },
+        durable=False,  # the server waits for it; after a crash of the machine no run is left
     )
     print(json.dumps({"pid": handle.pid}), flush=True)
     devnull = os.open(os.devnull, os.O_WRONLY)

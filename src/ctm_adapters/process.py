@@ -260,8 +260,11 @@ class PsutilRunHandle:
 class _Monitor:
     """The one thread that samples the memory of every running execution."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, procs: Callable[[], dict[int, ProcStat]] = scan) -> None:
         self.interval = interval
+        self.procs = procs
+        """The processes a run's may be among: every one on the machine, or fewer (see
+        ``own_descendants``)."""
         self.on_limit: Callable[[PsutilRunHandle], None] | None = None
         self.scanner = TreeScanner(RUN_MARKER_VARIABLE.encode())
         self.scan_lock = threading.Lock()
@@ -300,10 +303,9 @@ class _Monitor:
             thread.join()
 
     def refresh(self, trees: list[RunTree]) -> None:
-        """Scan ``/proc`` once and update the members of ``trees``."""
+        """Scan the processes once and update the members of ``trees``."""
         with self.scan_lock:
-            procs = scan()
-            self.scanner.attribute(trees, procs)
+            self.scanner.attribute(trees, self.procs())
 
     def _loop(self) -> None:
         next_tick = time.monotonic()
@@ -488,7 +490,11 @@ class PsutilProcessRunner:
         instance_id: str | None = None,
         identities: Identities | None = None,
         sandbox: Sandbox | None = None,
+        only_descendants: bool = False,
     ) -> None:
+        """``only_descendants``: this process is a child subreaper that runs nothing but its
+        runs (a run supervisor), so every process of a run, escapees included, is one of its
+        descendants: samples and stops read those instead of all of ``/proc``."""
         if not hasattr(os, "pidfd_open"):
             raise RuntimeError("PsutilProcessRunner needs Linux >= 5.3 (pidfd_open)")
         if sample_interval <= 0:
@@ -503,7 +509,7 @@ class PsutilProcessRunner:
             raise ValueError("instance_id: 1-64 characters of A-Z a-z 0-9 _ . -")
         self._instance_id = instance_id
         self._active_tokens: set[str] = set()
-        self._monitor = _Monitor(sample_interval)
+        self._monitor = _Monitor(sample_interval, own_descendants if only_descendants else scan)
         self._monitor.on_limit = self._end_over_limit
         self._identities = identities
         self._sandbox = sandbox
@@ -1010,6 +1016,18 @@ def _copy_output(run: PsutilRunHandle) -> None:
                 return
     finally:
         os.close(fd)
+
+
+def own_descendants() -> dict[int, ProcStat]:
+    """This process's descendants (itself left out), by pid: the kernel's children lists, a
+    few reads per process of the run instead of one per process on the machine."""
+    me = os.getpid()
+    procs: dict[int, ProcStat] = {}
+    for pid in descendants(me):
+        stat = None if pid == me else read_stat(pid)
+        if stat is not None:
+            procs[pid] = stat
+    return procs
 
 
 def _read_last_peak(run: PsutilRunHandle) -> None:

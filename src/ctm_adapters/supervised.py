@@ -2,10 +2,13 @@
 
 Each run has a small supervisor process of its own (``ctm_adapters._supervisor``, in a new
 session) that starts the program, copies its output into the capped log, samples its memory,
-enforces its timeout, reaps it and writes its result to ``<log>.run/result.json``. The server
-only follows the supervisor through a pidfd, asks it to stop the run (SIGTERM plus the grace in
-``stop.json``) and reads the result. When the server dies (kill -9) or restarts, the run goes
-on; the next server ``adopt``s it from ``<log>.run/state.json`` and records its real end.
+enforces its timeout, reaps it and writes its result to ``<log>.run/result.json``. Supervisors
+are forked from the runner's fork server (``_forkserver``: one pre-imported helper process), so a
+start costs a fork rather than an interpreter's start; without one each is a new interpreter.
+The server only follows the supervisor through a pidfd, asks it to stop the run (SIGTERM plus the
+grace in ``stop.json``) and reads the result. When the server dies (kill -9) or restarts, the run
+goes on (so does it when the fork server dies); the next server ``adopt``s it from
+``<log>.run/state.json`` and records its real end.
 
 See docs/runs.md and docs/operations.md.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import shutil
@@ -26,9 +30,18 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from ctm_adapters._forkserver import ForkServer, ForkServerError
 from ctm_adapters._proctree import read_stat
 from ctm_adapters._sandbox import Identities, Sandbox
-from ctm_adapters._supervisor import RESULT, SPEC, STATE, STOP, read_json, write_json
+from ctm_adapters._supervisor import (
+    RESULT,
+    SPEC,
+    STATE,
+    STOP,
+    SUPERVISOR_NAME,
+    read_json,
+    write_json,
+)
 from ctm_adapters.process import (
     RUN_MARKER_VARIABLE,
     PsutilProcessRunner,
@@ -39,8 +52,11 @@ from ctm_core.ports import RunHandle, RunResult, RunSpec
 
 __all__ = ["SupervisedProcessRunner", "SupervisedRunHandle", "state_dir"]
 
+log = logging.getLogger(__name__)
+
 _START_TIMEOUT = 60.0  # for the supervisor to report the program's pid
 _STOP_SLACK = 40.0  # beyond the grace: SIGKILL escalation and the end of output, in the supervisor
+_FORK_SERVER_RETRY = 60.0  # seconds of interpreter starts after a fork server failed to serve
 
 
 def state_dir(log_path: str) -> str:
@@ -96,6 +112,9 @@ class SupervisedProcessRunner:
 
     Options as ``PsutilProcessRunner``'s (they go to each run's supervisor); ``instance_id`` is
     required: it marks every run, so ``kill_stale_runs`` finds those that cannot be adopted.
+    ``fork_server``: fork supervisors from a fork server (``_forkserver``, started with the
+    first run, ended by ``close``), so a start costs a fork rather than an interpreter's start;
+    False, or when no fork server can be had: each supervisor is a new interpreter.
     """
 
     runs_survive_restart = True
@@ -112,6 +131,7 @@ class SupervisedProcessRunner:
         log_flush_interval: float = 1.0,
         identities: Identities | None = None,
         sandbox: Sandbox | None = None,
+        fork_server: bool = True,
     ) -> None:
         # Checks every option and makes each run's environment; never starts a run itself.
         self._env = PsutilProcessRunner(
@@ -136,11 +156,26 @@ class SupervisedProcessRunner:
         }
         self._active_tokens: set[str] = set()
         self._closed = False
+        self._use_fork_server = fork_server
+        self._forks: ForkServer | None = None
+        self._forks_lock = threading.Lock()  # held to start or drop one, never to fork
+        self._fork_server_retry = 0.0  # monotonic time before which none is started
+
+    @property
+    def fork_server_pid(self) -> int | None:
+        """The fork server's pid while there is one (it starts with the first run)."""
+        server = self._forks
+        return None if server is None else server.pid
 
     def close(self) -> None:
-        """Stop starting runs. Runs going on are left to their supervisors."""
+        """Stop starting runs and end the fork server. Runs going on are left to their
+        supervisors."""
         self._closed = True
         self._env.close()
+        with self._forks_lock:
+            server, self._forks = self._forks, None
+        if server is not None:
+            server.close()
 
     # ---------------------------------------------------------------- start
 
@@ -149,7 +184,7 @@ class SupervisedProcessRunner:
             raise RuntimeError("the runner is closed")
         launch = self._env.prepare(spec)
         token = launch.token
-        directory = state_dir(spec.log_path)
+        directory = os.path.abspath(state_dir(spec.log_path))
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, mode=0o700)
         write_json(
@@ -162,62 +197,143 @@ class SupervisedProcessRunner:
                 "timeout_seconds": spec.timeout_seconds,
                 "launch": launch.to_json(),
             },
+            durable=False,  # read and deleted at once by the supervisor
         )
-        own_env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(self._secret_prefixes) and key != RUN_MARKER_VARIABLE
-        }
         self._active_tokens.add(token)  # before it exists: kill_stale_runs must never see it
+        try:
+            return self._supervise(directory, token)
+        except BaseException:
+            self._active_tokens.discard(token)
+            raise
+
+    def _supervise(self, directory: str, token: str) -> SupervisedRunHandle:
+        """Start the supervisor of the run prepared in ``directory``; wait for its program."""
         read_fd, write_fd = os.pipe()
+        popen: subprocess.Popen[bytes] | None = None
         try:
             err_fd = os.open(
                 os.path.join(directory, "supervisor.err"),
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600,
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                0o600,
             )
-            with open(err_fd, "ab") as err:
-                popen = subprocess.Popen(
-                    [sys.executable, "-P", "-m", "ctm_adapters._supervisor", directory],
-                    stdin=subprocess.DEVNULL,
-                    stdout=write_fd,
-                    stderr=err,
-                    start_new_session=True,
-                    close_fds=True,
-                    env=own_env,
-                    cwd="/",
-                )
+            try:
+                forked = self._fork(directory, write_fd, err_fd)
+                if forked is None:
+                    popen = self._spawn(directory, write_fd, err_fd)
+            finally:
+                os.close(err_fd)
         except BaseException:
             os.close(read_fd)
-            self._active_tokens.discard(token)
             raise
         finally:
             os.close(write_fd)
+        pidfd: int | None
+        if forked is not None:
+            supervisor_pid, pidfd = forked
+        else:
+            assert popen is not None
+            supervisor_pid = popen.pid
+            try:
+                pidfd = os.pidfd_open(popen.pid)
+            except OSError:  # out of descriptors? The Popen is enough to wait
+                pidfd = None
         try:
             line = _read_line(read_fd, _START_TIMEOUT)
         finally:
             os.close(read_fd)
         message = _parse(line)
         if message is None or "pid" not in message:
-            if message is None:
-                popen.kill()
-            popen.wait()
-            self._active_tokens.discard(token)
+            if message is None:  # no word from it (or garbage): it may be stuck
+                _kill(popen, pidfd)
+            if popen is not None:
+                popen.wait()
+            if pidfd is not None:
+                _wait_pidfd(pidfd, _STOP_SLACK)
+                os.close(pidfd)
             if message is not None and "error" in message:
                 errno, strerror, filename = message["error"]
                 raise OSError(errno, strerror, filename)
             raise OSError(f"the run supervisor failed: {_tail(directory)}")
-        try:
-            pidfd: int | None = os.pidfd_open(popen.pid)
-        except OSError:  # it ended already (and was reaped?): the Popen is enough to wait
-            pidfd = None
         return SupervisedRunHandle(
             pid=int(message["pid"]),
-            supervisor_pid=popen.pid,
+            supervisor_pid=supervisor_pid,
             pidfd=pidfd,
             directory=directory,
             token=token,
             popen=popen,
         )
+
+    def _fork(self, directory: str, out_fd: int, err_fd: int) -> tuple[int, int] | None:
+        """The supervisor forked by the fork server: its pid and a pidfd. None when no fork
+        server can fork it (then nothing of the run has started: the caller spawns one)."""
+        for _attempt in range(2):  # a fork server found dead is replaced once
+            server = self._fork_server()
+            if server is None:
+                return None
+            try:
+                return server.fork(directory, out_fd, err_fd)
+            except ForkServerError as exc:
+                if server.alive:  # it could not fork (no memory?): a new one would not either
+                    log.warning("the fork server could not fork a run supervisor: %s", exc)
+                    return None
+                log.warning("the fork server (pid %s) died; starting another", server.pid)
+                self._drop_fork_server(server)
+        return None
+
+    def _fork_server(self) -> ForkServer | None:
+        """The fork server, started on first use and again after it died; None when it is off,
+        the runner is closed or none could start lately."""
+        if not self._use_fork_server:
+            return None
+        server = self._forks
+        if server is not None and server.alive:
+            return server  # no lock: a start never waits for another
+        with self._forks_lock:
+            server = self._forks
+            if server is not None and server.alive:
+                return server
+            if server is not None:
+                self._forks = None
+                server.close()
+            if self._closed or time.monotonic() < self._fork_server_retry:
+                return None
+            try:
+                server = ForkServer(self._supervisor_env())
+            except OSError as exc:
+                log.warning("no fork server; run supervisors start as interpreters: %s", exc)
+                self._fork_server_retry = time.monotonic() + _FORK_SERVER_RETRY
+                return None
+            self._forks = server
+            return server
+
+    def _drop_fork_server(self, server: ForkServer) -> None:
+        with self._forks_lock:
+            if self._forks is server:
+                self._forks = None
+                if server.forks == 0:  # it never served: do not start one per run
+                    self._fork_server_retry = time.monotonic() + _FORK_SERVER_RETRY
+        server.close()
+
+    def _spawn(self, directory: str, out_fd: int, err_fd: int) -> subprocess.Popen[bytes]:
+        """The supervisor as a new interpreter (without a fork server)."""
+        return subprocess.Popen(
+            [sys.executable, "-P", "-m", "ctm_adapters._supervisor", directory],
+            stdin=subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=err_fd,
+            start_new_session=True,
+            close_fds=True,
+            env=self._supervisor_env(),
+            cwd="/",
+        )
+
+    def _supervisor_env(self) -> dict[str, str]:
+        """The server's environment without its secrets (or a run marker)."""
+        return {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(self._secret_prefixes) and key != RUN_MARKER_VARIABLE
+        }
 
     # ---------------------------------------------------------------- adopt
 
@@ -237,8 +353,12 @@ class SupervisedProcessRunner:
             if result is None:
                 return None
             return SupervisedRunHandle(
-                pid=pid, supervisor_pid=supervisor_pid, pidfd=None, directory=directory,
-                token=token, result=result,
+                pid=pid,
+                supervisor_pid=supervisor_pid,
+                pidfd=None,
+                directory=directory,
+                token=token,
+                result=result,
             )
 
         handle = ended()
@@ -316,14 +436,10 @@ class SupervisedProcessRunner:
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    args = f.read().split(b"\0")
-            except OSError:
+            directory = _supervisor_directory(int(name))
+            if directory is None:
                 continue
-            if len(args) < 3 or args[-3] != b"ctm_adapters._supervisor":
-                continue
-            state = read_json(os.path.join(os.fsdecode(args[-2]), STATE))
+            state = read_json(os.path.join(directory, STATE))
             token = None if state is None else state.get("token")
             if (
                 isinstance(token, str)
@@ -334,6 +450,32 @@ class SupervisedProcessRunner:
             ):
                 found.append(int(name))
         return found
+
+
+def _supervisor_directory(pid: int) -> str | None:
+    """The state folder of ``pid`` if it is a run supervisor: one names itself
+    ``ctm-supervisor`` and works in its state folder (forked ones share the fork server's command
+    line); one of an earlier version names it on its command line."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            if f.read().rstrip(b"\n") == SUPERVISOR_NAME.encode():
+                return os.readlink(f"/proc/{pid}/cwd")
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return None
+    if len(args) < 3 or args[-3] != b"ctm_adapters._supervisor":
+        return None
+    return os.fsdecode(args[-2])
+
+
+def _kill(popen: subprocess.Popen[bytes] | None, pidfd: int | None) -> None:
+    """SIGKILL a supervisor (through its pidfd: a forked one is not this process's child)."""
+    with contextlib.suppress(OSError):
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        elif popen is not None:
+            popen.kill()
 
 
 def _own(handle: RunHandle) -> SupervisedRunHandle:

@@ -76,8 +76,12 @@ def test_timeout_and_missing_program(tmp_path: Path) -> None:
     result = runner.wait(handle)
     assert result.timed_out and result.exit_code == -signal.SIGTERM
     assert "timed out" in (tmp_path / "run.log").read_text()
-    missing = RunSpec(argv=(str(tmp_path / "no-such-python"),), cwd=str(tmp_path),
-                      log_path=str(tmp_path / "m.log"), env_add={})
+    missing = RunSpec(
+        argv=(str(tmp_path / "no-such-python"),),
+        cwd=str(tmp_path),
+        log_path=str(tmp_path / "m.log"),
+        env_add={},
+    )
     with pytest.raises(FileNotFoundError, match="no-such-python"):
         runner.start(missing)
 
