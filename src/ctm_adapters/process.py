@@ -302,10 +302,12 @@ class _Monitor:
         if thread is not None:
             thread.join()
 
-    def refresh(self, trees: list[RunTree]) -> None:
-        """Scan the processes once and update the members of ``trees``."""
+    def refresh(self, trees: list[RunTree], *, sample: bool = False) -> None:
+        """Scan the processes once and update the members of ``trees``: for a ``sample``, the
+        ones ``procs`` gives; else (stops, leftovers) every process on the machine, since the
+        kernel's children lists can miss a process while it is being reparented."""
         with self.scan_lock:
-            self.scanner.attribute(trees, self.procs())
+            self.scanner.attribute(trees, self.procs() if sample else scan())
 
     def _loop(self) -> None:
         next_tick = time.monotonic()
@@ -331,7 +333,7 @@ class _Monitor:
         live = [run for run in runs if not run._main_exited.is_set()]
         if not live:
             return
-        self.refresh([run._tree for run in live])
+        self.refresh([run._tree for run in live], sample=True)
         for run in live:
             tree = run._tree
             if tree.main_alive():
@@ -494,7 +496,7 @@ class PsutilProcessRunner:
     ) -> None:
         """``only_descendants``: this process is a child subreaper that runs nothing but its
         runs (a run supervisor), so every process of a run, escapees included, is one of its
-        descendants: samples and stops read those instead of all of ``/proc``."""
+        descendants: memory samples read those instead of all of ``/proc``."""
         if not hasattr(os, "pidfd_open"):
             raise RuntimeError("PsutilProcessRunner needs Linux >= 5.3 (pidfd_open)")
         if sample_interval <= 0:

@@ -102,9 +102,11 @@ class VenvEnvironmentBackend:
     ``default_python``: the interpreter used when ``create`` gets no ``python_version``; a path,
     or a version resolved among the interpreters found. Default: the server's own interpreter.
     ``interpreters``: extra interpreters (label -> executable) beyond ``python3.X`` on ``PATH``.
-    ``use_uv``: ``None`` uses ``uv pip`` when uv is found (on ``PATH``, or beside the server's
-    interpreter after ``pip install uv``), ``True`` requires it,
-    ``False`` always uses the environment's pip. ``uv_executable`` names uv explicitly.
+    ``use_uv``: ``None`` uses ``uv pip`` when a uv that runs is found (the one installed with
+    ctm, the ``uv`` package, whatever the server's ``PATH``; else beside the server's
+    interpreter; else on ``PATH``) and pip otherwise, ``True`` requires it, ``False`` always
+    uses the environment's pip. ``uv_executable`` names uv explicitly. ``tool`` says which
+    serves and why, for the server's start line.
     ``sandbox`` and ``installer``: run every package change (venv creation, pip, uv) in a
     bubblewrap sandbox as the installer's unprivileged identity, with write access to the
     environment and the installer's cache only.
@@ -141,10 +143,13 @@ class VenvEnvironmentBackend:
         self._usage_generation = 0
         self._usage: tuple[int, tuple[str, ...], DiskUsage] | None = None
         self.uv: str | None = None
+        self.tool = "pip: use_uv=False"
+        """What makes and changes the environments, for the operator: ``uv 0.9.2 at <path>``, or
+        ``pip: <why not uv>``."""
         if use_uv is not False:
-            self.uv = uv_executable or _find_uv()
+            self.uv, self.tool = _choose_uv(uv_executable)
             if use_uv and self.uv is None:
-                raise ValueError("use_uv=True but no uv executable was found")
+                raise ValueError(f"use_uv=True but uv cannot serve: {self.tool}")
         self._remove_stale_temporaries()
 
     # --- reads -----------------------------------------------------------------------------
@@ -850,13 +855,57 @@ def _discover(extra: Mapping[str, str]) -> list[PythonInterpreter]:
     return found
 
 
-def _find_uv() -> str | None:
-    """uv on PATH, else the one ``pip install uv`` put beside the server's interpreter."""
-    found = shutil.which("uv")
-    if found is None:
-        beside = os.path.join(os.path.dirname(sys.executable), "uv")
-        found = beside if os.access(beside, os.X_OK) else None
-    return found
+def _uv_candidates() -> list[str]:
+    """Where uv may be, best first: the one installed with ctm (the ``uv`` package, a
+    dependency: ``uv.find_uv_bin()``, found whatever the server's PATH), the one beside the
+    server's interpreter, then uv on PATH."""
+    found: list[str] = []
+    try:
+        from uv import find_uv_bin
+
+        found.append(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        pass
+    beside = os.path.join(os.path.dirname(sys.executable), "uv")
+    if os.access(beside, os.X_OK):
+        found.append(beside)
+    on_path = shutil.which("uv")
+    if on_path is not None:
+        found.append(on_path)
+    return list(dict.fromkeys(os.path.abspath(f) for f in found))
+
+
+def _uv_version(uv: str) -> str | None:
+    """``uv 0.9.2`` when ``uv --version`` runs and says so; None when uv cannot serve."""
+    try:
+        proc = subprocess.run(
+            [uv, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            stdin=subprocess.DEVNULL,
+            env=_child_env(),
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = proc.stdout.split()
+    if proc.returncode != 0 or len(words) < 2 or words[0] != "uv":
+        return None
+    return f"uv {words[1]}"
+
+
+def _choose_uv(explicit: str | None) -> tuple[str | None, str]:
+    """The first uv that runs (``explicit`` alone when given) and how to name the installer;
+    ``(None, "pip: <why>")`` when none does."""
+    candidates = [explicit] if explicit else _uv_candidates()
+    for candidate in candidates:
+        version = _uv_version(candidate)
+        if version is not None:
+            return candidate, f"{version} at {candidate}"
+    if not candidates:
+        return None, "pip: no uv was found"
+    return None, f"pip: uv does not run ({', '.join(candidates)})"
 
 
 def _pid_alive(pid: int) -> bool:

@@ -290,6 +290,10 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 SLOW_CALLS = 32
+QUICK_CALLS = 16
+"""Threads for quick calls (``call``: reads, logins, each request's authentication) instead of
+anyio's default 40: more only queue for the GIL and SQLite, and each holds a stack and malloc
+memory (benchmarks/bench_serve_memory.py: ~38 threads at most under load.py instead of ~76)."""
 
 
 async def call_slow(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -740,9 +744,12 @@ def create_app(settings: Settings, **overrides: Any) -> Starlette:
         await call(svc.scheduler.recover, kill_stale)
         app.state.services = svc
         app.state.slow_limiter = anyio.CapacityLimiter(SLOW_CALLS)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = QUICK_CALLS
+        tool = getattr(svc.backend, "tool", None)  # venv: uv or pip, and why
         log.info(
-            "ctm listening on http://%s:%s, data directory %s, backend %s",
+            "ctm listening on http://%s:%s, data directory %s, backend %s%s",
             settings.host, settings.port, os.path.abspath(settings.data_dir), svc.backend.kind,
+            f" ({tool})" if tool else "",
         )
         loop_task = asyncio.create_task(svc.scheduler.run(), name="ctm-scheduler")
         try:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import getpass
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ctm_http.settings import settings_from_env
+
+MALLOC_ARENAS = 2
+"""glibc malloc arenas of ``ctm serve`` unless ``MALLOC_ARENA_MAX`` says otherwise. glibc's own
+bound is 8 per core, and the threads of the thread pool (~75 under load) spread over them, each
+arena keeping the memory freed in it: ~400 MB RSS after ``benchmarks/load.py`` with 16 arenas,
+~110-130 MB with 2 (``benchmarks/bench_serve_memory.py``). Python allocates under its GIL, so
+more arenas buy little here."""
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's <malloc.h>
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +54,25 @@ def _read_password() -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
+def bound_malloc_arenas(environ: Mapping[str, str], arenas: int = MALLOC_ARENAS) -> int | None:
+    """Cap glibc's malloc arenas of this process at ``arenas`` (``mallopt(M_ARENA_MAX)``).
+
+    Call it before any thread starts: glibc fixes its limit once a few arenas exist. Returns the
+    cap set; None when the user set ``MALLOC_ARENA_MAX`` (glibc applies it itself), when this
+    is not glibc, or when mallopt refuses. Processes started later (runs, supervisors, pip)
+    keep glibc's defaults: they do not inherit a ``mallopt``.
+    """
+    if environ.get("MALLOC_ARENA_MAX"):
+        return None
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except (ValueError, OSError):  # not glibc (musl, macOS): nothing to bound
+        return None
+    return arenas if libc.mallopt(_M_ARENA_MAX, arenas) == 1 else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -53,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         or args.data_dir
     )
     if args.command == "serve":
+        bound_malloc_arenas(os.environ)  # first, while this process has one thread
         import uvicorn
 
         from ctm_adapters._hardening import make_undumpable, scrub_environment

@@ -637,3 +637,68 @@ def test_disk_usage_follows_changes_made_through_the_adapter(
     after = backend.disk_usage()
     assert fresh not in after.per_environment
     assert after.total < grown.total
+
+
+# --- which installer -------------------------------------------------------------------------
+
+
+def _fake_uv(folder: Path, script: str) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "uv"
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def _no_packaged_uv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As if the ``uv`` package were missing and nothing were beside the interpreter."""
+    monkeypatch.setitem(sys.modules, "uv", None)  # import uv -> ImportError
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here" / "python"))
+
+
+def test_the_uv_installed_with_ctm_serves_whatever_path_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the interpreter's bin folder off PATH and another uv on it, the uv that came with
+    ctm (the ``uv`` package) is chosen, and ``tool`` names it with its version."""
+    uv = pytest.importorskip("uv")
+    packaged = uv.find_uv_bin()
+    decoy = _fake_uv(tmp_path / "bin", "echo 'uv 0.0.1'")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    backend = VenvEnvironmentBackend(str(tmp_path / "envs"))
+    assert backend.uv == os.path.abspath(packaged) != decoy
+    assert backend.tool.startswith("uv ") and backend.tool.endswith(f" at {backend.uv}")
+    assert "0.0.1" not in backend.tool
+
+
+def test_a_uv_that_does_not_run_falls_back_to_pip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A uv that fails to run leaves the backend on pip, ``tool`` says why, and pip makes the
+    environment."""
+    interpreter = sys.executable
+    _no_packaged_uv(monkeypatch, tmp_path)
+    broken = _fake_uv(tmp_path / "bin", "exit 1")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    backend = VenvEnvironmentBackend(str(tmp_path / "envs"))
+    monkeypatch.setattr(sys, "executable", interpreter)  # environments are made from it
+    assert backend.uv is None
+    assert backend.tool == f"pip: uv does not run ({broken})"
+    env = backend.create("fallback", None, [])
+    assert "pip" in _versions(env)
+
+
+def test_no_uv_at_all_means_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No uv package, none beside the interpreter, none on PATH: pip, and it says why."""
+    _no_packaged_uv(monkeypatch, tmp_path)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    backend = VenvEnvironmentBackend(str(tmp_path / "envs"))
+    assert (backend.uv, backend.tool) == (None, "pip: no uv was found")
+
+
+def test_use_uv_true_refuses_a_uv_that_does_not_run(tmp_path: Path) -> None:
+    """Requiring uv with a broken one fails at construction, not at the first install."""
+    broken = _fake_uv(tmp_path / "bin", "exit 3")
+    with pytest.raises(ValueError, match="uv cannot serve"):
+        VenvEnvironmentBackend(str(tmp_path / "envs"), use_uv=True, uv_executable=broken)
