@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlite_utils import Database, Migrations
@@ -162,6 +162,97 @@ def _indexes_for_paged_reads(db: Database) -> None:
         db.execute(statement)
 
 
+_FINISHED_SQL = "('completed', 'failed', 'stopped')"
+_OUTCOME_SQL = "('completed', 'failed')"
+
+
+def _slot(row: str) -> str:
+    """SQL of the 15-minute slot (``YYYY-MM-DDTHH:MM``, UTC) that ``row``'s end time is in."""
+    return (
+        f"substr({row}.end_time, 1, 14) || CASE"
+        f" WHEN CAST(substr({row}.end_time, 15, 2) AS INTEGER) < 15 THEN '00'"
+        f" WHEN CAST(substr({row}.end_time, 15, 2) AS INTEGER) < 30 THEN '15'"
+        f" WHEN CAST(substr({row}.end_time, 15, 2) AS INTEGER) < 45 THEN '30' ELSE '45' END"
+    )
+
+
+def _add(row: str) -> str:
+    """Statements adding ``row``'s part (``NEW``) to the aggregates, where it has one."""
+    return f"""
+        INSERT INTO run_totals (task_id, finished, completed, timed, total_duration)
+        SELECT {row}.task_id, 1, {row}.status = 'completed', {row}.duration IS NOT NULL,
+               coalesce({row}.duration, 0.0)
+        WHERE {row}.status IN {_FINISHED_SQL}
+        ON CONFLICT (task_id) DO UPDATE SET
+            finished = finished + 1, completed = completed + excluded.completed,
+            timed = timed + excluded.timed,
+            total_duration = total_duration + excluded.total_duration;
+        INSERT INTO run_outcomes (slot, status, n)
+        SELECT {_slot(row)}, {row}.status, 1
+        WHERE {row}.status IN {_OUTCOME_SQL} AND {row}.end_time IS NOT NULL
+        ON CONFLICT (slot, status) DO UPDATE SET n = n + 1;
+    """  # noqa: S608
+
+
+def _remove(row: str) -> str:
+    """Statements taking ``row``'s part (``OLD``) out of the aggregates."""
+    return f"""
+        UPDATE run_totals SET
+            finished = finished - 1, completed = completed - ({row}.status = 'completed'),
+            timed = timed - ({row}.duration IS NOT NULL),
+            total_duration = total_duration - coalesce({row}.duration, 0.0)
+        WHERE task_id = {row}.task_id AND {row}.status IN {_FINISHED_SQL};
+        UPDATE run_outcomes SET n = n - 1
+        WHERE slot = {_slot(row)} AND status = {row}.status
+          AND {row}.status IN {_OUTCOME_SQL} AND {row}.end_time IS NOT NULL;
+    """  # noqa: S608
+
+
+@MIGRATIONS(name="0004_run_aggregates")
+def _run_aggregates(db: Database) -> None:
+    """Counts and summed durations per task, and completed/failed runs per 15-minute slot of
+    their end, kept by triggers in the transaction of every change to ``executions``: the stats
+    read a few hundred rows whatever the number of executions."""
+    for statement in (
+        """
+        CREATE TABLE run_totals (
+            task_id        INTEGER PRIMARY KEY REFERENCES tasks (id) ON DELETE CASCADE,
+            finished       INTEGER NOT NULL,
+            completed      INTEGER NOT NULL,
+            timed          INTEGER NOT NULL,
+            total_duration REAL    NOT NULL
+        ) STRICT
+        """,
+        """
+        CREATE TABLE run_outcomes (
+            slot   TEXT    NOT NULL,
+            status TEXT    NOT NULL,
+            n      INTEGER NOT NULL,
+            PRIMARY KEY (slot, status)
+        ) STRICT, WITHOUT ROWID
+        """,
+        f"CREATE TRIGGER executions_aggregate_insert AFTER INSERT ON executions"
+        f" BEGIN {_add('NEW')} END",
+        f"CREATE TRIGGER executions_aggregate_delete AFTER DELETE ON executions"
+        f" BEGIN {_remove('OLD')} END",
+        "CREATE TRIGGER executions_aggregate_update"
+        " AFTER UPDATE OF task_id, status, end_time, duration ON executions"
+        f" BEGIN {_remove('OLD')} {_add('NEW')} END",
+        # Runs of before this migration.
+        f"""
+        INSERT INTO run_totals (task_id, finished, completed, timed, total_duration)
+        SELECT task_id, count(*), sum(status = 'completed'), count(duration), total(duration)
+        FROM executions WHERE status IN {_FINISHED_SQL} GROUP BY task_id
+        """,  # noqa: S608
+        f"""
+        INSERT INTO run_outcomes (slot, status, n)
+        SELECT {_slot('executions')}, status, count(*) FROM executions
+        WHERE status IN {_OUTCOME_SQL} AND end_time IS NOT NULL GROUP BY 1, 2
+        """,  # noqa: S608
+    ):
+        db.execute(statement)
+
+
 # --- value conversion --------------------------------------------------------------------------
 
 
@@ -188,6 +279,26 @@ def dt_in(value: Any) -> datetime:
 
 def opt_dt_in(value: Any) -> datetime | None:
     return None if value is None else dt_in(value)
+
+
+SLOT = timedelta(minutes=15)
+"""The width of ``run_outcomes``' slots: every time zone's midnight is on a slot's edge."""
+
+
+def slot_floor(value: datetime) -> datetime:
+    """The start of the 15-minute slot ``value`` (UTC) is in."""
+    return value.replace(minute=value.minute - value.minute % 15, second=0, microsecond=0)
+
+
+def slot_ceil(value: datetime) -> datetime:
+    """``value`` when it starts a slot, else the start of the next."""
+    floor = slot_floor(value)
+    return floor if floor == value else floor + SLOT
+
+
+def slot_key(value: datetime) -> str:
+    """A slot's text in ``run_outcomes``: ``YYYY-MM-DDTHH:MM`` in UTC."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
 
 
 def opt_str(value: Any) -> str | None:
@@ -400,14 +511,22 @@ LATEST_STARTED = (
     " WHERE coalesce(start_time, '~') < '~' AND +status IN (SELECT value FROM json_each(?))"
     f" ORDER BY {NEWEST_FIRST} LIMIT ?"
 )
-SUMMARY = """
-    SELECT count(*) AS finished, coalesce(sum(status = 'completed'), 0) AS completed,
-           count(duration) AS timed, total(duration) AS total,
-           min(duration) AS shortest, max(duration) AS longest
-    FROM executions WHERE status IN ('completed', 'failed', 'stopped')
-"""
+SUMMARY = (
+    "SELECT total(finished) AS finished, total(completed) AS completed, total(timed) AS timed,"
+    " total(total_duration) AS total FROM run_totals"
+)
 SUMMARY_OF_ENVIRONMENT = (
-    SUMMARY + " AND task_id IN (SELECT id FROM tasks WHERE conda_env = ?)"  # noqa: S608
+    SUMMARY + " WHERE task_id IN (SELECT id FROM tasks WHERE conda_env = ?)"  # noqa: S608
+)
+# One status at a time: SQLite then reads the end of executions_status_duration, O(log n).
+SHORTEST = "SELECT min(duration) AS d FROM executions WHERE status = ?"
+LONGEST = "SELECT max(duration) AS d FROM executions WHERE status = ?"
+OUTCOME_SLOTS = (
+    "SELECT slot, status, n FROM run_outcomes WHERE slot >= ? AND slot < ? AND n > 0"
+)
+OUTCOMES_BETWEEN = (
+    "SELECT status, count(*) AS n FROM executions"
+    " WHERE status IN ('completed', 'failed') AND end_time >= ? AND end_time < ? GROUP BY status"
 )
 PRUNABLE_LOGS = """
     SELECT log_path FROM executions
@@ -441,17 +560,6 @@ def page_query(*, of_task: bool, since: bool, after: bool, skipped: bool) -> str
     return (
         f"SELECT * FROM executions WHERE {' AND '.join(where)}"  # noqa: S608 - fixed fragments
         f" ORDER BY {NEWEST_FIRST} LIMIT :limit"
-    )
-
-
-def outcomes_query(buckets: int) -> str:
-    """Completed and failed executions per end-time bucket: bucket i counts the ends at or after
-    boundary i + 1 (``:b1`` …), so the sum of the comparisons is the bucket's number."""
-    bucket = " + ".join(f"(end_time >= :b{i})" for i in range(1, buckets)) or "0"
-    return (
-        f"SELECT status, {bucket} AS bucket, count(*) AS n FROM executions"  # noqa: S608
-        " WHERE status IN ('completed', 'failed') AND end_time >= :b0"
-        f" AND end_time < :b{buckets} GROUP BY status, bucket"
     )
 
 

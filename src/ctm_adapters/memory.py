@@ -541,8 +541,8 @@ class InMemoryRepository:
             completed=sum(1 for e in finished if e.status is ExecutionStatus.COMPLETED),
             timed=len(durations),
             total_duration=float(sum(durations)),
-            min_duration=min(durations, default=None),
-            max_duration=max(durations, default=None),
+            min_duration=None if environment is not None else min(durations, default=None),
+            max_duration=None if environment is not None else max(durations, default=None),
         )
 
     def count_outcomes(self, boundaries: Sequence[datetime]) -> list[tuple[int, int]]:

@@ -28,10 +28,14 @@ from ctm_adapters._sqlite_schema import (
     EXECUTIONS_OF_TASK,
     LATEST_EXECUTION_OF_TASK,
     LATEST_STARTED,
+    LONGEST,
     MIGRATIONS,
+    OUTCOME_SLOTS,
+    OUTCOMES_BETWEEN,
     PRUNABLE,
     PRUNABLE_LOGS,
     PRUNE,
+    SHORTEST,
     STARTED,
     SUMMARY,
     SUMMARY_OF_ENVIRONMENT,
@@ -52,9 +56,11 @@ from ctm_adapters._sqlite_schema import (
     opt_dt_in,
     opt_dt_out,
     opt_int,
-    outcomes_query,
     page_query,
     session_from_row,
+    slot_ceil,
+    slot_floor,
+    slot_key,
     task_from_row,
     task_to_row,
     user_from_row,
@@ -625,31 +631,60 @@ class SqliteRepository:
         return self._executions(LATEST_STARTED, (STARTED, max(0, limit)))
 
     def summarize_executions(self, *, environment: str | None = None) -> ExecutionSummary:
-        """Counts and durations of finished executions (of one environment's tasks)."""
+        """Counts and durations of finished executions (of one environment's tasks): sums of
+        ``run_totals``, and the shortest and longest from the ends of an index."""
         if environment is None:
             row = self._read_one(SUMMARY)
         else:
             row = self._read_one(SUMMARY_OF_ENVIRONMENT, (environment,))
         assert row is not None
+        shortest = longest = None
+        if environment is None:
+            for status in ("completed", "failed", "stopped"):
+                low = self._read_one(SHORTEST, (status,))
+                high = self._read_one(LONGEST, (status,))
+                if low is not None and low["d"] is not None:
+                    shortest = low["d"] if shortest is None else min(shortest, low["d"])
+                if high is not None and high["d"] is not None:
+                    longest = high["d"] if longest is None else max(longest, high["d"])
         return ExecutionSummary(
             finished=int(row["finished"]),
             completed=int(row["completed"]),
             timed=int(row["timed"]),
             total_duration=float(row["total"]),
-            min_duration=None if row["shortest"] is None else float(row["shortest"]),
-            max_duration=None if row["longest"] is None else float(row["longest"]),
+            min_duration=shortest,
+            max_duration=longest,
         )
 
     def count_outcomes(self, boundaries: Sequence[datetime]) -> list[tuple[int, int]]:
-        """(completed, failed) executions ended in each interval of ``boundaries``."""
-        params = {f"b{i}": dt_out(b) for i, b in enumerate(boundaries)}
-        buckets = len(boundaries) - 1
-        if buckets < 1:
+        """(completed, failed) executions ended in each interval of ``boundaries``: whole
+        15-minute slots from ``run_outcomes``, the parts of slots at the edges from the
+        executions themselves (an index range each)."""
+        edges = [utc(b) for b in boundaries]
+        counts = [[0, 0] for _ in range(max(0, len(edges) - 1))]
+        if not counts:
             return []
-        counts = [[0, 0] for _ in range(buckets)]
-        for row in self._read(outcomes_query(buckets), params):
-            column = 0 if row["status"] == ExecutionStatus.COMPLETED.value else 1
-            counts[int(row["bucket"])][column] = int(row["n"])
+        slots: list[tuple[int, datetime, datetime]] = []  # (interval, first slot, end)
+        direct: list[tuple[int, datetime, datetime]] = []
+        for i, (start, end) in enumerate(zip(edges, edges[1:], strict=False)):
+            first, last = slot_ceil(start), slot_floor(end)
+            if first < last:
+                slots.append((i, first, last))
+                direct += [(i, start, first), (i, last, end)]
+            elif start < end:
+                direct.append((i, start, end))
+        if slots:
+            keyed = [(i, slot_key(first), slot_key(last)) for i, first, last in slots]
+            low, high = min(k[1] for k in keyed), max(k[2] for k in keyed)
+            for row in self._read(OUTCOME_SLOTS, (low, high)):
+                for i, first_key, last_key in keyed:
+                    if first_key <= row["slot"] < last_key:
+                        counts[i][row["status"] != "completed"] += int(row["n"])
+                        break
+        for i, start, end in direct:
+            if start < end:
+                for row in self._read(OUTCOMES_BETWEEN, (dt_out(start), dt_out(end))):
+                    counts[i][row["status"] != "completed"] += int(row["n"])
         return [(c, f) for c, f in counts]
 
     def unfinished_executions(self) -> list[Execution]:

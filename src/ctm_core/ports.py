@@ -405,7 +405,8 @@ class Repository(Protocol):
 
     def summarize_executions(self, *, environment: str | None = None) -> ExecutionSummary:
         """Counts and durations of every finished execution (of the tasks using
-        ``environment``, when given), computed by the store."""
+        ``environment``, when given), computed by the store; the shortest and longest duration
+        only over every execution (None when ``environment`` is given)."""
         ...
 
     def count_outcomes(self, boundaries: Sequence[datetime]) -> list[tuple[int, int]]:

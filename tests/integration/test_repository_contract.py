@@ -1311,16 +1311,16 @@ def test_summarize_executions_counts_and_durations(repo: Repository) -> None:
         completed=3,
         timed=3,
         total_duration=8.0,
-        min_duration=1.5,
-        max_duration=4.0,
+        min_duration=None,  # the extremes are only kept over every execution
+        max_duration=None,
     )
     assert repo.summarize_executions(environment="env2") == ExecutionSummary(
         finished=2,
         completed=1,
         timed=2,
         total_duration=10.5,
-        min_duration=0.5,
-        max_duration=10.0,
+        min_duration=None,
+        max_duration=None,
     )
     assert repo.summarize_executions(environment="nowhere").finished == 0
     repo.rename_environment("env2", "env3")
@@ -1495,6 +1495,7 @@ def test_sqlite_migrations_applied_once(db_path: str) -> None:
             "0001_initial_schema",
             "0002_task_run_limits_and_skip_runs",
             "0003_indexes_for_paged_reads",
+            "0004_run_aggregates",
         ]
         assert MIGRATIONS.pending(db) == []
         assert {"users", "sessions", "login_failures", "environment_owners", "tasks"} <= set(
@@ -1650,3 +1651,101 @@ def test_execution_roundtrip(repo: Repository, execution: Execution) -> None:
     execution = attrs.evolve(execution, id=f"{execution.id}-{uuid.uuid4()}", task_id=task.id)
     repo.add_execution(execution)
     assert repo.get_execution(execution.id) == execution
+
+
+def _brute_force(repo: Repository, task_ids: list[int]) -> tuple[int, int, int, float]:
+    every = [e for t in task_ids for e in repo.list_executions(t) if e.status.finished]
+    timed = [e.duration for e in every if e.duration is not None]
+    completed = sum(e.status is ExecutionStatus.COMPLETED for e in every)
+    return len(every), completed, len(timed), sum(timed)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["add", "end", "reopen", "prune", "delete"]),
+            st.integers(0, 2),
+            st.sampled_from(list(ExecutionStatus)),
+            st.one_of(st.none(), st.floats(0, 100, allow_nan=False)),
+            st.integers(0, 300),
+        ),
+        max_size=40,
+    )
+)
+def test_sqlite_aggregates_follow_every_change(tmp_path: Path, steps: list[Any]) -> None:
+    """The stats' stored aggregates (kept by triggers) equal a count over the executions
+    themselves after any mix of inserts, updates, prunes and task deletes."""
+    repo = SqliteRepository(tmp_path / f"agg-{uuid.uuid4().hex}.sqlite3")
+    try:
+        tasks = [repo.add_task(make_task(f"t{i}", conda_env=f"env{i % 2}")).id for i in range(3)]
+        alive = list(tasks)
+        stored: list[Execution] = []
+        for n, (action, which, status, duration, minute) in enumerate(steps):
+            if action == "add" and alive:
+                ex = make_execution(
+                    f"e{n}", alive[which % len(alive)], status=status, duration=duration,
+                    start_time=at(minute), end_time=at(minute + 1) if status.finished else None,
+                )
+                repo.add_execution(ex)
+                stored.append(ex)
+            elif action in ("end", "reopen") and stored:
+                ex = stored[which % len(stored)]
+                ex.status = status if action == "end" else ExecutionStatus.RUNNING
+                ex.duration, ex.end_time = duration, at(minute)
+                repo.update_execution(ex)
+            elif action == "prune":
+                repo.prune_executions(at(minute))
+            elif action == "delete" and alive:
+                gone = alive.pop(which % len(alive))
+                repo.delete_task(gone)
+                stored = [e for e in stored if e.task_id != gone]
+        summary = repo.summarize_executions()
+        finished_, completed, timed, total = _brute_force(repo, alive)
+        assert (summary.finished, summary.completed, summary.timed) == (finished_, completed, timed)
+        assert summary.total_duration == pytest.approx(total, abs=1e-6)
+        # Edges on and off the 15-minute slots, intervals shorter and longer than one.
+        edges = [at(m) for m in (-10, 0, 7.5, 15, 16, 29, 31, 44, 46, 61, 100, 200, 310)]
+        every = [e for t in alive for e in repo.list_executions(t)]
+        expected = [
+            (
+                sum(e.status is ExecutionStatus.COMPLETED and e.end_time is not None
+                    and a <= e.end_time < b for e in every),
+                sum(e.status is ExecutionStatus.FAILED and e.end_time is not None
+                    and a <= e.end_time < b for e in every),
+            )
+            for a, b in zip(edges, edges[1:], strict=False)
+        ]
+        assert repo.count_outcomes(edges) == expected
+    finally:
+        repo.close()
+
+
+def test_sqlite_aggregates_are_built_from_older_databases(db_path: str) -> None:
+    """A database from before the aggregates gets them from the executions it already has."""
+    with SqliteRepository(db_path) as fresh:
+        task = fresh.add_task(make_task("old"))
+    raw = sqlite3.connect(db_path)
+    # Back to the schema of before 0004, and rows an older ctm wrote without the triggers.
+    for trigger in ("insert", "delete", "update"):
+        raw.execute(f"DROP TRIGGER executions_aggregate_{trigger}")
+    raw.execute("DROP TABLE run_totals")
+    raw.execute("DROP TABLE run_outcomes")
+    raw.execute("DELETE FROM _sqlite_migrations WHERE name = '0004_run_aggregates'")
+    for i, status in enumerate(["completed", "completed", "failed", "stopped"]):
+        raw.execute(
+            "INSERT INTO executions (id, task_id, status, start_time, end_time, duration,"
+            " skip_count) VALUES (?, ?, ?, ?, ?, ?, 0)",
+            (f"old{i}", task.id, status, "2026-05-01T12:00:00.000000+00:00",
+             "2026-05-01T12:01:00.000000+00:00", float(i + 1)),
+        )
+    raw.commit()
+    raw.close()
+    with SqliteRepository(db_path) as repo:
+        summary = repo.summarize_executions()
+        assert (summary.finished, summary.completed, summary.timed) == (4, 2, 4)
+        assert summary.total_duration == pytest.approx(10.0)
+        edges = [datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 5, 2, tzinfo=UTC)]
+        assert repo.count_outcomes(edges) == [(2, 1)]
