@@ -296,6 +296,10 @@ class InMemoryRepository:
         with self._lock:
             return [_copy(self._tasks[i]) for i in sorted(self._tasks)]
 
+    def task_names(self) -> dict[int, str]:
+        with self._lock:
+            return {t.id: t.name for t in self._tasks.values()}
+
     def list_tasks_with_latest(self) -> list[tuple[Task, Execution | None]]:
         """All tasks by id with their latest execution."""
         with self._lock:

@@ -399,6 +399,9 @@ class SqliteRepository:
         """All tasks by id."""
         return [task_from_row(r) for r in self._read("SELECT * FROM tasks ORDER BY id")]
 
+    def task_names(self) -> dict[int, str]:
+        return {int(r["id"]): str(r["name"]) for r in self._read("SELECT id, name FROM tasks")}
+
     def list_tasks_with_latest(self) -> list[tuple[Task, Execution | None]]:
         """All tasks by id with their latest execution, in one query."""
         out = []

@@ -300,6 +300,10 @@ class Repository(Protocol):
         """All tasks by id."""
         ...
 
+    def task_names(self) -> dict[int, str]:
+        """Every task's name by id (the history's and the stats' labels)."""
+        ...
+
     def list_tasks_with_latest(self) -> list[tuple[Task, Execution | None]]:
         """All tasks by id, each with its ``last_execution_id`` execution (None when it has none
         or it was pruned), read together."""

@@ -431,7 +431,7 @@ class TaskService:
         days = [today - timedelta(days=i) for i in range(6, -1, -1)]
         edges = [_midnight(d, self.tz) for d in [*days, today + timedelta(days=1)]]
         outcomes = self.repo.count_outcomes(edges)
-        names = {t.id: t.name for t in tasks}
+        names = {t.id: t.name for t in tasks}  # read already for the counts
         recent = self.repo.latest_started(5)
         return TaskStats(
             counts=counts,
@@ -468,7 +468,7 @@ class TaskService:
         page = self.repo.execution_page(
             started_since=since, before=before, limit=limit + 1, include_skipped=False
         )
-        names = {t.id: t.name for t in self.repo.list_tasks()}
+        names = self.repo.task_names()
         more = len(page) > limit
         return HistoryPage(
             items=[(e, names.get(e.task_id, "")) for e in page[:limit]],

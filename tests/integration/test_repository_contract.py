@@ -1749,3 +1749,12 @@ def test_sqlite_aggregates_are_built_from_older_databases(db_path: str) -> None:
         assert summary.total_duration == pytest.approx(10.0)
         edges = [datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 5, 2, tzinfo=UTC)]
         assert repo.count_outcomes(edges) == [(2, 1)]
+
+
+def test_task_names_by_id(repo: Repository) -> None:
+    a = repo.add_task(make_task("a"))
+    b = repo.add_task(make_task("b"))
+    repo.set_task_script(b.id, name="b2", script_path="/x.py")
+    assert repo.task_names() == {a.id: "a", b.id: "b2"}
+    repo.delete_task(a.id)
+    assert repo.task_names() == {b.id: "b2"}
