@@ -806,10 +806,12 @@ def _own_interpreter() -> PythonInterpreter:
     )
 
 
-def _probe(executable: str) -> PythonInterpreter | None:
+def _ask(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
+    """Run a short question to a tool (a Python's version, uv's), with the children's
+    environment and a timeout; None when it could not run or took too long."""
     try:
-        proc = subprocess.run(
-            [executable, "-c", _PY_SCRIPT],
+        return subprocess.run(
+            argv,
             capture_output=True,
             text=True,
             timeout=20,
@@ -818,6 +820,12 @@ def _probe(executable: str) -> PythonInterpreter | None:
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _probe(executable: str) -> PythonInterpreter | None:
+    proc = _ask([executable, "-c", _PY_SCRIPT])
+    if proc is None:
         return None
     lines = proc.stdout.splitlines()
     if proc.returncode != 0 or len(lines) != 2 or not re.fullmatch(r"\d+\.\d+\.\d+", lines[1]):
@@ -877,17 +885,8 @@ def _uv_candidates() -> list[str]:
 
 def _uv_version(uv: str) -> str | None:
     """``uv 0.9.2`` when ``uv --version`` runs and says so; None when uv cannot serve."""
-    try:
-        proc = subprocess.run(
-            [uv, "--version"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            stdin=subprocess.DEVNULL,
-            env=_child_env(),
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+    proc = _ask([uv, "--version"])
+    if proc is None:
         return None
     words = proc.stdout.split()
     if proc.returncode != 0 or len(words) < 2 or words[0] != "uv":
