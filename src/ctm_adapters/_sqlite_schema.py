@@ -570,17 +570,6 @@ TASKS_WITH_LATEST = (
 )
 
 
-def check_skip(skip: Execution) -> None:
-    """Raise ``ValueError`` unless ``skip`` is a skipped record of at least one occurrence."""
-    if (
-        skip.status is not ExecutionStatus.SKIPPED
-        or skip.skip_count < 1
-        or skip.first_skipped_at is None
-        or skip.last_skipped_at is None
-    ):
-        raise ValueError(f"execution {skip.id!r} is not a skipped record of an occurrence")
-
-
 def is_unique_violation(error: sqlite3.IntegrityError, column: str) -> bool:
     return "UNIQUE constraint failed" in str(error) and column in str(error)
 

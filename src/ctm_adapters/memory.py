@@ -393,12 +393,8 @@ class InMemoryRepository:
         """Move the task's schedule from ``due`` to ``next_run_at`` and store ``execution``, only
         if ``due`` is still the task's next run (see the port)."""
         skipped = ExecutionStatus(execution.status) is ExecutionStatus.SKIPPED
-        if skipped and (
-            execution.skip_count < 1
-            or execution.first_skipped_at is None
-            or execution.last_skipped_at is None
-        ):
-            raise ValueError(f"execution {execution.id!r} is not a skipped record of an occurrence")
+        if skipped:
+            execution.check_skip_record()
         due, following = _utc(due), None if next_run_at is None else _utc(next_run_at)
         stored = _copy(execution)  # checked (times, status) before anything changes
         with self._lock:

@@ -45,7 +45,6 @@ from ctm_adapters._sqlite_schema import (
     UNFINISHED,
     UNFINISHED_EXECUTIONS,
     Row,
-    check_skip,
     create_private_file,
     dt_in,
     dt_out,
@@ -510,7 +509,7 @@ class SqliteRepository:
         if ``due`` is still the task's next run (see the port)."""
         skipped = execution.status is ExecutionStatus.SKIPPED
         if skipped:
-            check_skip(execution)
+            execution.check_skip_record()
         new_row = execution_to_row(execution)
         cas = (opt_dt_out(next_run_at), execution.task_id, dt_out(due))
         with self._transaction():

@@ -162,6 +162,16 @@ class Execution:
     first_skipped_at: datetime | None = attrs.field(default=None, validator=_aware)
     last_skipped_at: datetime | None = attrs.field(default=None, validator=_aware)
 
+    def check_skip_record(self) -> None:
+        """Raise ``ValueError`` unless this is a skipped record of at least one occurrence."""
+        if (
+            ExecutionStatus(self.status) is not ExecutionStatus.SKIPPED
+            or self.skip_count < 1
+            or self.first_skipped_at is None
+            or self.last_skipped_at is None
+        ):
+            raise ValueError(f"execution {self.id!r} is not a skipped record of an occurrence")
+
 
 @attrs.frozen(kw_only=True)
 class RunPolicy:

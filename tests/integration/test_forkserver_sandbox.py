@@ -28,7 +28,7 @@ def test_a_sandboxed_run_is_supervised_from_the_fork_server(world: dict[str, str
         import os, time
         print("procs", sorted(p for p in os.listdir("/proc") if p.isdigit()))
         print("secret", os.path.exists({world["data"] + "/secret.sqlite3"!r}))
-        time.sleep(0.3)
+        time.sleep(0.3)  # past the runner's early peak reads: the figure is the reaped one
         x = b'y' * (150 << 20)
     """,
     )

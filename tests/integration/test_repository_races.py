@@ -10,67 +10,38 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
 from ctm_adapters.sqlite import READERS, SqliteRepository
 from ctm_core.errors import TaskExists, TaskLimitReached
 from ctm_core.models import Execution, ExecutionStatus, Task, TaskStatus
+from tests.integration.test_repository_contract import (
+    T0,
+    at,
+    make_execution,
+    make_task,
+    skip_at,
+)
 
-T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 THREADS = 16
 BARRIER_TIMEOUT = 60.0
 
 _R = TypeVar("_R")
 
 
-def at(minutes: int) -> datetime:
-    return T0 + timedelta(minutes=minutes)
-
-
 def minute_of(when: datetime) -> int:
     return (when - T0) // timedelta(minutes=1)
 
 
-def make_task(name: str, **changes: Any) -> Task:
-    fields: dict[str, Any] = {
-        "id": 0,
-        "name": name,
-        "owner_id": None,
-        "script_path": "/srv/scripts/job.py",
-        "script_stored": False,
-        "conda_env": "env1",
-        "requirements": None,
-        "cron_expression": "* * * * *",
-        "delay_seconds": None,
-        "timeout_seconds": None,
-        "status": TaskStatus.SCHEDULED,
-        "created_at": T0,
-    }
-    fields.update(changes)
-    return Task(**fields)
-
-
 def occurrence(ident: str, task_id: int, minute: int, *, skipped: bool = False) -> Execution:
     """The execution the scheduler builds for the occurrence at ``minute``."""
-    if not skipped:
-        return Execution(
-            id=ident, task_id=task_id, status=ExecutionStatus.QUEUED, scheduled_for=at(minute)
-        )
-    return Execution(
-        id=ident,
-        task_id=task_id,
-        status=ExecutionStatus.SKIPPED,
-        scheduled_for=at(minute),
-        start_time=at(minute),
-        end_time=at(minute),
-        skip_count=1,
-        first_skipped_at=at(minute),
-        last_skipped_at=at(minute),
-    )
+    if skipped:
+        return skip_at(ident, task_id, minute)
+    return make_execution(ident, task_id, scheduled_for=at(minute))
 
 
 def race(workers: int, work: Callable[[int], _R]) -> list[_R]:
