@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ctm_core.commands import NewTask
+
 sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_scheduling import HostPython, Services, make_runner, pct, sandbox_setup  # noqa: E402
@@ -36,7 +38,10 @@ from bench_scheduling import HostPython, Services, make_runner, pct, sandbox_set
 async def run(svc: Services, tasks: int, minutes: int) -> None:
     for _ in range(tasks):
         svc.tasks.create_task(
-            svc.actor, {"script": "pass", "conda_env": "env", "cron_expression": "* * * * *"}
+            svc.actor,
+            NewTask.from_json(
+                {"script": "pass", "conda_env": "env", "cron_expression": "* * * * *"}
+            ),
         )
     # The tasks are due at the next minute; the loop sleeps until then, and stops just before
     # the minute after the last one measured.
@@ -80,14 +85,19 @@ def report(svc: Services) -> None:
         if late:
             print(
                 f"  {minute:%H:%M}    {row['ran']:>5} {row['skipped']:>8}   "
-                f"{pct(late, .5):6.2f} / {pct(late, .99):6.2f} / {max(late):6.2f} s   "
-                + (f"{pct(up, .5):6.2f} / {pct(up, .99):6.2f} s" if up else "n/a")
+                f"{pct(late, 0.5):6.2f} / {pct(late, 0.99):6.2f} / {max(late):6.2f} s   "
+                + (f"{pct(up, 0.5):6.2f} / {pct(up, 0.99):6.2f} s" if up else "n/a")
             )
     if all_late:
         print(
             f"  all: {len(all_late)} runs, {skipped} skipped; start lateness p50 "
-            f"{pct(all_late, .5):.2f} s, p99 {pct(all_late, .99):.2f} s, max {max(all_late):.2f} s"
-            + (f"; up p50 {pct(all_up, .5):.2f} s, p99 {pct(all_up, .99):.2f} s" if all_up else "")
+            f"{pct(all_late, 0.5):.2f} s, p99 {pct(all_late, 0.99):.2f} s, "
+            f"max {max(all_late):.2f} s"
+            + (
+                f"; up p50 {pct(all_up, 0.5):.2f} s, p99 {pct(all_up, 0.99):.2f} s"
+                if all_up
+                else ""
+            )
         )
 
 
@@ -106,7 +116,7 @@ def floor(tasks: int, limit: int, python: str) -> None:
         list(pool.map(one, range(tasks)))
     print(
         f"  floor: {tasks} bare runs of python -c pass from {limit} threads: up p50 "
-        f"{pct(starts, .5):.2f} s, p99 {pct(starts, .99):.2f} s, all ended after "
+        f"{pct(starts, 0.5):.2f} s, p99 {pct(starts, 0.99):.2f} s, all ended after "
         f"{time.monotonic() - t0:.2f} s"
     )
 

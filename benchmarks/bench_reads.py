@@ -320,8 +320,8 @@ def get_routes() -> tuple[list[str], list[str]]:
     ``create_app`` builds nothing before its lifespan, so no data directory is touched."""
     from starlette.routing import Mount, Route
 
+    from ctm_adapters.settings import Settings
     from ctm_http.app import create_app
-    from ctm_http.settings import Settings
 
     app = create_app(Settings(data_dir=os.devnull))
     paths, skipped = [], []

@@ -12,7 +12,7 @@ import attrs
 
 from ctm_core.errors import EnvironmentExists, EnvironmentNotFound, PackageOperationFailed
 from ctm_core.models import DiskUsage, Environment, Package, RunEnvironment
-from ctm_core.ports import RunResult, RunSpec
+from ctm_core.ports import RunHandle, RunResult, RunSpec
 from ctm_core.validation import normalize_package_name, spec_name
 
 AVAILABLE = {
@@ -244,14 +244,16 @@ class FakeProcessRunner:
                 )
         handle.done.set()
 
-    def wait(self, handle: FakeHandle) -> RunResult:
-        handle.done.wait()
-        assert handle.result is not None
-        return handle.result
+    def wait(self, handle: RunHandle) -> RunResult:
+        run = _own(handle)
+        run.done.wait()
+        assert run.result is not None
+        return run.result
 
-    def stop(self, handle: FakeHandle, grace_seconds: float) -> None:
-        self.stopped.append(handle.pid)
-        self._end(handle, -15)
+    def stop(self, handle: RunHandle, grace_seconds: float) -> None:
+        run = _own(handle)
+        self.stopped.append(run.pid)
+        self._end(run, -15)
 
     def adopt(self, pid: int, log_path: str) -> FakeHandle | None:
         """A handle for a run listed in ``adoptable`` (by pid), as if left by an earlier server;
@@ -267,6 +269,16 @@ class FakeProcessRunner:
 
     def kill_stale_runs(self, grace_seconds: float) -> int:
         return 0
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _own(handle: RunHandle) -> FakeHandle:
+    """The port hands back a ``RunHandle``; only this fake's own handles can be waited on."""
+    if not isinstance(handle, FakeHandle):
+        raise TypeError(f"not a FakeProcessRunner handle: {handle!r}")
+    return handle
 
 
 class InMemoryFileStore:

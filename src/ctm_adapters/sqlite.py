@@ -11,15 +11,10 @@ named migrations and the row conversions are in ``_sqlite_schema``. See ``docs/s
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
-
-from sqlite_utils import Database
 
 from ctm_adapters._sqlite_schema import (
     EXECUTION_COLUMNS,
@@ -45,7 +40,6 @@ from ctm_adapters._sqlite_schema import (
     UNFINISHED,
     UNFINISHED_EXECUTIONS,
     Row,
-    create_private_file,
     dt_in,
     dt_out,
     execution_from_row,
@@ -65,6 +59,7 @@ from ctm_adapters._sqlite_schema import (
     user_from_row,
     utc,
 )
+from ctm_adapters._sqlite_store import SqliteStore, rows_of
 from ctm_core.errors import TaskExists, TaskLimitReached, TaskNotFound, UserExists
 from ctm_core.models import Execution, ExecutionStatus, Session, Task, TaskStatus, User
 from ctm_core.ports import ExecutionSummary
@@ -79,17 +74,7 @@ _TASK_AFTER_LATEST_RUN = (
     _TASK_AFTER_RUN + " AND (last_execution_id IS NULL OR last_execution_id = :id)"
 )
 
-READERS = 4
-"""Read connections at most; a reader beyond them waits for one (reads take milliseconds)."""
-
-
-def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[Row]:
-    cursor = conn.execute(sql, params)
-    keys = [d[0] for d in cursor.description]
-    return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
-
-
-class SqliteRepository:
+class SqliteRepository(SqliteStore):
     """The Repository port on the SQLite file at ``path`` (``":memory:"`` for a throwaway one,
     whose reads share the write connection).
 
@@ -97,114 +82,6 @@ class SqliteRepository:
     it holds password and session hashes. Pending migrations are applied here. Thread-safe; call
     ``close()`` when done (or use it as a context manager).
     """
-
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
-        self.path = os.fspath(path)
-        self._memory = self.path == ":memory:"
-        if not self._memory:
-            create_private_file(self.path)
-        self._busy_timeout = busy_timeout
-        self._lock = threading.Lock()
-        """Held for each write (a transaction) on ``_conn``, and for reads in a memory store."""
-        self._conn = self._connect()
-        try:
-            db = Database(self._conn, execute_plugins=False)
-            db.enable_wal()
-            # In WAL mode NORMAL is safe from corruption; only a power cut may lose the last
-            # commits (never an application crash).
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            MIGRATIONS.apply(db)
-        except BaseException:
-            self._conn.close()
-            raise
-        self._pool_lock = threading.Lock()
-        self._idle: list[sqlite3.Connection] = []
-        self._readers: list[sqlite3.Connection] = []
-        self._reader_slots = threading.BoundedSemaphore(READERS)
-        self._closed = False
-
-    def _connect(self) -> sqlite3.Connection:
-        # Autocommit: a transaction is exactly what ``_transaction`` opens, nothing implicit.
-        conn = sqlite3.connect(
-            self.path, timeout=self._busy_timeout, check_same_thread=False, isolation_level=None
-        )
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
-    # --- plumbing ------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the connections (checkpointing the WAL). Idempotent."""
-        with self._pool_lock:
-            self._closed = True
-            readers, self._readers, self._idle = self._readers, [], []
-        for conn in readers:
-            conn.close()
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> SqliteRepository:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    @contextlib.contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
-        """A read connection of the pool (the write connection, locked, for a memory store)."""
-        if self._memory:
-            with self._lock:
-                yield self._conn
-            return
-        with self._reader_slots:
-            with self._pool_lock:
-                if self._closed:
-                    raise sqlite3.ProgrammingError("the repository is closed")
-                conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                conn = self._connect()
-                conn.execute("PRAGMA query_only = ON")
-                with self._pool_lock:
-                    self._readers.append(conn)
-            try:
-                yield conn
-            finally:
-                with self._pool_lock:
-                    if not self._closed:
-                        self._idle.append(conn)
-
-    def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
-        with self._reader() as conn:
-            return _rows(conn, sql, params)
-
-    def _read_one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
-        rows = self._read(sql, params)
-        return rows[0] if rows else None
-
-    def _executions(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[Execution]:
-        return [execution_from_row(r) for r in self._read(sql, params)]
-
-    # Under ``_lock``, on the write connection:
-
-    def _one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
-        rows = _rows(self._conn, sql, params)
-        return rows[0] if rows else None
-
-    def _write(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
-        """Run one change (its own transaction unless one is open); return the rows changed."""
-        return self._conn.execute(sql, params).rowcount
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction, taking the write lock at once (no deadlock on upgrade)."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
 
     # --- users ---------------------------------------------------------------------------------
 
@@ -467,7 +344,7 @@ class SqliteRepository:
     def delete_task(self, task_id: int) -> list[str]:
         """Delete the task and its executions; return their log paths. Raises ``TaskNotFound``."""
         with self._transaction():
-            rows = _rows(
+            rows = rows_of(
                 self._conn, "SELECT log_path FROM executions WHERE task_id = ?", (task_id,)
             )
             self._write("DELETE FROM executions WHERE task_id = ?", (task_id,))
@@ -588,7 +465,7 @@ class SqliteRepository:
         paths."""
         params = {"statuses": PRUNABLE, "before": dt_out(before)}
         with self._transaction():
-            rows = _rows(self._conn, PRUNABLE_LOGS, params)
+            rows = rows_of(self._conn, PRUNABLE_LOGS, params)
             self._write(PRUNE, params)
         return [str(r["log_path"]) for r in rows if r["log_path"] is not None]
 

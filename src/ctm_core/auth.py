@@ -10,18 +10,17 @@ from datetime import timedelta
 
 import attrs
 
+from ctm_core.commands import Credentials, NewUser
 from ctm_core.errors import (
     AdminRequired,
     AuthenticationRequired,
     InvalidCredentials,
-    InvalidInput,
     NotOwner,
     TooManyLoginAttempts,
     UserExists,
 )
 from ctm_core.models import Principal, Session, User
 from ctm_core.ports import Clock, PasswordHasher, Repository
-from ctm_core.validation import validate_password, validate_username
 
 ADMIN_USERNAME = "admin"
 
@@ -55,14 +54,14 @@ class Authenticator:
     policy: AuthPolicy = attrs.field(factory=AuthPolicy)
     _attempts: threading.Lock = attrs.field(init=False, factory=threading.Lock)
 
-    def login(self, username: object, password: object, client: str) -> tuple[str, Principal]:
+    def login(self, credentials: Credentials, client: str) -> tuple[str, Principal]:
         """Check the credentials and open a session; return the cookie token and the user.
 
         Raises ``TooManyLoginAttempts`` once ``max_failures`` failures for this username or client
         fall within the window, and ``InvalidCredentials`` alike for unknown user and wrong
         password (with a dummy hash check, so both take about the same time).
         """
-        name = username if isinstance(username, str) else ""
+        name, password = credentials.username, credentials.password
         # One check at a time: the count, the slow hash check and the booking of a failure
         # happen together, so parallel guesses cannot slip past the limit. Blocked attempts
         # answer at once, without a hash check.
@@ -133,26 +132,21 @@ class Authenticator:
             created_before=now - self.policy.absolute_lifetime,
         )
 
-    def create_user(
-        self, actor: Principal, username: object, password: object, is_admin: object
-    ) -> User:
+    def create_user(self, actor: Principal, command: NewUser) -> User:
         """Add a user. Only admins may. Raises ``AdminRequired``, ``InvalidCredentialsFormat``
         and ``UserExists``."""
         require_admin(actor)
-        return self.add_user(username, password, is_admin)
+        return self.add_user(command)
 
-    def add_user(self, username: object, password: object, is_admin: object = False) -> User:
+    def add_user(self, command: NewUser) -> User:
         """Add a user without a permission check (CLI, bootstrap)."""
-        name = validate_username(username)
-        secret = validate_password(password)
-        if not isinstance(is_admin, bool):
-            raise InvalidInput("is_admin", "'is_admin' must be true or false")
-        if self.repo.get_user_by_name(name) is not None:
-            raise UserExists(name)
+        command = command.checked()
+        if self.repo.get_user_by_name(command.username) is not None:
+            raise UserExists(command.username)
         return self.repo.add_user(
-            username=name,
-            password_hash=self.hasher.hash(secret),
-            is_admin=is_admin,
+            username=command.username,
+            password_hash=self.hasher.hash(command.password),
+            is_admin=command.is_admin,
             created_at=self.clock.now(),
         )
 
@@ -164,8 +158,16 @@ class Authenticator:
         generated = None
         if not password:
             generated = password = secrets.token_urlsafe(18)
-        self.add_user(ADMIN_USERNAME, password, True)
+        self.add_user(NewUser(username=ADMIN_USERNAME, password=password, is_admin=True))
         return generated
+
+
+def require_user(repo: Repository, actor: Principal) -> None:
+    """Before a change that records ``actor`` as an owner: the actor must be a stored user (a
+    library caller may build a ``Principal`` by hand). Raises ``AuthenticationRequired``."""
+    user = repo.get_user(actor.user_id)
+    if user is None or user.username != actor.username:
+        raise AuthenticationRequired()
 
 
 def require_admin(actor: Principal) -> None:

@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 
 import attrs
 
-from ctm_core.auth import require_owner
-from ctm_core.errors import EnvironmentExists, EnvironmentInUse, EnvironmentNotFound, InvalidInput
+from ctm_core.auth import require_owner, require_user
+from ctm_core.commands import NewEnvironment, PackageChange, RenameEnvironment
+from ctm_core.errors import EnvironmentExists, EnvironmentInUse, EnvironmentNotFound
 from ctm_core.models import DiskUsage, Environment, Principal, Task, TaskStatus
 from ctm_core.ports import EnvironmentBackend, Repository
-from ctm_core.validation import validate_environment_name, validate_specs
+from ctm_core.validation import validate_environment_name
 
-PYTHON_VERSION_MAX = 16
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -190,37 +190,33 @@ class EnvironmentService:
 
     # --- changes -------------------------------------------------------------------------------
 
-    def create(
-        self,
-        actor: Principal,
-        name: object,
-        python_version: object = None,
-        packages: object = None,
-    ) -> Environment:
-        """Create an environment owned by ``actor``. Raises ``InvalidEnvironmentName``,
-        ``InvalidPackageSpec``, ``EnvironmentExists`` and ``PackageOperationFailed``."""
-        env_name = validate_environment_name(name)
-        version = self._python_version(python_version)
-        specs = [] if packages is None or packages == [] else validate_specs("packages", packages)
-        with self.locks.hold(env_name):
-            if self.backend.exists(env_name):
-                raise EnvironmentExists(env_name)
-            env = self.backend.create(env_name, version or self.default_python, specs)
-            self.repo.set_environment_owner(env_name, actor.user_id)
+    def create(self, actor: Principal, command: NewEnvironment) -> Environment:
+        """Create an environment owned by ``actor``. Raises what ``NewEnvironment.from_json``
+        raises, ``EnvironmentExists`` and ``PackageOperationFailed``."""
+        command = command.checked()
+        require_user(self.repo, actor)  # before anything exists that it would own
+        name = command.name
+        with self.locks.hold(name):
+            if self.backend.exists(name):
+                raise EnvironmentExists(name)
+            env = self.backend.create(
+                name, command.python_version or self.default_python, list(command.packages)
+            )
+            self.repo.set_environment_owner(name, actor.user_id)
         return env
 
-    def rename(self, actor: Principal, name: str, new_name: object) -> int:
+    def rename(self, actor: Principal, command: RenameEnvironment) -> int:
         """Rename; return how many tasks now use the new name. Raises ``EnvironmentNotFound``,
         ``NotOwner``, ``EnvironmentInUse`` (running tasks) and ``EnvironmentExists``."""
-        validate_environment_name(name)
-        target = validate_environment_name(new_name)
+        command = command.checked()
+        name, target = command.environment, command.new_name
         with self.locks.hold(name, target):
             self._require_existing(name)
             require_owner(actor, self.repo.get_environment_owner(name), "modify this environment")
             running = _running(self.repo.tasks_using_environment(name))
             if running:
                 raise EnvironmentInUse(
-                    "Cannot rename environment that is used by running tasks",
+                    EnvironmentInUse.RENAME,
                     [t.script_path for t in running],
                 )
             if target == name or self.backend.exists(target):
@@ -228,24 +224,26 @@ class EnvironmentService:
             self.backend.rename(name, target)
             return self.repo.rename_environment(name, target)
 
-    def install(self, actor: Principal, name: str, packages: object) -> list[str]:
+    def install(self, actor: Principal, change: PackageChange) -> list[str]:
         """Install specs; return them. Raises ``InvalidPackageSpec``, ``EnvironmentNotFound``,
         ``NotOwner``, ``EnvironmentInUse`` and ``PackageOperationFailed``."""
-        specs = validate_specs("packages", packages)
+        change = change.checked()
+        specs = list(change.packages)
         self._change_packages(
-            actor, name, "modify packages in this environment",
-            "Cannot modify packages in environment that is referenced by running tasks",
-            lambda: self.backend.install(name, specs),
+            actor, change.environment, "modify packages in this environment",
+            EnvironmentInUse.MODIFY,
+            lambda: self.backend.install(change.environment, specs),
         )
         return specs
 
-    def remove(self, actor: Principal, name: str, packages: object) -> list[str]:
+    def remove(self, actor: Principal, change: PackageChange) -> list[str]:
         """Remove packages by name; return them. Raises as ``install`` does."""
-        names = validate_specs("packages", packages, names_only=True)
+        change = change.checked(names_only=True)
+        names = list(change.packages)
         self._change_packages(
-            actor, name, "remove packages from this environment",
-            "Cannot remove packages from environment that is referenced by running tasks",
-            lambda: self.backend.remove(name, names),
+            actor, change.environment, "remove packages from this environment",
+            EnvironmentInUse.REMOVE,
+            lambda: self.backend.remove(change.environment, names),
         )
         return names
 
@@ -275,7 +273,7 @@ class EnvironmentService:
             ]
             if active:
                 raise EnvironmentInUse(
-                    "Cannot delete environment that is referenced by tasks",
+                    EnvironmentInUse.DELETE,
                     [t.script_path for t in active],
                 )
             self.backend.delete(name)
@@ -286,17 +284,3 @@ class EnvironmentService:
     def _require_existing(self, name: str) -> None:
         if not self.backend.exists(name):
             raise EnvironmentNotFound(name)
-
-    @staticmethod
-    def _python_version(value: object) -> str | None:
-        if value is None:
-            return None
-        if (
-            not isinstance(value, str)
-            or not 0 < len(value) <= PYTHON_VERSION_MAX
-            or not all(part.isdigit() for part in value.split("."))
-        ):
-            raise InvalidInput(
-                "python_version", "'python_version' must be a version like \"3.11\""
-            )
-        return value

@@ -3,17 +3,24 @@
 Every error carries what an API body needs: a short ``message``, an optional longer ``error``
 and any ``details`` (failed specs, referencing tasks, ...). The core knows no status codes: the
 HTTP layer maps each class to one in a single table.
+
+The wording lives on the classes, so that the API's description is derived from it rather than
+typed again: ``message`` (the default short message, ``{field}`` style placeholders standing for
+what the raiser fills in), ``messages`` (when the raiser picks one of several) and
+``error_format`` (the template of ``error``; empty when the raiser words it).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class CtmError(Exception):
     """Base of every error ctm raises on purpose."""
 
     message: str = "Error"
+    messages: ClassVar[tuple[str, ...]] = ()
+    error_format: ClassVar[str] = ""
 
     def __init__(self, message: str | None = None, error: str | None = None, **details: Any):
         self.message = message if message is not None else type(self).message
@@ -28,53 +35,62 @@ class CtmError(Exception):
 class InvalidInput(CtmError, ValueError):
     """A request field is missing, of the wrong type, out of range or malformed."""
 
-    message = "Invalid input"
+    message = "Invalid value for '{field}'"
 
     def __init__(self, field: str, error: str, message: str | None = None, **details: Any):
         self.field = field
-        super().__init__(message or f"Invalid value for '{field}'", error, field=field, **details)
+        message = message or type(self).message.format(field=field)
+        super().__init__(message, error, field=field, **details)
 
 
 class InvalidEnvironmentName(InvalidInput):
+    message = "Invalid environment name"
+
     def __init__(self, name: object, error: str):
-        super().__init__("name", error, message="Invalid environment name")
+        super().__init__("name", error)
         self.name = name
 
 
 class InvalidPackageSpec(InvalidInput):
+    message = "Invalid package specification"
+    error_format = "Invalid package specification: {shown}"
+
     def __init__(self, field: str, bad_specs: list[str], error: str | None = None):
         shown = ", ".join(repr(s) for s in bad_specs[:10])
         super().__init__(
-            field,
-            error or f"Invalid package specification: {shown}",
-            message="Invalid package specification",
-            invalid_packages=bad_specs,
+            field, error or self.error_format.format(shown=shown), invalid_packages=bad_specs
         )
 
 
 class InvalidCredentialsFormat(InvalidInput):
     """Username or password does not meet the rules (create_user)."""
 
+    message = "Invalid username or password format"
+
 
 class ScheduleConflict(CtmError, ValueError):
     message = "Please specify either cron expression or delay seconds, not both"
+    error_format = "Cannot specify both cron_expression and delay_seconds"
 
     def __init__(self) -> None:
-        super().__init__(error="Cannot specify both cron_expression and delay_seconds")
+        super().__init__(error=self.error_format)
 
 
 class InvalidCronExpression(CtmError, ValueError):
     message = "The provided cron expression is invalid"
+    error_format = "Invalid cron expression: {detail}"
 
     def __init__(self, detail: str):
-        super().__init__(error=f"Invalid cron expression: {detail}", field="cron_expression")
+        super().__init__(error=self.error_format.format(detail=detail), field="cron_expression")
 
 
 class InvalidDelay(CtmError, ValueError):
     message = "Please provide a non-negative delay value"
 
+    error_format = "Delay seconds must be non-negative"
+
     def __init__(self) -> None:
-        super().__init__(error="Delay seconds must be non-negative", field="delay_seconds")
+        super().__init__(error=self.error_format, field="delay_seconds")
 
 
 # --- authentication and permission -------------------------------------------------------------
@@ -82,9 +98,10 @@ class InvalidDelay(CtmError, ValueError):
 
 class AuthenticationRequired(CtmError, PermissionError):
     message = "Authentication required"
+    error_format = "Please log in to perform this operation"
 
     def __init__(self) -> None:
-        super().__init__(error="Please log in to perform this operation")
+        super().__init__(error=self.error_format)
 
 
 class InvalidCredentials(CtmError, PermissionError):
@@ -113,23 +130,26 @@ class NotOwner(CtmError, PermissionError):
     """The caller may not change this object: neither its owner nor an admin."""
 
     message = "Unauthorized - Insufficient privileges"
+    error_format = "You do not have permission to {action}"
 
     def __init__(self, action: str):
-        super().__init__(error=f"You do not have permission to {action}")
+        super().__init__(error=self.error_format.format(action=action))
 
 
 class CrossSiteRequest(CtmError, PermissionError):
     message = "Cross-site request refused"
+    error_format = "State-changing requests must come from this site"
 
     def __init__(self) -> None:
-        super().__init__(error="State-changing requests must come from this site")
+        super().__init__(error=self.error_format)
 
 
 class ScriptOutsideRoots(CtmError, PermissionError):
     message = "Unauthorized - Insufficient privileges"
+    error_format = "Script path '{path}' is outside the allowed script roots"
 
     def __init__(self, path: str):
-        super().__init__(error=f"Script path '{path}' is outside the allowed script roots")
+        super().__init__(error=self.error_format.format(path=path))
 
 
 # --- users -------------------------------------------------------------------------------------
@@ -137,9 +157,10 @@ class ScriptOutsideRoots(CtmError, PermissionError):
 
 class UserExists(CtmError, ValueError):
     message = "User already exists"
+    error_format = "User '{username}' already exists"
 
     def __init__(self, username: str):
-        super().__init__(error=f"User '{username}' already exists", field="username")
+        super().__init__(error=self.error_format.format(username=username), field="username")
 
 
 # --- environments ------------------------------------------------------------------------------
@@ -147,32 +168,46 @@ class UserExists(CtmError, ValueError):
 
 class EnvironmentNotFound(CtmError, LookupError):
     message = "Environment not found"
+    error_format = "Environment '{name}' not found"
 
     def __init__(self, name: str):
-        super().__init__(error=f"Environment '{name}' not found")
+        super().__init__(error=self.error_format.format(name=name))
         self.name = name
 
 
 class EnvironmentExists(CtmError, ValueError):
     message = "Environment with this name already exists"
+    error_format = "Environment '{name}' already exists"
 
     def __init__(self, name: str, error: str | None = None):
-        super().__init__(error=error or f"Environment '{name}' already exists")
+        super().__init__(error=error or self.error_format.format(name=name))
         self.name = name
 
 
 class EnvironmentInUse(CtmError, ValueError):
     """The environment is used by tasks (running ones for changes, any for delete)."""
 
+    RENAME = "Cannot rename environment that is used by running tasks"
+    MODIFY = "Cannot modify packages in environment that is referenced by running tasks"
+    REMOVE = "Cannot remove packages from environment that is referenced by running tasks"
+    DELETE = "Cannot delete environment that is referenced by tasks"
+    messages = (RENAME, MODIFY, REMOVE, DELETE)
+    error_format = "Environment is in use by tasks"
+
     def __init__(self, message: str, referencing_tasks: list[str]):
-        super().__init__(
-            message, "Environment is in use by tasks", referencing_tasks=referencing_tasks
-        )
+        super().__init__(message, self.error_format, referencing_tasks=referencing_tasks)
         self.referencing_tasks = referencing_tasks
 
 
 class PackageOperationFailed(CtmError, ValueError):
-    """conda/pip refused or failed: carries the failed specs and the tool's full output."""
+    """conda/pip refused or failed: carries the failed specs and the tool's full output (as
+    ``error``)."""
+
+    CREATE = "Failed to create environment"
+    INSTALL = "Failed to install packages"
+    REMOVE = "Failed to remove packages"
+    REQUIREMENTS = "Failed to install requirements"
+    messages = (CREATE, INSTALL, REMOVE, REQUIREMENTS)
 
     def __init__(
         self,
@@ -200,33 +235,44 @@ class BackendFailure(CtmError, RuntimeError):
 
 
 class TaskNotFound(CtmError, LookupError):
+    message = "Task with ID {task_id} not found"
+
     def __init__(self, task_id: object):
-        super().__init__(f"Task with ID {task_id} not found")
+        super().__init__(self.message.format(task_id=task_id))
         self.task_id = task_id
 
 
 class TaskExists(CtmError, ValueError):
     message = "Task with this name already exists"
+    error_format = "Task with name '{name}' already exists"
 
     def __init__(self, name: str):
-        super().__init__(error=f"Task with name '{name}' already exists", field="task_name")
+        super().__init__(error=self.error_format.format(name=name), field="task_name")
 
 
 class ReuseMissingEnvironment(CtmError, ValueError):
     message = "Cannot reuse non-existing environment"
+    error_format = "Environment '{name}' not found"
 
     def __init__(self, name: str):
-        super().__init__(error=f"Environment '{name}' not found", field="conda_env")
+        super().__init__(error=self.error_format.format(name=name), field="conda_env")
 
 
 class ScriptNotFound(CtmError, ValueError):
     message = "Script file not found"
+    error_format = "No such file: '{path}'"
 
     def __init__(self, path: str):
-        super().__init__(error=f"No such file: '{path}'", field="script")
+        super().__init__(error=self.error_format.format(path=path), field="script")
 
 
 class RequirementsFailed(CtmError, ValueError):
+    """Requirements did not install; ``error`` is the tool's full output."""
+
+    NEW_ENVIRONMENT = "Failed to install requirements in new environment"
+    EXISTING_ENVIRONMENT = "Failed to install requirements in existing environment"
+    messages = (NEW_ENVIRONMENT, EXISTING_ENVIRONMENT)
+
     def __init__(
         self,
         *,
@@ -236,11 +282,7 @@ class RequirementsFailed(CtmError, ValueError):
         output: str,
         environment_state: str | None = None,
     ):
-        message = (
-            "Failed to install requirements in new environment"
-            if new_environment
-            else "Failed to install requirements in existing environment"
-        )
+        message = self.NEW_ENVIRONMENT if new_environment else self.EXISTING_ENVIRONMENT
         details: dict[str, Any] = {
             "failed_packages": failed_packages,
             "error_details": error_details,
@@ -253,10 +295,11 @@ class RequirementsFailed(CtmError, ValueError):
 
 class TaskNotRunning(CtmError, ValueError):
     message = "Task is not in a running state"
+    error_format = "Cannot stop a task with status: '{status}'"
 
     def __init__(self, status: str):
         super().__init__(
-            error=f"Cannot stop a task with status: '{status}'", current_status=status
+            error=self.error_format.format(status=status), current_status=status
         )
 
 
@@ -264,7 +307,8 @@ class TaskLimitReached(CtmError, PermissionError):
     """A non-admin already owns the most tasks one user may have."""
 
     message = "Task limit reached"
+    error_format = "At most {limit} tasks per user"
 
     def __init__(self, limit: int):
-        super().__init__(error=f"At most {limit} tasks per user")
+        super().__init__(error=self.error_format.format(limit=limit))
         self.limit = limit

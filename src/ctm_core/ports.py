@@ -209,6 +209,11 @@ class ProcessRunner(Protocol):
         life of this server that were not adopted; return how many processes were stopped."""
         ...
 
+    def close(self) -> None:
+        """At shutdown, after every run was stopped: release threads and helper processes.
+        Supervised runs that were left going keep going (a restart adopts them)."""
+        ...
+
 
 @attrs.frozen(kw_only=True)
 class ExecutionSummary:
@@ -425,6 +430,10 @@ class Repository(Protocol):
     def prune_executions(self, before: datetime) -> list[str]:
         """Delete finished or skipped executions that ended before ``before``; return their
         log paths."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; nothing may be called after."""
         ...
 
 

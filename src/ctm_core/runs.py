@@ -118,8 +118,13 @@ class RunCoordinator:
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no run is queued or running; False if ``timeout`` passed first."""
+        return self.wait_until(lambda: not self._runs, timeout)
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``predicate()`` holds, asking again each time a run ends; False if
+        ``timeout`` passed first. The predicate may read the repository, nothing slower."""
         with self._guard:
-            return self._guard.wait_for(lambda: not self._runs, timeout)
+            return self._guard.wait_for(predicate, timeout)
 
     def launch(
         self, task_id: int, execution_id: str, *, owner_id: int | None | _Unknown = _UNKNOWN

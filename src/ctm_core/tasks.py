@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import posixpath
 import secrets
 from collections.abc import Callable, Sequence
@@ -10,7 +9,17 @@ from datetime import date, datetime, time, timedelta, tzinfo
 
 import attrs
 
-from ctm_core.auth import require_owner
+from ctm_core.auth import require_owner, require_user
+from ctm_core.commands import (
+    DEFAULT_PAGE,
+    MAX_CPU_LIMIT,
+    MAX_MEMORY_LIMIT_MB,
+    MAX_PROCESSES,
+    NewEnvironment,
+    NewTask,
+    Page,
+    check_limit,
+)
 from ctm_core.environments import EnvironmentService, KeyedLocks
 from ctm_core.errors import (
     EnvironmentInUse,
@@ -27,21 +36,8 @@ from ctm_core.errors import (
 from ctm_core.models import Execution, ExecutionStatus, Principal, RunPolicy, Task, TaskStatus
 from ctm_core.ports import Clock, EnvironmentBackend, FileStore, Repository
 from ctm_core.runs import RunCoordinator
-from ctm_core.schedule import first_run_time, validate_schedule
-from ctm_core.validation import validate_environment_name, validate_requirements
+from ctm_core.schedule import first_run_time
 
-MAX_SCRIPT_BYTES = 1024 * 1024
-MAX_REQUIREMENTS_BYTES = 64 * 1024
-MAX_TASK_NAME = 128
-MAX_TIMEOUT = 30 * 24 * 3600
-# Hard ceilings of the per-run limits a task may ask for (the server's maxima may be lower).
-MAX_MEMORY_LIMIT_MB = 16 * 1024 * 1024
-MAX_PROCESSES = 4 * 1024 * 1024
-MAX_CPU_LIMIT = 4096
-
-DEFAULT_PAGE = 500
-MAX_PAGE = 5000
-"""Executions per page of the history and of a task's detail: by default, and at most."""
 STATE_UNCHANGED = "Environment unchanged: no package was installed or changed"
 STATE_INCONSISTENT = "Environment may be in an inconsistent state, consider restoring from backup"
 
@@ -87,39 +83,6 @@ class TaskStats:
     recent: list[tuple[Execution, str]]
 
 
-def _optional_str(field: str, value: object, limit: int) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(field, f"'{field}' must be a string")
-    if len(value.encode("utf-8", "surrogatepass")) > limit:
-        raise InvalidInput(field, f"'{field}' must be at most {limit} bytes")
-    return value
-
-
-def _optional_limit(
-    field: str, value: object, maximum: float | None, ceiling: float, *, whole: bool = False
-) -> float | None:
-    """A per-run limit: None, or a number > 0 (``whole``: an integer >= 1) at most
-    ``maximum`` (the server's, when set) and ``ceiling``."""
-    if value is None:
-        return None
-    kind = "a whole number >= 1" if whole else "a number > 0"
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or (isinstance(value, float) and not math.isfinite(value))
-        or (whole and isinstance(value, float) and not value.is_integer())
-        or not (value >= 1 if whole else value > 0)
-    ):
-        raise InvalidInput(field, f"'{field}' must be {kind}")
-    limit = ceiling if maximum is None else min(maximum, ceiling)
-    if value > limit:
-        shown = int(limit) if float(limit).is_integer() else limit
-        raise InvalidInput(field, f"'{field}' must be at most {shown}")
-    return float(value)
-
-
 @attrs.define
 class TaskService:
     repo: Repository
@@ -138,62 +101,33 @@ class TaskService:
 
     # --- create --------------------------------------------------------------------------------
 
-    def create_task(self, actor: Principal, body: dict[str, object]) -> CreatedTask:
-        """Validate, prepare the environment, store the task and schedule it.
+    def create_task(self, actor: Principal, command: NewTask) -> CreatedTask:
+        """Check, prepare the environment, store the task and schedule it.
 
-        Raises the ``InvalidInput`` family, ``ScheduleConflict``, ``InvalidCronExpression``,
-        ``InvalidDelay``, ``TaskExists``, ``ReuseMissingEnvironment``, ``ScriptNotFound``,
+        Raises what ``NewTask.from_json`` raises, ``InvalidInput`` (a per-run limit above the
+        server's maximum), ``TaskExists``, ``ReuseMissingEnvironment``, ``ScriptNotFound``,
         ``ScriptOutsideRoots``, ``NotOwner``, ``EnvironmentInUse``, ``RequirementsFailed`` and
         ``TaskLimitReached`` (a non-admin who owns ``policy.max_tasks_per_user`` tasks).
-        Optional per-run limits (``memory_limit_mb``, ``max_processes``, ``cpu_limit``,
-        ``network``) are stored as given; absent ones (None) take the server's default at run
-        time, as does an absent ``timeout_seconds``.
+        Per-run limits (``memory_limit_mb``, ``max_processes``, ``cpu_limit``, ``network``) are
+        stored as given; absent ones (None) take the server's default at run time, as does an
+        absent ``timeout_seconds``.
         """
-        script = body.get("script")
-        if not isinstance(script, str) or not script.strip():
-            raise InvalidInput("script", "'script' is required: a path to a .py file or code")
-        if len(script.encode("utf-8", "surrogatepass")) > MAX_SCRIPT_BYTES:
-            raise InvalidInput("script", f"'script' must be at most {MAX_SCRIPT_BYTES} bytes")
-        if "conda_env" not in body or body.get("conda_env") is None:
-            raise InvalidInput("conda_env", "'conda_env' is required")
-        env_name = validate_environment_name(body.get("conda_env"))
-        task_name = _optional_str("task_name", body.get("task_name"), MAX_TASK_NAME)
-        if task_name is not None and (not task_name.strip() or "\n" in task_name):
-            raise InvalidInput("task_name", "'task_name' must be a non-empty single line")
-        requirements = _optional_str(
-            "requirements", body.get("requirements"), MAX_REQUIREMENTS_BYTES
-        )
-        if requirements is not None:
-            validate_requirements(requirements)
-        reuse_env = body.get("reuse_env", False)
-        if reuse_env is None:
-            reuse_env = False
-        if not isinstance(reuse_env, bool):
-            raise InvalidInput("reuse_env", "'reuse_env' must be true or false")
-        timeout = body.get("timeout_seconds")
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not 0 < timeout <= MAX_TIMEOUT
-        ):
-            raise InvalidInput(
-                "timeout_seconds", f"'timeout_seconds' must be in (0, {MAX_TIMEOUT}]"
-            )
-        memory_limit = _optional_limit(
-            "memory_limit_mb", body.get("memory_limit_mb"),
+        command = command.checked()
+        require_user(self.repo, actor)
+        script, env_name, task_name = command.script, command.conda_env, command.task_name
+        requirements, timeout = command.requirements, command.timeout_seconds
+        cron, delay = command.cron_expression, command.delay_seconds
+        memory_limit = check_limit(
+            "memory_limit_mb", command.memory_limit_mb,
             self.policy.max_memory_limit_mb, MAX_MEMORY_LIMIT_MB,
         )
-        max_processes = _optional_limit(
-            "max_processes", body.get("max_processes"),
+        max_processes = check_limit(
+            "max_processes", command.max_processes,
             self.policy.max_max_processes, MAX_PROCESSES, whole=True,
         )
-        cpu_limit = _optional_limit(
-            "cpu_limit", body.get("cpu_limit"), self.policy.max_cpu_limit, MAX_CPU_LIMIT
+        cpu_limit = check_limit(
+            "cpu_limit", command.cpu_limit, self.policy.max_cpu_limit, MAX_CPU_LIMIT
         )
-        network = body.get("network")
-        if network is not None and not isinstance(network, bool):
-            raise InvalidInput("network", "'network' must be true or false")
-        cron, delay = validate_schedule(body.get("cron_expression"), body.get("delay_seconds"))
         self._check_task_limit(actor)  # before anything changes (an environment created)
 
         script_path: str | None = None
@@ -206,7 +140,7 @@ class TaskService:
             raise TaskExists(task_name)
 
         env_exists = self.backend.exists(env_name)
-        if reuse_env and not env_exists:
+        if command.reuse_env and not env_exists:
             raise ReuseMissingEnvironment(env_name)
         message = self._prepare_environment(actor, env_name, env_exists, requirements)
 
@@ -222,14 +156,14 @@ class TaskService:
             requirements=requirements,
             cron_expression=cron,
             delay_seconds=delay,
-            timeout_seconds=float(timeout) if timeout is not None else None,
+            timeout_seconds=timeout,
             status=TaskStatus.SCHEDULED,
             created_at=now,
             next_run_at=first_run_time(now, cron, delay, self.tz),
             memory_limit_mb=memory_limit,
             max_processes=int(max_processes) if max_processes is not None else None,
             cpu_limit=cpu_limit,
-            network=network,
+            network=command.network,
         )
         limit = None if actor.is_admin else self.policy.max_tasks_per_user
         # Counted again in the task's own transaction: a parallel create may take the last one.
@@ -284,7 +218,7 @@ class TaskService:
     ) -> str:
         has_reqs = bool(requirements and requirements.strip())
         if not exists:
-            self.environments.create(actor, env_name)
+            self.environments.create(actor, NewEnvironment(name=env_name))
             if not has_reqs:
                 return f"Created new environment '{env_name}'"
             try:
@@ -320,7 +254,7 @@ class TaskService:
             ]
             if running:
                 raise EnvironmentInUse(
-                    "Cannot modify packages in environment that is referenced by running tasks",
+                    EnvironmentInUse.MODIFY,
                     [t.script_path for t in running],
                 )
             before = self.backend.get_environment(env_name).packages
@@ -389,17 +323,18 @@ class TaskService:
 
     # --- changes -------------------------------------------------------------------------------
 
-    def stop_task(self, actor: Principal, task_id: int) -> TaskStatus:
-        """Stop the running execution; return the previous status. Raises ``TaskNotFound``,
-        ``NotOwner`` and ``TaskNotRunning`` (also when the run ended on its own meanwhile: the
-        error then names the status it ended with)."""
+    def stop_task(self, actor: Principal, task_id: int) -> Task:
+        """Stop the running execution; return the task as it is after the stop (its status is
+        the stopped run's). Raises ``TaskNotFound``, ``NotOwner`` and ``TaskNotRunning`` (also
+        when the run ended on its own meanwhile: the error then names the status it ended
+        with)."""
         task = self.repo.get_task(task_id)
         require_owner(actor, task.owner_id, "stop this task")
         if task.status is not TaskStatus.RUNNING:
             raise TaskNotRunning(task.status.value)
         if not self.coordinator.stop(task_id):  # it ended meanwhile: say how, as recorded now
             raise TaskNotRunning(self.repo.get_task(task_id).status.value)
-        return TaskStatus.RUNNING
+        return self.repo.get_task(task_id)
 
     def delete_task(self, actor: Principal, task_id: int) -> None:
         """Stop any run, cancel the schedule, delete the task, its executions, logs and stored
@@ -482,8 +417,7 @@ def _midnight(day: date, tz: tzinfo) -> datetime:
 
 
 def _check_page(limit: int, before: str | None, repo: Repository, task_id: int | None) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise InvalidInput("limit", f"'limit' must be a whole number from 1 to {MAX_PAGE}")
+    Page(limit=limit, before=before).checked()
     if before is not None:
         anchor = repo.get_execution(before)
         if anchor is None or (task_id is not None and anchor.task_id != task_id):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import attrs
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -54,11 +55,46 @@ class RequestError(Exception):
             self.body["error"] = error
 
 
-def status_for(exc: e.CtmError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+@attrs.frozen
+class HttpError:
+    """An error the HTTP layer answers itself (request body, routing, unhandled exception):
+    its status and message, for the handlers and the description alike."""
+
+    name: str
+    status: int
+    message: str
+    description: str = ""
+    with_error: bool = False
+    """Whether the body has an ``error`` (the details of a refused request body)."""
+
+    def refuse(self, error: str) -> RequestError:
+        """The exception that answers this error, with ``error`` as details."""
+        return RequestError(self.status, self.message, error)
+
+
+INVALID_BODY = HttpError(
+    "InvalidBody", 400, "Request body must be a JSON object",
+    "No body, invalid JSON, or JSON that is not an object", with_error=True)
+BODY_TOO_LARGE = HttpError("BodyTooLarge", 413, "Request body too large", with_error=True)
+UNSUPPORTED_MEDIA_TYPE = HttpError(
+    "UnsupportedMediaType", 415, "Request body must be sent as application/json",
+    with_error=True)
+ROUTE_NOT_FOUND = HttpError(
+    "RouteNotFound", 404, "Not found", "No route for this path (e.g. a path parameter holding '/')")
+METHOD_NOT_ALLOWED = HttpError("MethodNotAllowed", 405, "Method not allowed")
+INTERNAL_ERROR = HttpError(
+    "InternalError", 500, "Internal server error",
+    "The cause is in the server log, never in the body")
+HTTP_ERRORS = (INVALID_BODY, BODY_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, ROUTE_NOT_FOUND,
+               METHOD_NOT_ALLOWED, INTERNAL_ERROR)
+
+
+def status_of(cls: type[e.CtmError]) -> int:
+    """The status of an error class: the table's entry for it or its nearest base."""
+    for klass in cls.__mro__:
+        if klass in STATUS:
+            return STATUS[klass]
+    return INTERNAL_ERROR.status
 
 
 def error_body(exc: e.CtmError) -> dict[str, Any]:
@@ -71,7 +107,7 @@ def error_body(exc: e.CtmError) -> dict[str, Any]:
 
 async def ctm_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, e.CtmError)
-    status = status_for(exc)
+    status = status_of(type(exc))
     if status >= 500:
         log.error("backend failure on %s %s: %s", request.method, request.url.path, exc)
     headers = {}
@@ -97,7 +133,7 @@ def allowed_methods(request: Request) -> str:
 
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    messages = {404: "Not found", 405: "Method not allowed"}
+    messages = {x.status: x.message for x in (ROUTE_NOT_FOUND, METHOD_NOT_ALLOWED)}
     body = {"success": False, "message": messages.get(exc.status_code, str(exc.detail))}
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
@@ -107,4 +143,6 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 
 async def internal_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"success": False, "message": "Internal server error"}, status_code=500)
+    return JSONResponse(
+        {"success": False, "message": INTERNAL_ERROR.message}, status_code=INTERNAL_ERROR.status
+    )

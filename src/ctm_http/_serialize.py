@@ -1,15 +1,47 @@
-"""Domain objects to the JSON of api.md (times in the server's zone, MB, GB, seconds)."""
+"""Domain objects to the JSON of api.md (times in the server's zone, MB, GB, seconds).
+
+Each serializer names the body it renders (``@renders``), declared once in ``_bodies``: the
+description is derived from the declaration, and ``tests/unit/test_openapi.py`` holds each
+serializer's keys equal to its declaration's.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import datetime, tzinfo
-from typing import Any
+from typing import Any, TypeVar
 
 from ctm_core.environments import EnvironmentDetail, EnvironmentStats
-from ctm_core.models import Environment, Execution, ExecutionStatus, RunPolicy, Task
-from ctm_core.tasks import TaskDetail, TaskStats
+from ctm_core.models import (
+    Environment,
+    Execution,
+    ExecutionStatus,
+    Principal,
+    RunPolicy,
+    Task,
+    TaskStatus,
+    User,
+)
+from ctm_core.tasks import CreatedTask, HistoryPage, TaskDetail, TaskStats
+from ctm_http import _bodies as b
+from ctm_http._schema import Body
 
 GB = 1024**3
+F = TypeVar("F", bound=Callable[..., Any])
+
+SERIALIZERS: dict[Callable[..., Any], Body] = {}
+"""Each serializer and the body it renders."""
+
+
+def renders(declaration: Body) -> Callable[[F], F]:
+    """Record that the decorated function renders ``declaration`` (nothing changes at run
+    time: the test checks it)."""
+
+    def register(fn: F) -> F:
+        SERIALIZERS[fn] = declaration
+        return fn
+
+    return register
 
 
 def fmt_time(value: datetime | None, tz: tzinfo) -> str | None:
@@ -23,6 +55,7 @@ def gb(n: int) -> float:
     return round(n / GB, 2)
 
 
+@renders(b.ENVIRONMENT_SUMMARY)
 def environment_summary(env: Environment, disk_bytes: int | None, tz: tzinfo) -> dict[str, Any]:
     return {
         "name": env.name,
@@ -34,6 +67,7 @@ def environment_summary(env: Environment, disk_bytes: int | None, tz: tzinfo) ->
     }
 
 
+@renders(b.ENVIRONMENT_DETAIL)
 def environment_detail(detail: EnvironmentDetail, tz: tzinfo) -> dict[str, Any]:
     env, usage = detail.environment, detail.usage
     return {
@@ -50,6 +84,7 @@ def environment_detail(detail: EnvironmentDetail, tz: tzinfo) -> dict[str, Any]:
     }
 
 
+@renders(b.ENVIRONMENT_STATS)
 def environment_stats(stats: EnvironmentStats, tz: tzinfo) -> dict[str, Any]:
     latest = stats.latest_created
     return {
@@ -68,6 +103,7 @@ def environment_stats(stats: EnvironmentStats, tz: tzinfo) -> dict[str, Any]:
     }
 
 
+@renders(b.TASK)
 def task_body(task: Task, tz: tzinfo, policy: RunPolicy) -> dict[str, Any]:
     """The task object of POST /api/tasks (and the base of the others). The run limits shown
     are the effective ones: the task's own, or the server's default (null: no limit)."""
@@ -93,6 +129,7 @@ def task_body(task: Task, tz: tzinfo, policy: RunPolicy) -> dict[str, Any]:
     }
 
 
+@renders(b.TASK_LIST_ITEM)
 def task_list_item(
     task: Task, last: Execution | None, tz: tzinfo, policy: RunPolicy
 ) -> dict[str, Any]:
@@ -107,6 +144,7 @@ def task_list_item(
     return body
 
 
+@renders(b.EXECUTION)
 def execution_body(ex: Execution, tz: tzinfo) -> dict[str, Any]:
     """One execution; a ``skipped`` record also says how many consecutive occurrences it
     stands for, and the first and last of them."""
@@ -131,6 +169,7 @@ def execution_body(ex: Execution, tz: tzinfo) -> dict[str, Any]:
     return body
 
 
+@renders(b.TASK_DETAIL)
 def task_detail(detail: TaskDetail, tz: tzinfo, policy: RunPolicy) -> dict[str, Any]:
     task = task_body(detail.task, tz, policy)
     task["last_execution_id"] = detail.task.last_execution_id
@@ -158,6 +197,7 @@ def task_detail(detail: TaskDetail, tz: tzinfo, policy: RunPolicy) -> dict[str, 
     }
 
 
+@renders(b.TASK_STATS)
 def task_stats(stats: TaskStats, tz: tzinfo) -> dict[str, Any]:
     return {
         "total": stats.total,
@@ -186,6 +226,7 @@ def task_stats(stats: TaskStats, tz: tzinfo) -> dict[str, Any]:
     }
 
 
+@renders(b.HISTORY_ITEM)
 def history_item(ex: Execution, name: str, tz: tzinfo) -> dict[str, Any]:
     return {
         "task_id": ex.task_id,
@@ -198,4 +239,113 @@ def history_item(ex: Execution, name: str, tz: tzinfo) -> dict[str, Any]:
         "avg_memory": ex.avg_memory_mb,
         "exit_code": ex.exit_code,
         "execution_id": ex.id,
+    }
+
+
+# --- the answers of single routes ------------------------------------------------------------
+
+
+@renders(b.USER)
+def user_body(user: User | Principal) -> dict[str, Any]:
+    return {"username": user.username, "is_admin": user.is_admin}
+
+
+@renders(b.LOGGED_IN)
+def logged_in(user: User | Principal) -> dict[str, Any]:
+    return {"success": True, "message": "Login successful", "user": user_body(user)}
+
+
+@renders(b.LOGGED_OUT)
+def logged_out() -> dict[str, Any]:
+    return {"success": True, "message": "Logout successful"}
+
+
+@renders(b.USER_CREATED)
+def user_created(user: User) -> dict[str, Any]:
+    return {"success": True, "message": "User created successfully", "user": user_body(user)}
+
+
+@renders(b.ME)
+def me(actor: Principal, containment: Mapping[str, object] | None) -> dict[str, Any]:
+    """``containment``: how runs are contained, shown to admins only."""
+    body: dict[str, Any] = {"success": True, "user": user_body(actor)}
+    if actor.is_admin and containment is not None:
+        body["containment"] = dict(containment)
+    return body
+
+
+@renders(b.ENVIRONMENT_CREATED)
+def environment_created(env: Environment, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "success": True,
+        "message": "Environment created successfully",
+        "environment": {
+            "name": env.name,
+            "created_at": fmt_time(env.created_at, tz),
+            "python_version": env.python_version,
+        },
+    }
+
+
+@renders(b.ENVIRONMENT_RENAMED)
+def environment_renamed(old_name: str, new_name: str, updated_tasks: int) -> dict[str, Any]:
+    return {
+        "success": True,
+        "message": "Environment renamed successfully",
+        "old_name": old_name,
+        "new_name": new_name,
+        "updated_tasks_count": updated_tasks,
+    }
+
+
+@renders(b.PACKAGES_INSTALLED)
+def packages_installed(environment: str, specs: list[str]) -> dict[str, Any]:
+    return {
+        "success": True,
+        "message": "Packages installed successfully",
+        "environment": environment,
+        "installed_packages": specs,
+    }
+
+
+@renders(b.PACKAGES_REMOVED)
+def packages_removed(environment: str, names: list[str]) -> dict[str, Any]:
+    return {
+        "success": True,
+        "message": "Packages removed successfully",
+        "environment": environment,
+        "removed_packages": names,
+    }
+
+
+@renders(b.TASK_CREATED)
+def task_created(created: CreatedTask, tz: tzinfo, policy: RunPolicy) -> dict[str, Any]:
+    return {
+        "success": True,
+        "message": "Task scheduled successfully",
+        "task": task_body(created.task, tz, policy),
+        "environment_message": created.environment_message,
+    }
+
+
+@renders(b.TASK_STOPPED)
+def task_stopped(task: Task, previous: TaskStatus) -> dict[str, Any]:
+    return {
+        "success": True,
+        "message": "Task stopped successfully",
+        "task": {
+            "task_id": task.id,
+            "task_name": task.name,
+            "status": task.status.value,
+            "previous_status": previous.value,
+        },
+    }
+
+
+@renders(b.HISTORY_PAGE)
+def history_page(page: HistoryPage, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "status": "success",
+        "data": [history_item(e, n, tz) for e, n in page.items],
+        "next_before": page.next_before,
     }

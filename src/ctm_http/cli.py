@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from ctm_http.settings import settings_from_env
+from ctm_adapters.settings import settings_from_env
 
 MALLOC_ARENAS = 2
 """glibc malloc arenas of ``ctm serve`` unless ``MALLOC_ARENA_MAX`` says otherwise. glibc's own
@@ -101,23 +101,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     if args.command == "user" and args.user_command == "add":
-        from ctm_adapters.clock import SystemClock
-        from ctm_adapters.passwords import Argon2PasswordHasher
-        from ctm_adapters.sqlite import SqliteRepository
-        from ctm_core.auth import Authenticator
+        from ctm_adapters.bootstrap import build_services, stop_services
+        from ctm_core.commands import NewUser
         from ctm_core.errors import CtmError
 
-        settings = settings_from_env(os.environ, data_dir=data_dir)
-        os.makedirs(settings.data_dir, mode=0o700, exist_ok=True)
-        repo = SqliteRepository(os.path.join(settings.data_dir, "ctm.sqlite3"))
-        auth = Authenticator(repo, Argon2PasswordHasher(), SystemClock())
+        svc = build_services(settings_from_env(os.environ, data_dir=data_dir))
         try:
-            user = auth.add_user(args.name, _read_password(), bool(args.admin))
+            user = svc.auth.add_user(
+                NewUser(username=args.name, password=_read_password(), is_admin=bool(args.admin))
+            )
         except CtmError as exc:
             print(f"ctm: {exc.message}: {exc.error or ''}".rstrip(": "), file=sys.stderr)
             return 1
         finally:
-            repo.close()
+            stop_services(svc)
         kind = "admin" if user.is_admin else "user"
         print(f"ctm: added {kind} '{user.username}'")
         return 0

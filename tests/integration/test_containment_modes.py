@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ctm_http.app import _containment
-from ctm_http.settings import Settings
+from ctm_adapters.bootstrap import containment_of
+from ctm_adapters.settings import Settings
 
 REQUIRED = os.environ.get("CTM_REQUIRE_SANDBOX") == "1"
 
@@ -23,7 +23,7 @@ def test_auto_without_bubblewrap_runs_uncontained_and_says_why(
 ) -> None:
     """No bwrap on PATH: auto gives no sandbox and a reason naming bubblewrap."""
     monkeypatch.setenv("PATH", str(tmp_path))
-    sandbox, _ids, found = _containment(settings(tmp_path, "auto"))
+    sandbox, _ids, found = containment_of(settings(tmp_path, "auto"))
     assert sandbox is None
     assert not found.contained and "bubblewrap" in found.reason
 
@@ -34,12 +34,12 @@ def test_required_without_bubblewrap_refuses_to_start(
     """No bwrap on PATH: required stops the start with the reason."""
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SystemExit, match="CTM_SANDBOX=required but runs cannot be contained"):
-        _containment(settings(tmp_path, "required"))
+        containment_of(settings(tmp_path, "required"))
 
 
 def test_off_never_contains(tmp_path: Path) -> None:
     """off: no sandbox even where bubblewrap works, and the reason says it was turned off."""
-    sandbox, _ids, found = _containment(settings(tmp_path, "off"))
+    sandbox, _ids, found = containment_of(settings(tmp_path, "off"))
     assert sandbox is None and found.reason == "CTM_SANDBOX=off"
 
 
@@ -47,5 +47,5 @@ def test_auto_with_working_bubblewrap_contains(tmp_path: Path) -> None:
     """With a working bwrap, auto passes its trial run and contains every run."""
     if shutil.which("bwrap") is None and not REQUIRED:
         pytest.skip("bubblewrap (bwrap) is not installed")
-    sandbox, _ids, found = _containment(settings(tmp_path, "auto"))
+    sandbox, _ids, found = containment_of(settings(tmp_path, "auto"))
     assert sandbox is not None and found.contained, found.reason

@@ -16,7 +16,8 @@ from typing import TypeVar
 
 import pytest
 
-from ctm_adapters.sqlite import READERS, SqliteRepository
+from ctm_adapters._sqlite_store import READERS
+from ctm_adapters.sqlite import SqliteRepository
 from ctm_core.errors import TaskExists, TaskLimitReached
 from ctm_core.models import Execution, ExecutionStatus, Task, TaskStatus
 from tests.integration.test_repository_contract import (

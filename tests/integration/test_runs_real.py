@@ -10,6 +10,7 @@ from ctm_adapters.fakes import FakeEnvironmentBackend
 from ctm_adapters.files import LocalFileStore
 from ctm_adapters.process import PsutilProcessRunner
 from ctm_adapters.sqlite import SqliteRepository
+from ctm_core.commands import NewTask
 from ctm_core.environments import EnvironmentService, KeyedLocks
 from ctm_core.models import ExecutionStatus, Principal, RunEnvironment
 from ctm_core.runs import RunCoordinator
@@ -22,8 +23,9 @@ class HostPythonBackend(FakeEnvironmentBackend):
 
     def run_environment(self, name: str) -> RunEnvironment:
         env = super().run_environment(name)
-        return RunEnvironment(python=sys.executable, prefix=env.prefix,
-                              variables=env.variables, path_prepend=())
+        return RunEnvironment(
+            python=sys.executable, prefix=env.prefix, variables=env.variables, path_prepend=()
+        )
 
 
 def test_twenty_runs_with_a_limit_of_four(tmp_path: Path) -> None:
@@ -36,14 +38,27 @@ def test_twenty_runs_with_a_limit_of_four(tmp_path: Path) -> None:
     backend = HostPythonBackend()
     clock = SystemClock()
     locks = KeyedLocks()
-    coordinator = RunCoordinator(repo=repo, backend=backend, runner=runner, files=files,
-                                 clock=clock, env_locks=locks,
-                                 max_concurrent=4)
+    coordinator = RunCoordinator(
+        repo=repo,
+        backend=backend,
+        runner=runner,
+        files=files,
+        clock=clock,
+        env_locks=locks,
+        max_concurrent=4,
+    )
     envs = EnvironmentService(backend, repo, locks)
-    scheduler = Scheduler(repo=repo, clock=clock, coordinator=coordinator, files=files,
-                          tz=UTC)
-    tasks = TaskService(repo=repo, backend=backend, environments=envs, coordinator=coordinator,
-                        files=files, clock=clock, tz=UTC, env_locks=locks)
+    scheduler = Scheduler(repo=repo, clock=clock, coordinator=coordinator, files=files, tz=UTC)
+    tasks = TaskService(
+        repo=repo,
+        backend=backend,
+        environments=envs,
+        coordinator=coordinator,
+        files=files,
+        clock=clock,
+        tz=UTC,
+        env_locks=locks,
+    )
     user = repo.add_user(username="u", password_hash="x", is_admin=True, created_at=clock.now())
     actor = Principal(user_id=user.id, username="u", is_admin=True)
     marks = tmp_path / "marks"
@@ -54,15 +69,21 @@ def test_twenty_runs_with_a_limit_of_four(tmp_path: Path) -> None:
         f"open({str(marks)!r}, 'a').write(f'- {{time.monotonic()}}\\n')\n"
     )
     try:
-        ids = [tasks.create_task(actor, {"script": script, "conda_env": "env"}).task.id
-               for _ in range(20)]
+        ids = [
+            tasks.create_task(
+                actor, NewTask.from_json({"script": script, "conda_env": "env"})
+            ).task.id
+            for _ in range(20)
+        ]
         scheduler.tick()
         assert coordinator.wait_idle(60)
         for tid in ids:
             [ex] = repo.list_executions(tid)
             assert ex.status is ExecutionStatus.COMPLETED, ex
-        events = sorted((float(t), sign) for sign, t in
-                        (line.split() for line in marks.read_text().splitlines()))
+        events = sorted(
+            (float(t), sign)
+            for sign, t in (line.split() for line in marks.read_text().splitlines())
+        )
         running = peak = 0
         for _, sign in events:
             running += 1 if sign == "+" else -1

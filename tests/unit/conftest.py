@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
 
 import attrs
 import pytest
 
+from ctm_adapters.bootstrap import build_services
 from ctm_adapters.clock import FakeClock
 from ctm_adapters.fakes import (
     FakeEnvironmentBackend,
@@ -17,8 +17,10 @@ from ctm_adapters.fakes import (
     InMemoryFileStore,
 )
 from ctm_adapters.memory import InMemoryRepository
+from ctm_adapters.settings import Settings
 from ctm_core.auth import Authenticator
-from ctm_core.environments import EnvironmentService, KeyedLocks
+from ctm_core.commands import NewUser
+from ctm_core.environments import EnvironmentService
 from ctm_core.models import Principal, RunPolicy
 from ctm_core.ports import Repository
 from ctm_core.runs import RunCoordinator
@@ -50,31 +52,24 @@ def make_world(
 ) -> World:
     """The core on fakes; ``repo`` (an in-memory one by default) and ``runner`` may be given."""
     clock = FakeClock(start or datetime(2026, 5, 1, 12, 0, tzinfo=UTC))
-    repo = repo if repo is not None else InMemoryRepository()
     backend = FakeEnvironmentBackend()
     runner = runner if runner is not None else FakeProcessRunner(auto_exit_code=auto_exit_code)
     files = InMemoryFileStore()
-    auth = Authenticator(repo, FakePasswordHasher(), clock)
-    locks = KeyedLocks()
-    run_policy = policy or RunPolicy()
-    coordinator = RunCoordinator(
-        repo=repo, backend=backend, runner=runner, files=files, clock=clock,
-        env_locks=locks, max_concurrent=max_concurrent, stop_grace=0.1,
-        policy=run_policy,
+    settings = Settings(
+        data_dir="/nonexistent/ctm-unit-tests", timezone=tz, max_concurrent_runs=max_concurrent,
+        stop_grace_seconds=0.1,
     )
-    envs = EnvironmentService(backend, repo, locks, is_task_active=coordinator.is_active)
-    zone = ZoneInfo(tz)
-    scheduler = Scheduler(
-        repo=repo, clock=clock, coordinator=coordinator, files=files, tz=zone
+    svc = build_services(
+        settings, repo=repo if repo is not None else InMemoryRepository(), clock=clock,
+        backend=backend, runner=runner, files=files, hasher=FakePasswordHasher(),
     )
-    tasks = TaskService(
-        repo=repo, backend=backend, environments=envs, coordinator=coordinator, files=files,
-        clock=clock, tz=zone, env_locks=locks, on_change=scheduler.wake,
-        policy=run_policy,
-    )
+    # The core's own defaults (no limits) unless a test gives a policy, not the server's.
+    svc.coordinator.policy = svc.tasks.policy = policy or RunPolicy()
+    repo, auth, envs, coordinator = svc.repo, svc.auth, svc.environments, svc.coordinator
+    scheduler, tasks = svc.scheduler, svc.tasks
     users = []
     for name, admin in (("admin", True), ("alice", False), ("bob", False)):
-        u = auth.add_user(name, "password-" + name, admin)
+        u = auth.add_user(NewUser(username=name, password="password-" + name, is_admin=admin))
         users.append(Principal(user_id=u.id, username=u.username, is_admin=u.is_admin))
     return World(clock, repo, backend, runner, files, auth, envs, coordinator, scheduler,
                  tasks, *users)

@@ -48,13 +48,63 @@ def test_core_imports_no_io_or_outer_layer() -> None:
     assert problems == []
 
 
-def test_adapters_never_import_http() -> None:
-    """ctm_adapters depends on ctm_core only, never on the HTTP layer."""
-    for path in sorted((SRC / "ctm_adapters").rglob("*.py")):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                assert not node.module.startswith("ctm_http"), path
+HTTP_MAY_USE = {"ctm_adapters.bootstrap", "ctm_adapters.settings", "ctm_adapters._hardening"}
+"""The HTTP layer builds nothing itself: it reaches adapters only through the composition root
+(and the settings it reads, and the process hardening of ``ctm serve``)."""
+
+
+def layer_violations(source: str, package: str, filename: str = "<mod>") -> list[str]:
+    """Imports that cross the layers of design.md outward: ctm_adapters may not import
+    ctm_http or the ctm facade; ctm_http may import adapters only as ``HTTP_MAY_USE`` says."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        for name in names:
+            top = name.split(".")[0]
+            if package == "ctm_adapters" and top in ("ctm_http", "ctm"):
+                found.append(f"{filename}:{node.lineno} imports {name}")
+            if package == "ctm_http" and (
+                top == "ctm" or (top == "ctm_adapters" and name not in HTTP_MAY_USE)
+            ):
+                found.append(f"{filename}:{node.lineno} imports {name}")
+    return found
+
+
+@pytest.mark.parametrize("package", ["ctm_adapters", "ctm_http"])
+def test_outer_layers_import_only_inward(package: str) -> None:
+    """ctm_adapters never imports the HTTP layer or the facade; ctm_http wires nothing itself."""
+    problems = []
+    for path in sorted((SRC / package).rglob("*.py")):
+        problems += layer_violations(path.read_text(), package, str(path.relative_to(SRC)))
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("package", "source"),
+    [
+        ("ctm_adapters", "from ctm_http.app import create_app"),
+        ("ctm_adapters", "import ctm"),
+        ("ctm_http", "from ctm_adapters.sqlite import SqliteRepository"),
+        ("ctm_http", "def f():\n    from ctm_adapters.process import PsutilProcessRunner"),
+        ("ctm_http", "from ctm import Ctm"),
+    ],
+)
+def test_layer_checker_catches_a_violation(package: str, source: str) -> None:
+    """Each kind of outward import makes the layer check fail."""
+    assert layer_violations(source, package) != []
+
+
+def test_the_facade_is_the_public_surface() -> None:
+    """``import ctm`` names everything docs/library.md uses, and only what exists."""
+    import ctm
+
+    assert set(ctm.__all__) <= set(dir(ctm))
+    for name in ("Ctm", "NewTask", "NewEnvironment", "Settings", "FakeClock", "ExecutionStatus"):
+        assert name in ctm.__all__
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ctm_http.settings import ENV_VARS
+from ctm_adapters.settings import ENV_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIABLE = re.compile(r"CTM_[A-Z][A-Z0-9_]*[A-Z0-9]")

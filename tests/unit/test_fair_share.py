@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from ctm_adapters.fakes import FakeHandle
+from ctm_core.commands import NewEnvironment, NewTask
 from ctm_core.models import Principal, RunPolicy, TaskStatus
 from tests.unit.conftest import World, make_world
 
@@ -22,10 +23,10 @@ def queue_runs(world: World, user: Principal, count: int) -> list[int]:
     return their ids."""
     env = f"env-{user.username}"
     if not world.backend.exists(env):
-        world.envs.create(user, env, None, [])
+        world.envs.create(user, NewEnvironment(name=env))
     ids = [
         world.tasks.create_task(
-            user, {"script": f"print({n})", "conda_env": env, "delay_seconds": 1}
+            user, NewTask.from_json({"script": f"print({n})", "conda_env": env, "delay_seconds": 1})
         ).task.id
         for n in range(count)
     ]
@@ -132,7 +133,8 @@ def test_adopted_runs_count_towards_their_owners_limit() -> None:
     assert fresh.coordinator.adopt(execution)
     assert fresh.coordinator.running_of(alice.user_id) == 1
     second = world.tasks.create_task(
-        alice, {"script": "print(2)", "conda_env": "env-alice", "delay_seconds": 1}
+        alice,
+        NewTask.from_json({"script": "print(2)", "conda_env": "env-alice", "delay_seconds": 1}),
     ).task.id
     fresh.clock.advance(1)
     fresh.scheduler.tick()

@@ -18,9 +18,9 @@ from ctm_adapters.fakes import (
     InMemoryFileStore,
 )
 from ctm_adapters.memory import InMemoryRepository
+from ctm_adapters.settings import Settings
 from ctm_core.models import Execution, ExecutionStatus
 from ctm_http.app import create_app
-from ctm_http.settings import Settings
 
 AUTH_401 = {
     "success": False,

@@ -1,14 +1,15 @@
-"""The OpenAPI description cannot drift from the routes, the error table or the contract."""
+"""The OpenAPI description cannot drift from the routes, the serializers, the error classes
+and their table, or docs/api.md."""
 
 from __future__ import annotations
 
 import ast
 import functools
-import importlib
 import inspect
 import pkgutil
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,27 @@ from starlette.testclient import TestClient
 
 import ctm_adapters
 import ctm_core
+from ctm_adapters.settings import Settings
 from ctm_core import errors
-from ctm_http import _errors, app, dashboard, openapi
-from ctm_http.settings import Settings
+from ctm_core.environments import EnvironmentDetail, EnvironmentStats, UsageStats
+from ctm_core.models import (
+    Environment,
+    Execution,
+    ExecutionStatus,
+    Package,
+    Principal,
+    RunPolicy,
+    Task,
+    TaskStatus,
+    User,
+)
+from ctm_core.tasks import CreatedTask, HistoryPage, TaskDetail, TaskStats
+from ctm_http import _bodies, _errors, _serialize, app, dashboard, openapi
+from ctm_http._schema import Body, to_schema
 
 SPEC = openapi.spec()
 GENERIC_STATUSES = {500}  # any route: an unhandled exception (internal_error_handler)
 ROUTING_STATUSES = {404, 405}  # a path parameter holding '/' can reach another route
-
 
 
 def _template(route: Any) -> str:
@@ -50,14 +64,14 @@ def app_operations() -> set[tuple[str, str]]:
     }
 
 
-# --- static analysis: which domain errors can each route raise? ------------------------------
+# --- which domain errors can each route raise? -----------------------------------------------
 #
-# A call graph over ctm_http.app, ctm_core and the real adapters, resolved by name: module
-# functions, ``self.method``, and ``<x>.<field>.<method>`` where ``<field>`` is an annotated
-# attribute of some class (``repo: Repository``, ``tasks: TaskService``...). A port method
-# raises what its docstring names plus what every adapter implementing it raises. It
-# over-approximates (no except clauses), which is the safe side: a status found here must be
-# documented.
+# Not knowable from declarations: a call graph over ctm_http.app, ctm_core and the real
+# adapters, resolved by name: module functions, ``self.method``, ``Class.method``, and
+# ``<x>.<field>.<method>`` where ``<field>`` is an annotated attribute of some class
+# (``repo: Repository``, ``tasks: TaskService``...). A port method raises what its docstring
+# names plus what every adapter implementing it raises. It over-approximates (no except
+# clauses), which is the safe side: a status found here must be documented.
 
 _ERROR_NAMES = {
     name for name, obj in vars(errors).items()
@@ -72,7 +86,9 @@ def _modules() -> dict[str, ast.Module]:
         for info in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
             if info.name.endswith(".fakes"):  # test doubles, not what the server runs
                 continue
-            out[info.name] = ast.parse(inspect.getsource(importlib.import_module(info.name)))
+            path = Path(pkg.__path__[0]) / (info.name.rsplit(".", 1)[1] + ".py")
+            if path.exists():  # read, not imported: no adapter needs to load here
+                out[info.name] = ast.parse(path.read_text(encoding="utf-8"))
     return out
 
 
@@ -194,6 +210,8 @@ class CallGraph:
             value = node.value
             if isinstance(value, ast.Name) and value.id == "self" and cls_name:
                 return self._method_raises(cls_name, node.attr)
+            if isinstance(value, ast.Name) and value.id in self.classes:  # NewTask.from_json
+                return self._method_raises(value.id, node.attr)
             if isinstance(value, ast.Attribute) and value.attr in self.fields:
                 out: set[Any] = set()
                 for type_name in self.fields[value.attr]:
@@ -207,10 +225,11 @@ def graph() -> CallGraph:
     return CallGraph()
 
 
+
 def _status(item: Any) -> int:
     if isinstance(item, tuple):
         return int(item[1])
-    return openapi.status_of(getattr(errors, item))
+    return _errors.status_of(getattr(errors, item))
 
 
 # What the over-approximating graph finds but cannot happen through the API, and why.
@@ -253,7 +272,10 @@ def _routes() -> Iterator[Route]:
         yield r
 
 
-# --- tests -------------------------------------------------------------------------------------
+_ROUTE_IDS = {"ids": lambda r: f"{r.methods} {_template(r)}"}
+
+
+# --- the description and the routes ----------------------------------------------------------
 
 
 def test_spec_is_valid_openapi_3_1() -> None:
@@ -273,7 +295,7 @@ def test_operation_ids_are_unique() -> None:
     assert len(ids) == len(set(ids))
 
 
-@pytest.mark.parametrize("route", list(_routes()), ids=lambda r: f"{r.methods} {_template(r)}")
+@pytest.mark.parametrize("route", list(_routes()), **_ROUTE_IDS)
 def test_every_reachable_error_status_is_documented(route: Route) -> None:
     """Whatever domain error the handler's call graph can raise, its status is in the spec."""
     method = _method(route)
@@ -283,7 +305,7 @@ def test_every_reachable_error_status_is_documented(route: Route) -> None:
     assert not missing, f"{method} {_template(route)}: undocumented statuses {missing}"
 
 
-@pytest.mark.parametrize("route", list(_routes()), ids=lambda r: f"{r.methods} {_template(r)}")
+@pytest.mark.parametrize("route", list(_routes()), **_ROUTE_IDS)
 def test_no_documented_error_status_is_unreachable(route: Route) -> None:
     """Each documented error status is one the handler can really answer (or routing/500)."""
     method = _method(route)
@@ -294,22 +316,23 @@ def test_no_documented_error_status_is_unreachable(route: Route) -> None:
 
 
 def _query_names(route: Route) -> set[str]:
+    """``request.query_params.get("x")`` and ``request.query_params["x"]`` in the handler."""
     node = graph().functions[("ctm_http.app", route.endpoint.__name__)]
     names = set()
     for sub in ast.walk(node):
-        # request.query_params.get("x") / request.query_params["x"]
-        if (isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute)
-                and isinstance(sub.func.value, ast.Attribute)
-                and sub.func.value.attr == "query_params" and sub.args
-                and isinstance(sub.args[0], ast.Constant)):
-            names.add(sub.args[0].value)
-        if (isinstance(sub, ast.Subscript) and isinstance(sub.value, ast.Attribute)
-                and sub.value.attr == "query_params" and isinstance(sub.slice, ast.Constant)):
-            names.add(sub.slice.value)
+        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute):
+            target, key = sub.func.value, (sub.args or [None])[0]
+        elif isinstance(sub, ast.Subscript):
+            target, key = sub.value, sub.slice
+        else:
+            continue
+        if (isinstance(target, ast.Attribute) and target.attr == "query_params"
+                and isinstance(key, ast.Constant)):
+            names.add(key.value)
     return names
 
 
-@pytest.mark.parametrize("route", list(_routes()), ids=lambda r: f"{r.methods} {_template(r)}")
+@pytest.mark.parametrize("route", list(_routes()), **_ROUTE_IDS)
 def test_query_parameters_read_by_a_handler_are_documented(route: Route) -> None:
     """The query parameters a handler reads are exactly the ones its operation lists."""
     op = openapi.operation(_method(route), _template(route))
@@ -325,6 +348,7 @@ def test_analysis_finds_known_errors() -> None:
     assert "AuthenticationRequired" in get_task[401]  # via @authenticated
     install = reachable_statuses(by_path[("POST", "/api/conda/environment/{name}/packages")])
     assert "PackageOperationFailed" in install[400]  # via EnvironmentBackend.install
+    assert "InvalidPackageSpec" in install[400]  # via PackageChange.from_json
     assert {"NotOwner", "CrossSiteRequest"} <= install[403]
     assert {413, 415} <= set(install)  # via read_json
     login = reachable_statuses(by_path[("POST", "/login")])
@@ -339,21 +363,6 @@ def test_not_reachable_entries_are_still_found_by_the_graph() -> None:
         assert name in graph().raises("ctm_http.app", None, route.endpoint.__name__)
 
 
-def test_every_error_class_has_a_schema_and_a_status() -> None:
-    """Each CtmError subclass renders into a documented body, with a status from the table."""
-    for name in _ERROR_NAMES - {"CtmError"}:
-        cls = getattr(errors, name)
-        assert openapi.error_schema_name(cls) in SPEC["components"]["schemas"]
-        assert openapi.status_of(cls) != 500, f"{name} is missing from _errors.STATUS"
-
-
-def test_every_status_of_the_error_table_appears_in_the_spec() -> None:
-    """No status of _errors.STATUS is left out of every operation."""
-    used = {int(s) for ops in SPEC["paths"].values() for op in ops.values()
-            for s in op["responses"]}
-    assert set(_errors.STATUS.values()) <= used
-
-
 def test_protected_operations_require_the_session_cookie() -> None:
     """Global security is the session cookie; only login, logout, the description and the
     dashboard page differ."""
@@ -366,6 +375,193 @@ def test_protected_operations_require_the_session_cookie() -> None:
                         ("GET", "/docs"), ("GET", "/")}
     for method, path in spec_operations() - open_ops:
         assert 401 in documented(method, path), (method, path)
+
+
+# --- bodies: each one the server writes is its declaration -----------------------------------
+
+
+def _check(spec: Any, value: Any, seen: dict[Body, set[str]]) -> None:
+    """``value`` has no key its declaration lacks, every required one, at every depth; the
+    keys met are added to ``seen``."""
+    if isinstance(spec, Body):
+        assert isinstance(value, dict), value
+        keys = spec.keys
+        assert set(value) <= set(keys), f"undeclared keys {set(value) - set(keys)}"
+        assert spec.required <= set(value), f"missing keys {spec.required - set(value)}"
+        for part in (spec, spec.base):
+            if part is not None:
+                seen.setdefault(part, set()).update(set(value) & set(part.fields))
+        for key, item in value.items():
+            _check(keys[key], item, seen)
+    elif isinstance(spec, dict) and value is not None:
+        if isinstance(value, list) and "items" in spec:
+            for item in value:
+                _check(spec["items"], item, seen)
+        for alternative in spec.get("anyOf", []):
+            _check(alternative, value, seen)
+
+
+def _validate(declaration: Any, value: Any) -> None:
+    schema = {**to_schema(declaration), "components": SPEC["components"]}
+    jsonschema.Draft202012Validator(schema).validate(value)
+
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+S = timedelta(seconds=1)
+
+
+def _samples() -> dict[Any, list[tuple[Any, ...]]]:
+    """Arguments for each serializer, covering every optional key."""
+    env = Environment(name="demo", prefix="/envs/demo", python_version="3.12.1",
+                      packages=(Package("six", "1.16.0"),), created_at=T0)
+    task = Task(id=1, name="t", owner_id=2, script_path="/s/t.py", script_stored=True,
+                conda_env="demo", requirements=None, cron_expression="* * * * *",
+                delay_seconds=None, timeout_seconds=None, status=TaskStatus.SCHEDULED,
+                created_at=T0, next_run_at=T0 + S, last_execution_id="e1")
+    done = Execution(id="e1", task_id=1, status=ExecutionStatus.COMPLETED, start_time=T0,
+                     end_time=T0 + S, duration=1.0, exit_code=0, scheduled_for=T0)
+    skipped = Execution(id="e2", task_id=1, status=ExecutionStatus.SKIPPED, scheduled_for=T0,
+                        start_time=T0, end_time=T0 + 2 * S, skip_count=2,
+                        first_skipped_at=T0, last_skipped_at=T0 + 2 * S)
+    policy = RunPolicy()
+    user = User(id=1, username="admin", password_hash="x", is_admin=True, created_at=T0)
+    admin = Principal(user_id=1, username="admin", is_admin=True)
+    containment = {"contained": False, "mode": "off", "reason": "r", "identity": "i",
+                   "limits": "l"}
+    ser = _serialize
+    return {
+        ser.environment_summary: [(env, 10, UTC), (env, None, UTC)],
+        ser.environment_detail: [(EnvironmentDetail(environment=env, usage=UsageStats(
+            total_tasks=1, success_rate=100.0, avg_execution_time=1.0, disk_usage_bytes=1)),
+            UTC)],
+        ser.environment_stats: [(EnvironmentStats(
+            total_environments=1, active_environments=1, total_disk_usage_bytes=1,
+            latest_created=env, environment_usage=[("demo", 100)],
+            package_stats=[("demo", 1)]), UTC)],
+        ser.task_body: [(task, UTC, policy)],
+        ser.task_list_item: [(task, done, UTC, policy), (task, None, UTC, policy)],
+        ser.execution_body: [(done, UTC), (skipped, UTC)],
+        ser.task_detail: [(TaskDetail(task=task, executions=[done], latest=done,
+                                      latest_log="hello\n"), UTC, policy)],
+        ser.task_stats: [(TaskStats(
+            counts={s.value: 0 for s in TaskStatus}, total=0, avg_duration=0.0,
+            min_duration=0.0, max_duration=0.0, success_rate=0.0,
+            dates=[f"2026-05-0{d}" for d in range(1, 8)], success_counts=[0] * 7,
+            failed_counts=[0] * 7, recent=[(done, "t")]), UTC)],
+        ser.history_item: [(done, "t", UTC)],
+        ser.user_body: [(user,), (admin,)],
+        ser.logged_in: [(user,)],
+        ser.logged_out: [()],
+        ser.user_created: [(user,)],
+        ser.me: [(admin, containment)],
+        ser.environment_created: [(env, UTC)],
+        ser.environment_renamed: [("a", "b", 2)],
+        ser.packages_installed: [("demo", ["six"])],
+        ser.packages_removed: [("demo", ["six"])],
+        ser.task_created: [(CreatedTask(task=task, environment_message="m"), UTC, policy)],
+        ser.task_stopped: [(task, TaskStatus.RUNNING)],
+        ser.history_page: [(HistoryPage(items=[(done, "t")], next_before=None), UTC)],
+    }
+
+
+def test_each_serializer_writes_exactly_the_keys_of_its_declaration() -> None:
+    """Every key a serializer writes is declared in _bodies, and every declared key is written
+    (by some sample), at every depth; the bodies fit their schemas."""
+    samples = _samples()
+    assert set(samples) == set(_serialize.SERIALIZERS), "a serializer without samples"
+    seen: dict[Body, set[str]] = {}
+    for fn, declaration in _serialize.SERIALIZERS.items():
+        for args in samples[fn]:
+            value = fn(*args)
+            _check(declaration, value, seen)
+            _validate(declaration, value)
+    for declaration, keys in seen.items():
+        assert keys == set(declaration.fields), (declaration.name, set(declaration.fields) - keys)
+
+
+def test_every_serializer_names_its_body() -> None:
+    """Each public function of _serialize that renders a body is registered with @renders."""
+    helpers = {"fmt_time", "gb", "renders"}
+    public = {name for name, fn in vars(_serialize).items() if inspect.isfunction(fn)
+              and fn.__module__ == _serialize.__name__ and not name.startswith("_")}
+    assert public - helpers == {fn.__name__ for fn in _serialize.SERIALIZERS}
+
+
+def test_every_success_body_of_the_description_is_a_declared_body() -> None:
+    """The JSON success answers of the API routes come from _bodies declarations."""
+    declared = set(_serialize.SERIALIZERS.values()) | {_bodies.ENVIRONMENTS["items"],
+                                                      _bodies.TASKS["items"]}
+    api = ("/api", "/login", "/logout", "/create_user")
+    for op in openapi.OPERATIONS:
+        if op.path.startswith(api) and op.ok_status != 204:
+            body = op.ok["items"] if isinstance(op.ok, dict) else op.ok
+            assert body in declared, (op.method, op.path)
+
+
+# --- errors: bodies from the classes, statuses from the table --------------------------------
+
+
+def test_every_error_class_has_a_body_and_a_status() -> None:
+    """Each CtmError subclass renders into a documented body, with a status from the table."""
+    for name in _ERROR_NAMES - {"CtmError"}:
+        cls = getattr(errors, name)
+        assert _bodies.error_body_of(cls).name in SPEC["components"]["schemas"]
+        assert _errors.status_of(cls) != 500, f"{name} is missing from _errors.STATUS"
+
+
+def test_every_status_of_the_error_table_appears_in_the_spec() -> None:
+    """No status of _errors.STATUS is left out of every operation."""
+    used = {int(s) for ops in SPEC["paths"].values() for op in ops.values()
+            for s in op["responses"]}
+    assert set(_errors.STATUS.values()) <= used
+
+
+def test_error_bodies_rendered_by_the_handler_are_their_declarations() -> None:
+    """Every domain error, rendered as the handler renders it, has exactly its declared keys
+    and fits its schema (message and error as worded on the class)."""
+    samples: list[errors.CtmError] = [
+        errors.InvalidInput("reuse_env", "'reuse_env' must be true or false"),
+        errors.InvalidEnvironmentName("-x", "bad"),
+        errors.InvalidPackageSpec("packages", ["-c evil"]),
+        errors.InvalidCredentialsFormat("password", "short"),
+        errors.ScheduleConflict(), errors.InvalidCronExpression("bad"), errors.InvalidDelay(),
+        errors.AuthenticationRequired(), errors.InvalidCredentials(),
+        errors.TooManyLoginAttempts(30), errors.AdminRequired(),
+        errors.NotOwner("stop this task"), errors.CrossSiteRequest(),
+        errors.ScriptOutsideRoots("/etc/x.py"), errors.UserExists("bob"),
+        errors.EnvironmentNotFound("x"), errors.EnvironmentExists("x"),
+        errors.EnvironmentInUse(errors.EnvironmentInUse.DELETE, ["/a"]),
+        errors.PackageOperationFailed("Failed to install packages", failed_packages=["x"],
+                                      error_details=["no"], output="out"),
+        errors.BackendFailure("conda exploded"), errors.TaskNotFound(7),
+        errors.TaskExists("t"), errors.ReuseMissingEnvironment("e"),
+        errors.ScriptNotFound("/x.py"),
+        errors.RequirementsFailed(new_environment=False, failed_packages=["x"],
+                                  error_details=["no"], output="o", environment_state="s"),
+        errors.TaskNotRunning("completed"), errors.TaskLimitReached(200),
+    ]
+    assert {type(s).__name__ for s in samples} == _ERROR_NAMES - {"CtmError"}
+    for exc in samples:
+        declaration = _bodies.error_body_of(type(exc))
+        body = _errors.error_body(exc)
+        _check(declaration, body, {})
+        _validate(declaration, body)
+
+
+def test_messages_chosen_by_the_raiser_are_listed_on_the_class() -> None:
+    """A literal message given to an error class with ``messages`` is one of them (the
+    description lists exactly those)."""
+    choosers = {n for n in _ERROR_NAMES if getattr(errors, n).messages}
+    for module, tree in graph().modules.items():
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in choosers and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                assert node.args[0].value in getattr(errors, node.func.id).messages, (
+                    module, node.lineno, node.args[0].value)
+
+
+# --- examples --------------------------------------------------------------------------------
 
 
 def _examples() -> Iterator[tuple[str, str, str, Any]]:
@@ -399,36 +595,7 @@ def test_request_examples_fit_their_schemas() -> None:
                 jsonschema.Draft202012Validator(schema).validate(ex["value"])
 
 
-def test_error_bodies_rendered_by_the_handler_fit_their_schemas() -> None:
-    """Every domain error, rendered as the handler renders it, fits its documented schema."""
-    samples: list[errors.CtmError] = [
-        errors.InvalidInput("reuse_env", "'reuse_env' must be true or false"),
-        errors.InvalidEnvironmentName("-x", "bad"),
-        errors.InvalidPackageSpec("packages", ["-c evil"]),
-        errors.InvalidCredentialsFormat("password", "short", message=(
-            "Invalid username or password format")),
-        errors.ScheduleConflict(), errors.InvalidCronExpression("bad"), errors.InvalidDelay(),
-        errors.AuthenticationRequired(), errors.InvalidCredentials(),
-        errors.TooManyLoginAttempts(30), errors.AdminRequired(),
-        errors.NotOwner("stop this task"), errors.CrossSiteRequest(),
-        errors.ScriptOutsideRoots("/etc/x.py"), errors.UserExists("bob"),
-        errors.EnvironmentNotFound("x"), errors.EnvironmentExists("x"),
-        errors.EnvironmentInUse("Cannot delete environment that is referenced by tasks", ["/a"]),
-        errors.PackageOperationFailed("Failed to install packages", failed_packages=["x"],
-                                      error_details=["no"], output="out"),
-        errors.BackendFailure("conda exploded"), errors.TaskNotFound(7),
-        errors.TaskExists("t"), errors.ReuseMissingEnvironment("e"),
-        errors.ScriptNotFound("/x.py"),
-        errors.RequirementsFailed(new_environment=False, failed_packages=["x"],
-                                  error_details=["no"], output="o", environment_state="s"),
-        errors.TaskNotRunning("completed"), errors.TaskLimitReached(200),
-    ]
-    assert {type(s).__name__ for s in samples} == _ERROR_NAMES - {"CtmError"}
-    components = SPEC["components"]
-    for exc in samples:
-        schema = {"$ref": f"#/components/schemas/{openapi.error_schema_name(type(exc))}",
-                  "components": components}
-        jsonschema.Draft202012Validator(schema).validate(_errors.error_body(exc))
+# --- served ----------------------------------------------------------------------------------
 
 
 @pytest.fixture

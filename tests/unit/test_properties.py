@@ -19,6 +19,14 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from ctm_core.commands import (
+    Credentials,
+    NewEnvironment,
+    NewTask,
+    NewUser,
+    PackageChange,
+    RenameEnvironment,
+)
 from ctm_core.errors import CtmError, InvalidCronExpression, InvalidInput
 from ctm_core.models import TaskStatus
 from ctm_core.schedule import (
@@ -44,26 +52,73 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 # Anything json.loads can hand a route: NaN and +/-Infinity included (Python's json accepts them).
 json_scalars = (
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=8,
 )
 
 # Cron-looking text: real field syntax, names, out-of-range numbers and junk.
-_cron_atoms = st.sampled_from([
-    "*", "*/5", "*/0", "0", "1", "7", "12", "23", "59", "60", "99", "1-5", "5-1", "0-59/15",
-    "1,2,3", "L", "W", "15W", "5#2", "?", "jan", "MON", "sun-sat", "feb", "-1", "*/", ",", "",
-])
+_cron_atoms = st.sampled_from(
+    [
+        "*",
+        "*/5",
+        "*/0",
+        "0",
+        "1",
+        "7",
+        "12",
+        "23",
+        "59",
+        "60",
+        "99",
+        "1-5",
+        "5-1",
+        "0-59/15",
+        "1,2,3",
+        "L",
+        "W",
+        "15W",
+        "5#2",
+        "?",
+        "jan",
+        "MON",
+        "sun-sat",
+        "feb",
+        "-1",
+        "*/",
+        ",",
+        "",
+    ]
+)
 cron_like = st.one_of(
     st.lists(_cron_atoms, min_size=1, max_size=7).map(" ".join),
-    st.sampled_from(["@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually",
-                     "@midnight", "@reboot", "@every", "@", "0 0 31 2 *", "0 0 30 2 *",
-                     "* * * * * *", "0 0 29 2 *"]),
+    st.sampled_from(
+        [
+            "@hourly",
+            "@daily",
+            "@weekly",
+            "@monthly",
+            "@yearly",
+            "@annually",
+            "@midnight",
+            "@reboot",
+            "@every",
+            "@",
+            "0 0 31 2 *",
+            "0 0 30 2 *",
+            "* * * * * *",
+            "0 0 29 2 *",
+        ]
+    ),
     st.text(max_size=30),
 )
 # Mostly valid cron expressions, with edges: month ends, leap days, nth weekday, DST hours.
@@ -76,14 +131,24 @@ _fields = [
 ]
 valid_crons = st.one_of(
     st.tuples(*_fields, st.sampled_from(["", " 0", " */20", " 59"])).map(
-        lambda f: " ".join(f[:5]) + f[5]),
+        lambda f: " ".join(f[:5]) + f[5]
+    ),
     st.sampled_from(["@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@midnight"]),
     cron_like,
 )
-zones = st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe",
-                         "Asia/Kolkata", "America/Santiago"])
-moments = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2090, 1, 1),
-                       timezones=st.just(UTC))
+zones = st.sampled_from(
+    [
+        "UTC",
+        "Europe/Berlin",
+        "America/New_York",
+        "Australia/Lord_Howe",
+        "Asia/Kolkata",
+        "America/Santiago",
+    ]
+)
+moments = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)
+)
 
 
 def _matches(schema_pattern: str, value: str) -> bool:
@@ -120,10 +185,15 @@ def test_spec_username_pattern_is_the_validator(name: str) -> None:
 
 
 @FAST
-@given(st.text(max_size=40) | st.from_regex(r"[a-z][a-z0-9_.\-]{0,10}([<>=!~]{1,2}[0-9.*]{1,6})?",
-                                            fullmatch=True)
-       | st.from_regex(r"[a-z][a-z.]{0,6}\.([Ww][Hh][Ll]|[Tt]ar(\.[gx]z)?|zip|tgz|conda|egg)"
-                       r"[a-z0-9.\-]{0,3}(==[0-9.]{1,4}(\.zip|\.tar\.bz2)?)?", fullmatch=True))
+@given(
+    st.text(max_size=40)
+    | st.from_regex(r"[a-z][a-z0-9_.\-]{0,10}([<>=!~]{1,2}[0-9.*]{1,6})?", fullmatch=True)
+    | st.from_regex(
+        r"[a-z][a-z.]{0,6}\.([Ww][Hh][Ll]|[Tt]ar(\.[gx]z)?|zip|tgz|conda|egg)"
+        r"[a-z0-9.\-]{0,3}(==[0-9.]{1,4}(\.zip|\.tar\.bz2)?)?",
+        fullmatch=True,
+    )
+)
 def test_spec_package_spec_pattern_is_the_validator(spec: str) -> None:
     """One spec fits the spec's item pattern (and length) exactly when the core accepts it."""
     items = openapi.SPECS["items"]
@@ -137,8 +207,11 @@ def test_spec_package_spec_pattern_is_the_validator(spec: str) -> None:
 
 
 @FAST
-@given(st.lists(st.from_regex(r"[a-z][a-z0-9]{0,5}(==[0-9]{1,3})?", fullmatch=True),
-                min_size=1, max_size=30))
+@given(
+    st.lists(
+        st.from_regex(r"[a-z][a-z0-9]{0,5}(==[0-9]{1,3})?", fullmatch=True), min_size=1, max_size=30
+    )
+)
 def test_accepted_specs_keep_order_drop_duplicates_and_name_a_package(specs: list[str]) -> None:
     """validate_specs is order-preserving deduplication; each spec names its package."""
     out = validate_specs("packages", specs)
@@ -162,8 +235,9 @@ def test_cron_validation_never_raises_anything_else(expr: str) -> None:
 
 @settings(FAST, suppress_health_check=list(HealthCheck))
 @given(valid_crons, moments, zones)
-def test_accepted_cron_always_has_a_next_time_after_now(expr: str, now: datetime,
-                                                        zone: str) -> None:
+def test_accepted_cron_always_has_a_next_time_after_now(
+    expr: str, now: datetime, zone: str
+) -> None:
     """An accepted expression yields an aware time strictly after any 'now', in any zone."""
     try:
         expr = validate_cron(expr)
@@ -240,7 +314,7 @@ def test_create_task_answers_any_body_with_a_task_or_a_domain_error(body: dict[s
     """POST /api/tasks bodies: success, or a CtmError (a 4xx), never another exception."""
     world = make_world(auto_exit_code=0)
     try:
-        created = world.tasks.create_task(world.alice, body)
+        created = world.tasks.create_task(world.alice, NewTask.from_json(body))
     except CtmError:
         return
     finally:
@@ -258,7 +332,12 @@ def test_environment_create_answers_any_json(name: Any, python: Any, packages: A
     """POST /api/conda/environment: an environment or a CtmError, whatever the JSON."""
     world = make_world()
     try:
-        env = world.envs.create(world.alice, name, python, packages)
+        env = world.envs.create(
+            world.alice,
+            NewEnvironment.from_json(
+                {"name": name, "python_version": python, "packages": packages}
+            ),
+        )
     except CtmError:
         return
     assert world.backend.exists(env.name)
@@ -270,11 +349,17 @@ def test_environment_create_answers_any_json(name: Any, python: Any, packages: A
 def test_package_changes_and_rename_answer_any_json(packages: Any, new_name: Any) -> None:
     """Install, remove and rename: a result or a CtmError, whatever the JSON."""
     world = make_world()
-    world.envs.create(world.alice, "env")
+    world.envs.create(world.alice, NewEnvironment(name="env"))
     for change in (
-        lambda: world.envs.install(world.alice, "env", packages),
-        lambda: world.envs.remove(world.alice, "env", packages),
-        lambda: world.envs.rename(world.alice, "env", new_name),
+        lambda: world.envs.install(
+            world.alice, PackageChange.from_json("env", {"packages": packages})
+        ),
+        lambda: world.envs.remove(
+            world.alice, PackageChange.from_json("env", {"packages": packages}, names_only=True)
+        ),
+        lambda: world.envs.rename(
+            world.alice, RenameEnvironment.from_json("env", {"new_name": new_name})
+        ),
     ):
         with contextlib.suppress(CtmError):
             change()
@@ -282,16 +367,22 @@ def test_package_changes_and_rename_answer_any_json(packages: Any, new_name: Any
 
 @FAST
 @given(json_values, json_values, json_values)
-def test_user_creation_and_login_answer_any_json(username: Any, password: Any,
-                                                 is_admin: Any) -> None:
+def test_user_creation_and_login_answer_any_json(
+    username: Any, password: Any, is_admin: Any
+) -> None:
     """create_user and login take any JSON values: a result or a CtmError."""
     world = make_world()
     try:
-        user = world.auth.create_user(world.admin, username, password, is_admin)
+        user = world.auth.create_user(
+            world.admin,
+            NewUser.from_json({"username": username, "password": password, "is_admin": is_admin}),
+        )
     except CtmError:
         user = None
     try:
-        token, who = world.auth.login(username, password, "127.0.0.1")
+        token, who = world.auth.login(
+            Credentials.from_json({"username": username, "password": password}), "127.0.0.1"
+        )
     except CtmError:
         return
     assert user is not None
@@ -303,19 +394,25 @@ def test_user_creation_and_login_answer_any_json(username: Any, password: Any,
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(st.tuples(st.sampled_from([0, 0, 1, 2, -9]), st.floats(0.01, 500)),
-                min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0, 0, 1, 2, -9]), st.floats(0.01, 500)), min_size=1, max_size=8
+    )
+)
 def test_task_stats_follow_the_runs(runs: list[tuple[int, float]]) -> None:
     """Counts add up, min <= avg <= max, success rate = completed / (completed + failed)."""
     world = make_world(max_concurrent=len(runs))
-    ids = [world.tasks.create_task(world.admin, {"script": "print(1)", "conda_env": "env",
-                                                 "task_name": f"t{i}"}).task.id
-           for i in range(len(runs))]
+    ids = [
+        world.tasks.create_task(
+            world.admin,
+            NewTask.from_json({"script": "print(1)", "conda_env": "env", "task_name": f"t{i}"}),
+        ).task.id
+        for i in range(len(runs))
+    ]
     world.scheduler.tick()
     handles = {h.spec.argv[-1]: h for h in world.runner.wait_started(len(runs))}
     for tid, (code, duration) in zip(ids, runs, strict=True):
-        world.runner.finish(handles[world.repo.get_task(tid).script_path], code,
-                            duration=duration)
+        world.runner.finish(handles[world.repo.get_task(tid).script_path], code, duration=duration)
     assert world.coordinator.wait_idle(5)
     stats = world.tasks.stats()
     completed = sum(1 for code, _ in runs if code == 0)
@@ -339,9 +436,13 @@ def test_task_stats_follow_the_runs(runs: list[tuple[int, float]]) -> None:
 def test_tasks_deleted_during_a_tick_do_not_stop_the_scheduler(deleted: list[bool]) -> None:
     """Due tasks deleted between the listing and their firing are skipped; the others run."""
     world = make_world(auto_exit_code=0, max_concurrent=8)
-    ids = [world.tasks.create_task(world.admin, {"script": "print(1)", "conda_env": "env",
-                                                 "task_name": f"t{i}"}).task.id
-           for i in range(len(deleted))]
+    ids = [
+        world.tasks.create_task(
+            world.admin,
+            NewTask.from_json({"script": "print(1)", "conda_env": "env", "task_name": f"t{i}"}),
+        ).task.id
+        for i in range(len(deleted))
+    ]
     listing = world.repo.list_tasks
 
     def racing() -> list[Any]:

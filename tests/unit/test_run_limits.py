@@ -8,16 +8,22 @@ from typing import Any
 
 import pytest
 
+from ctm_core.commands import NewEnvironment, NewTask
 from ctm_core.errors import EnvironmentInUse, InvalidInput, NotOwner, TaskLimitReached
 from ctm_core.models import ExecutionStatus, RunPolicy, TaskStatus
 from ctm_core.ports import RunLimits
 from tests.unit.conftest import World, make_world
 
 POLICY = RunPolicy(
-    default_memory_limit_mb=2048.0, max_memory_limit_mb=4096.0,
-    default_max_processes=64, max_max_processes=256,
-    default_cpu_limit=None, max_cpu_limit=4.0,
-    default_timeout_seconds=3600.0, network=True, max_tasks_per_user=2,
+    default_memory_limit_mb=2048.0,
+    max_memory_limit_mb=4096.0,
+    default_max_processes=64,
+    max_max_processes=256,
+    default_cpu_limit=None,
+    max_cpu_limit=4.0,
+    default_timeout_seconds=3600.0,
+    network=True,
+    max_tasks_per_user=2,
 )
 
 
@@ -32,7 +38,7 @@ def limited() -> Iterator[World]:
 def create(world: World, who: Any = None, **body: Any) -> Any:
     body.setdefault("script", "print('hi')")
     body.setdefault("conda_env", "env")
-    return world.tasks.create_task(who or world.alice, body)
+    return world.tasks.create_task(who or world.alice, NewTask.from_json(body))
 
 
 # --- task fields -------------------------------------------------------------------------------
@@ -41,13 +47,26 @@ def create(world: World, who: Any = None, **body: Any) -> Any:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("memory_limit_mb", 0), ("memory_limit_mb", -5), ("memory_limit_mb", True),
-        ("memory_limit_mb", "512"), ("memory_limit_mb", float("nan")),
-        ("memory_limit_mb", float("inf")), ("memory_limit_mb", 4096.5),
-        ("max_processes", 0), ("max_processes", 1.5), ("max_processes", False),
-        ("max_processes", "8"), ("max_processes", 257), ("max_processes", 10**30),
-        ("cpu_limit", 0), ("cpu_limit", -1.0), ("cpu_limit", True), ("cpu_limit", 4.5),
-        ("network", "yes"), ("network", 1), ("network", 0),
+        ("memory_limit_mb", 0),
+        ("memory_limit_mb", -5),
+        ("memory_limit_mb", True),
+        ("memory_limit_mb", "512"),
+        ("memory_limit_mb", float("nan")),
+        ("memory_limit_mb", float("inf")),
+        ("memory_limit_mb", 4096.5),
+        ("max_processes", 0),
+        ("max_processes", 1.5),
+        ("max_processes", False),
+        ("max_processes", "8"),
+        ("max_processes", 257),
+        ("max_processes", 10**30),
+        ("cpu_limit", 0),
+        ("cpu_limit", -1.0),
+        ("cpu_limit", True),
+        ("cpu_limit", 4.5),
+        ("network", "yes"),
+        ("network", 1),
+        ("network", 0),
     ],
 )
 def test_bad_limit_fields_are_refused_naming_the_field(
@@ -63,11 +82,21 @@ def test_bad_limit_fields_are_refused_naming_the_field(
 
 def test_limit_fields_are_stored_as_given(limited: World) -> None:
     """Valid limits (up to the maxima) are stored on the task; an integral float is a count."""
-    task = create(limited, memory_limit_mb=4096, max_processes=8.0, cpu_limit=0.5,
-                  network=False, timeout_seconds=30).task
+    task = create(
+        limited,
+        memory_limit_mb=4096,
+        max_processes=8.0,
+        cpu_limit=0.5,
+        network=False,
+        timeout_seconds=30,
+    ).task
     stored = limited.repo.get_task(task.id)
     assert (stored.memory_limit_mb, stored.max_processes, stored.cpu_limit, stored.network) == (
-        4096.0, 8, 0.5, False)
+        4096.0,
+        8,
+        0.5,
+        False,
+    )
     assert isinstance(stored.max_processes, int) and stored.timeout_seconds == 30.0
 
 
@@ -75,8 +104,13 @@ def test_absent_limit_fields_stay_none(limited: World) -> None:
     """Absent or null limits and timeout stay None: the server's default applies at run time."""
     task = create(limited, network=None).task
     stored = limited.repo.get_task(task.id)
-    assert (stored.memory_limit_mb, stored.max_processes, stored.cpu_limit, stored.network,
-            stored.timeout_seconds) == (None, None, None, None, None)
+    assert (
+        stored.memory_limit_mb,
+        stored.max_processes,
+        stored.cpu_limit,
+        stored.network,
+        stored.timeout_seconds,
+    ) == (None, None, None, None, None)
 
 
 def test_without_server_maxima_only_the_hard_ceilings_apply(world: World) -> None:
@@ -116,8 +150,14 @@ def test_admins_have_no_task_limit(limited: World) -> None:
 
 def test_run_spec_uses_the_tasks_own_limits(limited: World) -> None:
     """A task's own limits, timeout and network choice reach the runner with its owner."""
-    create(limited, memory_limit_mb=512, max_processes=16, cpu_limit=2, network=False,
-           timeout_seconds=60)
+    create(
+        limited,
+        memory_limit_mb=512,
+        max_processes=16,
+        cpu_limit=2,
+        network=False,
+        timeout_seconds=60,
+    )
     limited.scheduler.tick()
     [handle] = limited.runner.wait_started(1)
     spec = handle.spec
@@ -172,8 +212,7 @@ def test_exceeded_limit_fails_the_run_with_its_reason(world: World) -> None:
     task = create(world).task
     world.scheduler.tick()
     [handle] = world.runner.wait_started(1)
-    world.runner.finish(handle, -9, limit_exceeded="memory limit 256 MB exceeded",
-                        timed_out=True)
+    world.runner.finish(handle, -9, limit_exceeded="memory limit 256 MB exceeded", timed_out=True)
     assert world.coordinator.wait_idle(5)
     [ex] = world.repo.list_executions(task.id)
     assert ex.status is ExecutionStatus.FAILED
@@ -202,7 +241,7 @@ def test_user_stop_wins_over_an_exceeded_limit(world: World) -> None:
 def test_owner_deletes_an_env_used_by_idle_tasks_of_others(world: World) -> None:
     """Bob's idle cron task does not pin alice's env; it keeps its history and its next run
     fails with a note that the environment was deleted."""
-    world.envs.create(world.alice, "shared", None, [])
+    world.envs.create(world.alice, NewEnvironment(name="shared"))
     task = create(world, world.bob, conda_env="shared", cron_expression="*/5 * * * *").task
     world.clock.advance(300)
     world.scheduler.tick()
@@ -228,7 +267,7 @@ def test_owner_deletes_an_env_used_by_idle_tasks_of_others(world: World) -> None
 
 def test_a_running_task_pins_its_env(world: World) -> None:
     """While a task of the env runs, delete is refused naming it; once it ended, allowed."""
-    world.envs.create(world.alice, "shared", None, [])
+    world.envs.create(world.alice, NewEnvironment(name="shared"))
     task = create(world, world.bob, conda_env="shared").task
     world.scheduler.tick()
     [handle] = world.runner.wait_started(1)
@@ -245,8 +284,8 @@ def test_a_running_task_pins_its_env(world: World) -> None:
 def test_a_queued_run_pins_its_env() -> None:
     """A run waiting for a slot counts as active: its env cannot be deleted yet."""
     world = make_world(max_concurrent=1)
-    world.envs.create(world.alice, "busy", None, [])
-    world.envs.create(world.alice, "shared", None, [])
+    world.envs.create(world.alice, NewEnvironment(name="busy"))
+    world.envs.create(world.alice, NewEnvironment(name="shared"))
     create(world, conda_env="busy")
     world.scheduler.tick()
     [holder] = world.runner.wait_started(1)
@@ -264,7 +303,7 @@ def test_a_queued_run_pins_its_env() -> None:
 
 def test_only_the_owner_or_an_admin_deletes_a_shared_env(world: World) -> None:
     """Bob, whose tasks use alice's env, still may not delete it."""
-    world.envs.create(world.alice, "shared", None, [])
+    world.envs.create(world.alice, NewEnvironment(name="shared"))
     create(world, world.bob, conda_env="shared", cron_expression="0 0 * * *")
     with pytest.raises(NotOwner):
         world.envs.delete(world.bob, "shared")

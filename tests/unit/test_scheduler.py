@@ -11,6 +11,7 @@ from croniter import croniter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ctm_core.commands import Credentials, NewEnvironment, NewTask
 from ctm_core.models import ExecutionStatus, TaskStatus
 from tests.unit.conftest import World, make_world
 
@@ -37,9 +38,9 @@ def run_until(world: World, horizon: datetime) -> None:
 
 def add_task(world: World, **schedule: object) -> int:
     if not world.backend.exists("env"):
-        world.envs.create(world.alice, "env", None, [])
+        world.envs.create(world.alice, NewEnvironment(name="env"))
     return world.tasks.create_task(
-        world.alice, {"script": "print('hi')", "conda_env": "env", **schedule}
+        world.alice, NewTask.from_json({"script": "print('hi')", "conda_env": "env", **schedule})
     ).task.id
 
 
@@ -235,7 +236,7 @@ def test_maintenance_purges_expired_sessions() -> None:
     """The hourly maintenance hook ends sessions past their idle time."""
     world = make_world(start=T0)
     world.scheduler.on_maintenance = world.auth.purge_sessions
-    token, _ = world.auth.login("alice", "password-alice", "c")
+    token, _ = world.auth.login(Credentials(username="alice", password="password-alice"), "c")
     world.clock.advance(3600)
     world.scheduler.maintenance()
     from ctm_core.auth import hash_token

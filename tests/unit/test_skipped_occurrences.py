@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from ctm_core.commands import NewEnvironment, NewTask
 from ctm_core.models import Execution, ExecutionStatus
 from ctm_http._serialize import execution_body
 from ctm_http.openapi import COMPONENT_SCHEMAS
@@ -14,10 +15,12 @@ SECOND = timedelta(seconds=1)
 
 
 def every_second_task(world: World) -> int:
-    world.envs.create(world.alice, "env", None, [])
+    world.envs.create(world.alice, NewEnvironment(name="env"))
     return world.tasks.create_task(
         world.alice,
-        {"script": "print('hi')", "conda_env": "env", "cron_expression": "* * * * * *"},
+        NewTask.from_json(
+            {"script": "print('hi')", "conda_env": "env", "cron_expression": "* * * * * *"}
+        ),
     ).task.id
 
 
@@ -27,9 +30,7 @@ def tick_at(world: World, when: datetime) -> None:
 
 
 def skips(world: World, task_id: int) -> list[Execution]:
-    return [
-        e for e in world.repo.list_executions(task_id) if e.status is ExecutionStatus.SKIPPED
-    ]
+    return [e for e in world.repo.list_executions(task_id) if e.status is ExecutionStatus.SKIPPED]
 
 
 def test_skips_during_one_long_run_make_one_record_with_count_and_times() -> None:
@@ -69,10 +70,14 @@ def test_a_run_between_skips_starts_a_new_skip_record() -> None:
         tick_at(world, T0 + n * SECOND)
     later, earlier = skips(world, tid)
     assert (earlier.skip_count, earlier.first_skipped_at, earlier.last_skipped_at) == (
-        3, T0 + 2 * SECOND, T0 + 4 * SECOND
+        3,
+        T0 + 2 * SECOND,
+        T0 + 4 * SECOND,
     )
     assert (later.skip_count, later.first_skipped_at, later.last_skipped_at) == (
-        2, T0 + 6 * SECOND, T0 + 7 * SECOND
+        2,
+        T0 + 6 * SECOND,
+        T0 + 7 * SECOND,
     )
     assert len(world.repo.list_executions(tid)) == 4
     world.runner.finish(second, 0)
@@ -85,7 +90,9 @@ def test_skip_records_are_kept_per_task() -> None:
     one = every_second_task(world)
     two = world.tasks.create_task(
         world.alice,
-        {"script": "print(2)", "conda_env": "env", "cron_expression": "* * * * * *"},
+        NewTask.from_json(
+            {"script": "print(2)", "conda_env": "env", "cron_expression": "* * * * * *"}
+        ),
     ).task.id
     tick_at(world, T0 + SECOND)
     world.runner.wait_started(2)
@@ -102,9 +109,15 @@ def test_a_skipped_record_is_serialized_with_its_count_and_times() -> None:
     """A skipped record's body carries skip_count and the first and last skipped times, formatted
     like the other times and declared in the Execution schema; other records do not."""
     skip = Execution(
-        id="s", task_id=1, status=ExecutionStatus.SKIPPED, scheduled_for=T0 + SECOND,
-        start_time=T0 + SECOND, end_time=T0 + 3 * SECOND, skip_count=3,
-        first_skipped_at=T0 + SECOND, last_skipped_at=T0 + 3 * SECOND,
+        id="s",
+        task_id=1,
+        status=ExecutionStatus.SKIPPED,
+        scheduled_for=T0 + SECOND,
+        start_time=T0 + SECOND,
+        end_time=T0 + 3 * SECOND,
+        skip_count=3,
+        first_skipped_at=T0 + SECOND,
+        last_skipped_at=T0 + 3 * SECOND,
     )
     body = execution_body(skip, UTC)
     assert body["skip_count"] == 3

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from ctm_core.commands import NewEnvironment, NewTask
 from ctm_core.errors import (
     InvalidCronExpression,
     InvalidDelay,
@@ -28,7 +29,7 @@ from tests.unit.conftest import World
 def create(world: World, who: Any = None, **body: Any) -> Any:
     body.setdefault("script", "print('hi')")
     body.setdefault("conda_env", "env")
-    return world.tasks.create_task(who or world.alice, body)
+    return world.tasks.create_task(who or world.alice, NewTask.from_json(body))
 
 
 def test_content_script_is_stored_and_named_after_its_id(world: World) -> None:
@@ -120,7 +121,7 @@ def test_requirements_failure_in_new_env_removes_the_env(world: World) -> None:
 
 def test_requirements_failure_in_existing_env_states_truthfully(world: World) -> None:
     """An existing env left unchanged by a failed install says so."""
-    world.envs.create(world.alice, "env", None, [])
+    world.envs.create(world.alice, NewEnvironment(name="env"))
     with pytest.raises(RequirementsFailed) as info:
         create(world, requirements="no-such-thing\n")
     assert info.value.message == "Failed to install requirements in existing environment"
@@ -129,7 +130,7 @@ def test_requirements_failure_in_existing_env_states_truthfully(world: World) ->
 
 def test_requirements_install_in_existing_env(world: World) -> None:
     """Requirements go into the existing env and the message says so."""
-    world.envs.create(world.alice, "env", None, [])
+    world.envs.create(world.alice, NewEnvironment(name="env"))
     created = create(world, requirements="six\n# comment\nattrs\n")
     assert created.environment_message == "Requirements installed in existing environment 'env'"
     assert {"six", "attrs"} <= {p.name for p in world.backend.get_environment("env").packages}
@@ -137,7 +138,7 @@ def test_requirements_install_in_existing_env(world: World) -> None:
 
 def test_requirements_into_someone_elses_env_is_forbidden(world: World) -> None:
     """Bob cannot install requirements into alice's environment."""
-    world.envs.create(world.alice, "env", None, [])
+    world.envs.create(world.alice, NewEnvironment(name="env"))
     with pytest.raises(NotOwner):
         create(world, world.bob, requirements="six")
 
@@ -152,7 +153,7 @@ def test_stop_only_running_tasks_and_only_owners(world: World) -> None:
     world.runner.wait_started(1)
     with pytest.raises(NotOwner):
         world.tasks.stop_task(world.bob, tid)
-    assert world.tasks.stop_task(world.alice, tid) is TaskStatus.RUNNING
+    assert world.tasks.stop_task(world.alice, tid).status is TaskStatus.STOPPED
     assert world.repo.get_task(tid).status is TaskStatus.STOPPED
     [ex] = world.repo.list_executions(tid)
     assert ex.status is ExecutionStatus.STOPPED and ex.exit_code == -15
@@ -208,7 +209,7 @@ def test_run_in_missing_env_fails_with_a_reason(world: World) -> None:
 def test_run_waiting_during_a_rename_follows_the_new_name(world: World) -> None:
     """A run due while its env is being renamed waits, then starts in the renamed env."""
 
-    world.envs.create(world.alice, "e1", None, [])
+    world.envs.create(world.alice, NewEnvironment(name="e1"))
     tid = create(world, conda_env="e1").task.id
     with world.envs.locks.hold("e1"):  # a rename under way holds the env's lock
         world.scheduler.tick()
@@ -230,6 +231,7 @@ def test_outside_roots_is_refused_before_existence_is_checked(world: World) -> N
 
 def test_a_failed_script_store_leaves_no_task(world: World) -> None:
     """If the script cannot be stored, the half-made task is removed again."""
+
     def broken(name: str, content: str) -> str:
         raise OSError("disk full")
 

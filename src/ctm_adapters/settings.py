@@ -106,6 +106,8 @@ class Settings:
     """Under root: user ``id`` runs as uid ``first + id`` (no passwd entry needed)."""
     install_only_binary: bool = True
     """Wheels only: installs are not sandboxed yet, so no package's build code may run."""
+    install_timeout_seconds: float = 3600.0
+    """How long one conda, venv, pip or uv command may run before its process group is killed."""
     default_memory_limit_mb: float | None = 2048.0
     max_memory_limit_mb: float | None = attrs.field(
         factory=lambda: float(int(_total_memory_mb() / 2))
@@ -156,6 +158,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "CTM_HOMES_DIR": ("homes_dir", str),
     "CTM_RUN_UIDS": ("run_uids", _uid_range),
     "CTM_INSTALL_ONLY_BINARY": ("install_only_binary", _bool),
+    "CTM_INSTALL_TIMEOUT_SECONDS": ("install_timeout_seconds", _positive_float),
     "CTM_DEFAULT_MEMORY_LIMIT_MB": ("default_memory_limit_mb", _positive_float),
     "CTM_MAX_MEMORY_LIMIT_MB": ("max_memory_limit_mb", _positive_float),
     "CTM_DEFAULT_MAX_PROCESSES": ("default_max_processes", _positive_int),
