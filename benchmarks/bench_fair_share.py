@@ -66,38 +66,56 @@ def main() -> None:
     data = os.path.join(top, "data")
     port = free_port()
     env = {
-        **os.environ, "CTM_DATA_DIR": data, "CTM_PORT": str(port),
-        "CTM_ADMIN_PASSWORD": ADMIN_PASSWORD, "CTM_BACKEND": "venv",
+        **os.environ,
+        "CTM_DATA_DIR": data,
+        "CTM_PORT": str(port),
+        "CTM_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "CTM_BACKEND": "venv",
         "CTM_MAX_TASKS_PER_USER": str(args.tasks + args.probes + 5),
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "ctm_http.cli", "serve"], env=env,
-        stdout=subprocess.DEVNULL, stderr=open(os.path.join(top, "server.log"), "wb"),  # noqa: SIM115
+        [sys.executable, "-m", "ctm_http.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(top, "server.log"), "wb"),  # noqa: SIM115
     )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _up(url), 60, "the server")
         admin = login(url, "admin", ADMIN_PASSWORD)
         for name in ("alice", "bob"):
-            admin.post("/create_user", json={"username": name, "password": f"{name}-password",
-                                             "is_admin": False}).raise_for_status()
+            admin.post(
+                "/create_user",
+                json={"username": name, "password": f"{name}-password", "is_admin": False},
+            ).raise_for_status()
         alice = login(url, "alice", "alice-password")
         bob = login(url, "bob", "bob-password")
         alice.post("/api/conda/environment", json={"name": "shared"}).raise_for_status()
         noisy = f"import time\ntime.sleep({args.sleep})\n"
         for i in range(args.tasks):
-            alice.post("/api/tasks", json={
-                "script": noisy, "conda_env": "shared", "reuse_env": True,
-                "task_name": f"noisy-{i}", "cron_expression": "* * * * * *",
-            }).raise_for_status()
+            alice.post(
+                "/api/tasks",
+                json={
+                    "script": noisy,
+                    "conda_env": "shared",
+                    "reuse_env": True,
+                    "task_name": f"noisy-{i}",
+                    "cron_expression": "* * * * * *",
+                },
+            ).raise_for_status()
         started = time.monotonic()
         time.sleep(args.warm)
         lateness = []
         for i in range(args.probes):
-            r = bob.post("/api/tasks", json={
-                "script": "import time\nprint(repr(time.time()), flush=True)\n",
-                "conda_env": "shared", "reuse_env": True, "task_name": f"probe-{i}",
-            })
+            r = bob.post(
+                "/api/tasks",
+                json={
+                    "script": "import time\nprint(repr(time.time()), flush=True)\n",
+                    "conda_env": "shared",
+                    "reuse_env": True,
+                    "task_name": f"probe-{i}",
+                },
+            )
             posted = time.time()
             r.raise_for_status()
             tid = r.json()["task"]["task_id"]
@@ -124,10 +142,14 @@ def main() -> None:
         server.wait(30)
     lateness.sort()
     print(f"{os.cpu_count()} cores, uid {os.geteuid()}, runs contained: {contained}")
-    print(f"alice: {args.tasks} tasks every second, runs of {args.sleep:g} s; "
-          f"bob: {args.probes} run-now probes after {args.warm:g} s")
-    print(f"  bob's lateness (printed start - POST returned): min {lateness[0]:.2f} s, "
-          f"median {lateness[len(lateness) // 2]:.2f} s, max {lateness[-1]:.2f} s")
+    print(
+        f"alice: {args.tasks} tasks every second, runs of {args.sleep:g} s; "
+        f"bob: {args.probes} run-now probes after {args.warm:g} s"
+    )
+    print(
+        f"  bob's lateness (printed start - POST returned): min {lateness[0]:.2f} s, "
+        f"median {lateness[len(lateness) // 2]:.2f} s, max {lateness[-1]:.2f} s"
+    )
     print(f"  execution rows after {elapsed:.0f} s: {rows}")
     print(f"  skipped occurrences: {skipped_occurrences} in {rows.get('skipped', 0)} rows")
     shutil.rmtree(top, ignore_errors=True)

@@ -13,7 +13,15 @@ runner, followed as the server follows them (one thread per run in ``runner.wait
 Each figure is a percentage of one core; "per run" divides by ``--runs``. The bar (issue 11) is
 under 1 % of a core per run with 50 runs going.
 
-    .venv/bin/python benchmarks/bench_monitor.py [--runs 50] [--seconds 20] [--only supervised]
+The cost of one monitoring tick (one memory sample of every run) is printed too, as CPU
+milliseconds of the monitor thread(s) per tick (``--seconds`` / ``--interval`` ticks): for the
+supervised runner summed over the N supervisors' monitor threads (each samples its one run) and
+per run; for the in-process runner the one monitor thread that samples all N runs. CPU times are
+read from ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds) where the kernel has it, else from
+``stat`` (clock ticks).
+
+    .venv/bin/python benchmarks/bench_monitor.py [--runs 50] [--seconds 20] [--interval 0.5]
+        [--only supervised|in-process]
 """
 
 from __future__ import annotations
@@ -28,33 +36,44 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ctm_adapters._proctree import scan
+import psutil  # type: ignore[import-untyped,unused-ignore]
+
 from ctm_adapters.process import PsutilProcessRunner
 from ctm_adapters.supervised import SupervisedProcessRunner
 from ctm_core.ports import RunSpec
 
 TICKS = os.sysconf("SC_CLK_TCK")
+NS = 1e9
+"""Counters are CPU nanoseconds (schedstat), or clock ticks scaled to nanoseconds."""
 SUPERVISOR_THREADS = ("main loop", "output copier", "waiter", "memory monitor")
 
 
-def ticks(path: str) -> int:
-    """utime + stime of ``/proc/.../stat`` (0 when gone)."""
+def ticks(path: str, *, precise: bool = True) -> float:
+    """CPU time of ``path`` (``/proc/<pid>/task/<tid>``, or ``/proc/<pid>``: every thread's,
+    those ended included) in nanoseconds: the first field of a thread's ``schedstat`` when
+    ``precise``, else utime + stime of its ``stat`` (0 when gone)."""
+    if precise:
+        try:
+            with open(f"{path}/schedstat", "rb") as f:
+                return float(f.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass
     try:
-        with open(path, "rb") as f:
+        with open(f"{path}/stat", "rb") as f:
             data = f.read()
     except OSError:
-        return 0
+        return 0.0
     fields = data[data.rfind(b")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
+    return (int(fields[11]) + int(fields[12])) / TICKS * NS
 
 
-def thread_ticks(pid: int) -> dict[int, int]:
-    """CPU ticks of each thread of ``pid``, by thread id."""
+def thread_ticks(pid: int) -> dict[int, float]:
+    """CPU nanoseconds of each thread of ``pid``, by thread id."""
     try:
         tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
     except OSError:
         return {}
-    return {tid: ticks(f"/proc/{pid}/task/{tid}/stat") for tid in tids}
+    return {tid: ticks(f"/proc/{pid}/task/{tid}") for tid in tids}
 
 
 def named_thread(name: str) -> int | None:
@@ -65,8 +84,13 @@ def named_thread(name: str) -> int | None:
     return None
 
 
-def pct(ticks_used: float, seconds: float) -> float:
-    return ticks_used / TICKS / seconds * 100
+def pct(ns_used: float, seconds: float) -> float:
+    return ns_used / NS / seconds * 100
+
+
+def ms_per_tick(percent: float, interval: float) -> float:
+    """A share of one core (%) as CPU milliseconds per monitoring tick of ``interval`` s."""
+    return percent / 100 * interval * 1000
 
 
 def start_runs(runner: Any, count: int, workdir: str, tag: str) -> list[Any]:
@@ -103,11 +127,13 @@ def measure(seconds: float, read: Callable[[], dict[str, float]]) -> dict[str, f
 
 
 def own_ticks() -> float:
-    return ticks(f"/proc/{os.getpid()}/stat")
+    return ticks(f"/proc/{os.getpid()}", precise=False)  # a process's schedstat: one thread
 
 
-def bench_supervised(count: int, seconds: float, workdir: str, idle: float) -> None:
-    runner = SupervisedProcessRunner(instance_id="bench-monitor", sample_interval=0.5)
+def bench_supervised(
+    count: int, seconds: float, workdir: str, idle: float, interval: float
+) -> None:
+    runner = SupervisedProcessRunner(instance_id="bench-monitor", sample_interval=interval)
     handles = start_runs(runner, count, workdir, "sup")
     try:
         supervisors = [h.supervisor_pid for h in handles]
@@ -124,7 +150,7 @@ def bench_supervised(count: int, seconds: float, workdir: str, idle: float) -> N
             return counters
 
         used = measure(seconds, read)
-        procs = len(scan())
+        procs = len(psutil.pids())
     finally:
         stop_runs(runner, handles)
     sup_total = sum(v for k, v in used.items() if k.startswith("sup"))
@@ -143,10 +169,22 @@ def bench_supervised(count: int, seconds: float, workdir: str, idle: float) -> N
     total = sup_total + server
     verdict = "under" if total / count < 1.0 else "OVER"
     print(f"  per run: {total / count:.3f} % of one core ({verdict} the 1 % bar)")
+    if "memory monitor" in used:
+        tick = ms_per_tick(used["memory monitor"], interval)
+        print(
+            f"  monitor tick ({interval:g} s): {tick:.3f} ms CPU for {count} runs "
+            f"= {tick / count * 1000:.1f} us per run per tick (memory monitor threads)"
+        )
+    print(
+        f"  everything per tick: {ms_per_tick(total, interval) / count * 1000:.1f} us per run "
+        "(supervisors + server side)"
+    )
 
 
-def bench_in_process(count: int, seconds: float, workdir: str, idle: float) -> None:
-    runner = PsutilProcessRunner(sample_interval=0.5)
+def bench_in_process(
+    count: int, seconds: float, workdir: str, idle: float, interval: float
+) -> None:
+    runner = PsutilProcessRunner(sample_interval=interval)
     handles = start_runs(runner, count, workdir, "inproc")
     try:
         time.sleep(2.0)
@@ -155,38 +193,49 @@ def bench_in_process(count: int, seconds: float, workdir: str, idle: float) -> N
         def read() -> dict[str, float]:
             counters = {"process": own_ticks()}
             if monitor is not None:
-                counters["monitor"] = ticks(f"/proc/{os.getpid()}/task/{monitor}/stat")
+                counters["monitor"] = ticks(f"/proc/{os.getpid()}/task/{monitor}")
             return counters
 
         used = measure(seconds, read)
+        procs = len(psutil.pids())
     finally:
         stop_runs(runner, handles)
     total = max(0.0, used["process"] - idle)
-    print(f"\nPsutilProcessRunner (in-process), {count} sleeping runs, {seconds:g} s:")
+    print(
+        f"\nPsutilProcessRunner (in-process), {count} sleeping runs, {seconds:g} s "
+        f"({procs} processes on the machine):"
+    )
     print(f"  this process, less idle:  {total:7.2f} % of a core")
     if "monitor" in used:
         print(f"    of which the monitor thread {used['monitor']:7.2f} %")
     verdict = "under" if total / count < 1.0 else "OVER"
     print(f"  per run: {total / count:.3f} % of one core ({verdict} the 1 % bar)")
+    if "monitor" in used:
+        tick = ms_per_tick(used["monitor"], interval)
+        print(
+            f"  monitor tick ({interval:g} s): {tick:.3f} ms CPU for {count} runs "
+            f"= {tick / count * 1000:.1f} us per run per tick (one scan of the machine)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--interval", type=float, default=0.5, help="sample_interval")
     parser.add_argument("--only", choices=("supervised", "in-process"))
     args = parser.parse_args()
     print(
-        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {len(scan())} processes, "
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {len(psutil.pids())} processes, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
     with tempfile.TemporaryDirectory(prefix="ctm-bench-monitor-") as workdir:
         idle = measure(min(args.seconds, 5.0), lambda: {"p": own_ticks()})["p"]
         print(f"idle baseline of this process: {idle:.3f} % of a core")
         if args.only != "in-process":
-            bench_supervised(args.runs, args.seconds, workdir, idle)
+            bench_supervised(args.runs, args.seconds, workdir, idle, args.interval)
         if args.only != "supervised":
-            bench_in_process(args.runs, args.seconds, workdir, idle)
+            bench_in_process(args.runs, args.seconds, workdir, idle, args.interval)
 
 
 if __name__ == "__main__":

@@ -102,14 +102,20 @@ def main() -> None:
             f"venv from {python}, {args.runs} runs each, interleaved"
         )
         compare(
-            "in-process runner", PsutilProcessRunner(identities=ids),
-            PsutilProcessRunner(identities=ids, sandbox=box), args.runs, work, venv,
+            "in-process runner",
+            PsutilProcessRunner(identities=ids),
+            PsutilProcessRunner(identities=ids, sandbox=box),
+            args.runs,
+            work,
+            venv,
         )
         compare(
             "supervised runner (the server's default)",
             SupervisedProcessRunner(instance_id="bench-plain", identities=ids),
             SupervisedProcessRunner(instance_id="bench-box", identities=ids, sandbox=box),
-            args.runs, work, venv,
+            args.runs,
+            work,
+            venv,
         )
 
 

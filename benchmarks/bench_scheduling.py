@@ -56,6 +56,7 @@ from ctm_adapters.files import LocalFileStore
 from ctm_adapters.process import PsutilProcessRunner
 from ctm_adapters.sqlite import SqliteRepository
 from ctm_adapters.supervised import SupervisedProcessRunner
+from ctm_core.commands import NewTask
 from ctm_core.environments import EnvironmentService, KeyedLocks
 from ctm_core.models import Principal, RunEnvironment
 from ctm_core.runs import RunCoordinator
@@ -251,7 +252,8 @@ async def one_shots(svc: Services, n: int) -> tuple[list[float], list[float], in
     created = time.monotonic()
     ids = [
         svc.tasks.create_task(
-            svc.actor, {"script": "pass", "conda_env": "env", "delay_seconds": DELAY}
+            svc.actor,
+            NewTask.from_json({"script": "pass", "conda_env": "env", "delay_seconds": DELAY}),
         ).task.id
         for _ in range(n)
     ]
@@ -277,7 +279,10 @@ async def cron_firings(svc: Services, seconds: int) -> list[float]:
     loop_task = asyncio.create_task(svc.sched.run())
     ids = [
         svc.tasks.create_task(
-            svc.actor, {"script": "pass", "conda_env": "env", "cron_expression": "* * * * * *"}
+            svc.actor,
+            NewTask.from_json(
+                {"script": "pass", "conda_env": "env", "cron_expression": "* * * * * *"}
+            ),
         ).task.id
         for _ in range(5)
     ]

@@ -140,8 +140,10 @@ class Ctm:
 
         def ended() -> Execution | None:
             page = self.repo.execution_page(task_id=task_id, limit=1, include_skipped=False)
-            if page and page[0].status.finished and not self.services.coordinator.is_active(
-                task_id
+            if (
+                page
+                and page[0].status.finished
+                and not self.services.coordinator.is_active(task_id)
             ):
                 return page[0]
             return None

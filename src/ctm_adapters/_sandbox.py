@@ -196,8 +196,7 @@ def _looks_like_python(root: str) -> bool:
     except OSError:
         return False
     return any(
-        n.startswith("python") and os.access(os.path.join(root, "bin", n), os.X_OK)
-        for n in names
+        n.startswith("python") and os.access(os.path.join(root, "bin", n), os.X_OK) for n in names
     )
 
 
@@ -260,7 +259,8 @@ class Sandbox:
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-cgroup-try",
-            "--hostname", "ctm-run",
+            "--hostname",
+            "ctm-run",
             "--die-with-parent",
             "--new-session",
         ]
@@ -302,9 +302,17 @@ class Sandbox:
             if self.setpriv is None or self.unshare is None:
                 raise SandboxUnavailable("setpriv and unshare (util-linux) are needed under root")
             args += [
-                self.setpriv, f"--reuid={uid}", f"--regid={gid if gid is not None else uid}",
-                "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--",
-                self.unshare, "--user", "--map-current-user", "--",
+                self.setpriv,
+                f"--reuid={uid}",
+                f"--regid={gid if gid is not None else uid}",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+                self.unshare,
+                "--user",
+                "--map-current-user",
+                "--",
             ]
             nproc = max_processes  # bubblewrap's init stays outside the run's user namespace
         if nproc is not None:
@@ -325,8 +333,12 @@ class Sandbox:
         argv = self.command([true], cwd="/", max_processes=8, uid=uid, gid=gid)
         try:
             done = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
-                cwd="/", check=False,
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                cwd="/",
+                check=False,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxUnavailable(f"bwrap could not run: {exc}") from None
@@ -348,9 +360,7 @@ def _bind_system(path: str) -> list[str]:
 
 def _supports(bwrap: str, option: str) -> bool:
     try:
-        done = subprocess.run(
-            [bwrap, "--help"], capture_output=True, timeout=10, check=False
-        )
+        done = subprocess.run([bwrap, "--help"], capture_output=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return False
     return option.encode() in done.stdout + done.stderr

@@ -246,7 +246,7 @@ def _run_aggregates(db: Database) -> None:
         """,  # noqa: S608
         f"""
         INSERT INTO run_outcomes (slot, status, n)
-        SELECT {_slot('executions')}, status, count(*) FROM executions
+        SELECT {_slot("executions")}, status, count(*) FROM executions
         WHERE status IN {_OUTCOME_SQL} AND end_time IS NOT NULL GROUP BY 1, 2
         """,  # noqa: S608
     ):
@@ -521,9 +521,7 @@ SUMMARY_OF_ENVIRONMENT = (
 # One status at a time: SQLite then reads the end of executions_status_duration, O(log n).
 SHORTEST = "SELECT min(duration) AS d FROM executions WHERE status = ?"
 LONGEST = "SELECT max(duration) AS d FROM executions WHERE status = ?"
-OUTCOME_SLOTS = (
-    "SELECT slot, status, n FROM run_outcomes WHERE slot >= ? AND slot < ? AND n > 0"
-)
+OUTCOME_SLOTS = "SELECT slot, status, n FROM run_outcomes WHERE slot >= ? AND slot < ? AND n > 0"
 OUTCOMES_BETWEEN = (
     "SELECT status, count(*) AS n FROM executions"
     " WHERE status IN ('completed', 'failed') AND end_time >= ? AND end_time < ? GROUP BY status"

@@ -59,8 +59,9 @@ def read_json(path: str) -> dict[str, Any] | None:
 
 def main(state_dir: str) -> int:
     from ctm_adapters._hardening import become_subreaper
-    from ctm_adapters._proctree import read_stat
-    from ctm_adapters.process import Launch, PsutilProcessRunner
+    from ctm_adapters._proctree import start_ticks
+    from ctm_adapters._run import Launch
+    from ctm_adapters.process import PsutilProcessRunner
     from ctm_core.ports import RunSpec
 
     with contextlib.suppress(OSError), open("/proc/self/comm", "w") as f:
@@ -101,12 +102,11 @@ def main(state_dir: str) -> int:
     except OSError as exc:
         print(json.dumps({"error": [exc.errno, exc.strerror, exc.filename]}), flush=True)
         return 0
-    me = read_stat(os.getpid())
     write_json(
         os.path.join(state_dir, STATE),
         {
             "supervisor_pid": os.getpid(),
-            "supervisor_starttime": me.starttime if me else 0,
+            "supervisor_starttime": start_ticks(os.getpid()) or 0,
             "pid": handle.pid,
             "token": launch.token,
         },

@@ -170,4 +170,3 @@ def find_links(env: Mapping[str, str]) -> list[str]:
             if os.path.isabs(path) and os.path.exists(path):
                 found.append(path)
     return found
-

@@ -118,9 +118,14 @@ def build_services(settings: Settings, **ports: Unpack[Ports]) -> Services:
     )
     auth = Authenticator(repo, hasher, clock, policy)
     coordinator = RunCoordinator(
-        repo=repo, backend=backend, runner=runner, files=files, clock=clock,
+        repo=repo,
+        backend=backend,
+        runner=runner,
+        files=files,
+        clock=clock,
         env_locks=env_locks,
-        max_concurrent=settings.max_concurrent_runs, stop_grace=settings.stop_grace_seconds,
+        max_concurrent=settings.max_concurrent_runs,
+        stop_grace=settings.stop_grace_seconds,
         policy=run_limits,
     )
     # The backends apply settings.default_python themselves (a version, or for venv a path).
@@ -128,21 +133,43 @@ def build_services(settings: Settings, **ports: Unpack[Ports]) -> Services:
         backend, repo, env_locks, is_task_active=coordinator.is_active
     )
     scheduler = Scheduler(
-        repo=repo, clock=clock, coordinator=coordinator, files=files, tz=tz,
+        repo=repo,
+        clock=clock,
+        coordinator=coordinator,
+        files=files,
+        tz=tz,
         retention_days=settings.retention_days,
         on_maintenance=auth.purge_sessions,
         on_error=lambda exc: log.error("scheduler tick failed", exc_info=exc),
     )
     tasks = TaskService(
-        repo=repo, backend=backend, environments=environments, coordinator=coordinator,
-        files=files, clock=clock, tz=tz, env_locks=env_locks,
-        script_roots=settings.script_roots, on_change=scheduler.wake,
-        retention_days=settings.retention_days, policy=run_limits,
+        repo=repo,
+        backend=backend,
+        environments=environments,
+        coordinator=coordinator,
+        files=files,
+        clock=clock,
+        tz=tz,
+        env_locks=env_locks,
+        script_roots=settings.script_roots,
+        on_change=scheduler.wake,
+        retention_days=settings.retention_days,
+        policy=run_limits,
     )
     return Services(
-        settings=settings, tz=tz, repo=repo, clock=clock, backend=backend, runner=runner,
-        files=files, auth=auth, environments=environments, tasks=tasks,
-        coordinator=coordinator, scheduler=scheduler, containment=containment,
+        settings=settings,
+        tz=tz,
+        repo=repo,
+        clock=clock,
+        backend=backend,
+        runner=runner,
+        files=files,
+        auth=auth,
+        environments=environments,
+        tasks=tasks,
+        coordinator=coordinator,
+        scheduler=scheduler,
+        containment=containment,
     )
 
 
@@ -225,11 +252,12 @@ def containment_of(settings: Settings) -> tuple[Sandbox | None, Identities, Cont
     )
 
     def told(box: Sandbox | None, reason: str) -> Containment:
-        processes = (
-            "prlimit --nproc in the run's own user namespace" if box else "the monitor"
-        )
+        processes = "prlimit --nproc in the run's own user namespace" if box else "the monitor"
         return Containment(
-            contained=box is not None, mode=settings.sandbox, reason=reason, identity=identity,
+            contained=box is not None,
+            mode=settings.sandbox,
+            reason=reason,
+            identity=identity,
             limits="memory: the monitor ends a run whose process tree passes its limit "
             f"(sampled every {settings.sample_interval:g} s); processes: {processes}; cpu: the "
             "run is paused (SIGSTOP/SIGCONT) while over its share, checked every 0.1 s",
@@ -293,7 +321,8 @@ def choose_backend(
         exe = find_conda_executable(settings.conda_exe, os.environ)
         if exe is not None:
             return CondaEnvironmentBackend(
-                exe, default_python=settings.default_python,
+                exe,
+                default_python=settings.default_python,
                 only_binary=settings.install_only_binary,
                 command_timeout=settings.install_timeout_seconds,
             )
@@ -302,6 +331,10 @@ def choose_backend(
     envs = os.path.join(settings.data_dir, "envs")
     os.makedirs(envs, mode=0o755, exist_ok=True)
     return VenvEnvironmentBackend(
-        envs, default_python=settings.default_python, only_binary=settings.install_only_binary,
-        sandbox=sandbox, installer=installer, command_timeout=settings.install_timeout_seconds,
+        envs,
+        default_python=settings.default_python,
+        only_binary=settings.install_only_binary,
+        sandbox=sandbox,
+        installer=installer,
+        command_timeout=settings.install_timeout_seconds,
     )

@@ -217,7 +217,12 @@ class FakeProcessRunner:
         limit_exceeded: str | None = None,
     ) -> None:
         self._end(
-            handle, exit_code, duration=duration, peak=peak, avg=avg, timed_out=timed_out,
+            handle,
+            exit_code,
+            duration=duration,
+            peak=peak,
+            avg=avg,
+            timed_out=timed_out,
             limit_exceeded=limit_exceeded,
         )
 

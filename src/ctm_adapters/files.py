@@ -24,8 +24,7 @@ class LocalFileStore:
         self.runs_dir = os.path.join(self.data_dir, "runs")
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         os.chmod(self.data_dir, 0o711 if crossable else 0o700)
-        for d, mode in ((self.scripts_dir, 0o711), (self.logs_dir, 0o700),
-                        (self.runs_dir, 0o711)):
+        for d, mode in ((self.scripts_dir, 0o711), (self.logs_dir, 0o700), (self.runs_dir, 0o711)):
             os.makedirs(d, mode=mode, exist_ok=True)
             os.chmod(d, mode)
 

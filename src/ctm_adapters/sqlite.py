@@ -74,6 +74,7 @@ _TASK_AFTER_LATEST_RUN = (
     _TASK_AFTER_RUN + " AND (last_execution_id IS NULL OR last_execution_id = :id)"
 )
 
+
 class SqliteRepository(SqliteStore):
     """The Repository port on the SQLite file at ``path`` (``":memory:"`` for a throwaway one,
     whose reads share the write connection).

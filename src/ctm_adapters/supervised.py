@@ -30,9 +30,14 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]
+
 from ctm_adapters._forkserver import ForkServer, ForkServerError
-from ctm_adapters._proctree import read_stat
+from ctm_adapters._monitor import wait_pidfd
+from ctm_adapters._proctree import start_ticks
+from ctm_adapters._run import RUN_MARKER_VARIABLE
 from ctm_adapters._sandbox import Identities, Sandbox
+from ctm_adapters._stop import stop_marked_runs
 from ctm_adapters._supervisor import (
     RESULT,
     SPEC,
@@ -43,10 +48,13 @@ from ctm_adapters._supervisor import (
     write_json,
 )
 from ctm_adapters.process import (
-    RUN_MARKER_VARIABLE,
+    LEFTOVER_GRACE,
+    LOG_CAP_BYTES,
+    LOG_FLUSH_INTERVAL,
+    SAMPLE_INTERVAL,
+    SECRET_ENV_PREFIXES,
+    TIMEOUT_GRACE,
     PsutilProcessRunner,
-    _wait_pidfd,
-    stop_marked_runs,
 )
 from ctm_core.ports import RunHandle, RunResult, RunSpec
 
@@ -99,7 +107,7 @@ class SupervisedRunHandle:
     @property
     def done(self) -> bool:
         """True once the supervisor has exited (the run has ended and its result is written)."""
-        return self._result is not None or self._pidfd is None or _wait_pidfd(self._pidfd, 0)
+        return self._result is not None or self._pidfd is None or wait_pidfd(self._pidfd, 0)
 
 
 def _close_fd(fd: int) -> None:
@@ -123,12 +131,12 @@ class SupervisedProcessRunner:
         self,
         *,
         instance_id: str,
-        sample_interval: float = 0.5,
-        log_cap_bytes: int = 10 * 1024 * 1024,
-        secret_env_prefixes: Sequence[str] = ("CTM_",),
-        timeout_grace: float = 10.0,
-        leftover_grace: float = 2.0,
-        log_flush_interval: float = 1.0,
+        sample_interval: float = SAMPLE_INTERVAL,
+        log_cap_bytes: int = LOG_CAP_BYTES,
+        secret_env_prefixes: Sequence[str] = SECRET_ENV_PREFIXES,
+        timeout_grace: float = TIMEOUT_GRACE,
+        leftover_grace: float = LEFTOVER_GRACE,
+        log_flush_interval: float = LOG_FLUSH_INTERVAL,
         identities: Identities | None = None,
         sandbox: Sandbox | None = None,
         fork_server: bool = True,
@@ -248,7 +256,7 @@ class SupervisedProcessRunner:
             if popen is not None:
                 popen.wait()
             if pidfd is not None:
-                _wait_pidfd(pidfd, _STOP_SLACK)
+                wait_pidfd(pidfd, _STOP_SLACK)
                 os.close(pidfd)
             if message is not None and "error" in message:
                 errno, strerror, filename = message["error"]
@@ -368,8 +376,8 @@ class SupervisedProcessRunner:
             pidfd = os.pidfd_open(supervisor_pid)
         except OSError:
             return ended()
-        stat = read_stat(supervisor_pid)  # after the pidfd: the pid cannot be reused under it
-        if stat is None or stat.starttime != state["supervisor_starttime"]:
+        # After the pidfd: the pid cannot be reused under it.
+        if start_ticks(supervisor_pid) != state["supervisor_starttime"]:
             os.close(pidfd)
             return ended()
         self._active_tokens.add(token)
@@ -385,7 +393,7 @@ class SupervisedProcessRunner:
             if run._result is not None:
                 return run._result
             if run._pidfd is not None:
-                _wait_pidfd(run._pidfd, None)
+                wait_pidfd(run._pidfd, None)
             if run._popen is not None:
                 run._popen.wait()
             self._active_tokens.discard(run.token)
@@ -405,7 +413,7 @@ class SupervisedProcessRunner:
         with contextlib.suppress(OSError):
             write_json(os.path.join(run.directory, STOP), {"grace": grace_seconds})
             signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-        if not _wait_pidfd(pidfd, max(0.0, grace_seconds) + _STOP_SLACK):
+        if not wait_pidfd(pidfd, max(0.0, grace_seconds) + _STOP_SLACK):
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             stop_marked_runs(self._instance_id, set(), 0.0, only=run.token)
@@ -421,10 +429,10 @@ class SupervisedProcessRunner:
             except OSError:
                 continue
             try:
-                if not _wait_pidfd(pidfd, max(0.0, grace_seconds) + 5.0):
+                if not wait_pidfd(pidfd, max(0.0, grace_seconds) + 5.0):
                     with contextlib.suppress(OSError):
                         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                    _wait_pidfd(pidfd, 5.0)
+                    wait_pidfd(pidfd, 5.0)
             finally:
                 os.close(pidfd)
         return stopped
@@ -433,10 +441,8 @@ class SupervisedProcessRunner:
         """Pids of live supervisors of this instance whose run is not one of ``own``."""
         found = []
         prefix = f"{self._instance_id}:"
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            directory = _supervisor_directory(int(name))
+        for pid in psutil.pids():
+            directory = _supervisor_directory(pid)
             if directory is None:
                 continue
             state = read_json(os.path.join(directory, STATE))
@@ -446,9 +452,9 @@ class SupervisedProcessRunner:
                 and token.startswith(prefix)
                 and token not in own
                 and state is not None
-                and state.get("supervisor_pid") == int(name)
+                and state.get("supervisor_pid") == pid
             ):
-                found.append(int(name))
+                found.append(pid)
         return found
 
 
@@ -457,16 +463,15 @@ def _supervisor_directory(pid: int) -> str | None:
     ``ctm-supervisor`` and works in its state folder (forked ones share the fork server's command
     line); one of an earlier version names it on its command line."""
     try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            if f.read().rstrip(b"\n") == SUPERVISOR_NAME.encode():
-                return os.readlink(f"/proc/{pid}/cwd")
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.name() == SUPERVISOR_NAME:
+            return str(proc.cwd())
+        args = proc.cmdline()
+    except (psutil.Error, OSError):
         return None
-    if len(args) < 3 or args[-3] != b"ctm_adapters._supervisor":
+    if len(args) < 2 or args[-2] != "ctm_adapters._supervisor":
         return None
-    return os.fsdecode(args[-2])
+    return str(args[-1])
 
 
 def _kill(popen: subprocess.Popen[bytes] | None, pidfd: int | None) -> None:

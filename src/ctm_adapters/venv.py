@@ -455,8 +455,7 @@ class VenvEnvironmentBackend:
         if not self.only_binary:
             return failures
         return [
-            Failure(f.spec, "not_found_wheel") if f.reason == "not_found" else f
-            for f in failures
+            Failure(f.spec, "not_found_wheel") if f.reason == "not_found" else f for f in failures
         ]
 
     def _probe_missing(
@@ -494,9 +493,7 @@ class VenvEnvironmentBackend:
         # The environment lost its pip: the server's pip can still work on it (pip >= 22.3).
         return [sys.executable, "-m", "pip", "--python", python_path(prefix)]
 
-    def _run(
-        self, argv: list[str], prefix: str, readonly: Sequence[str] = ()
-    ) -> tuple[int, str]:
+    def _run(self, argv: list[str], prefix: str, readonly: Sequence[str] = ()) -> tuple[int, str]:
         """One pip/uv/venv command on ``prefix``: in the sandbox when there is one, as the
         installer, able to write ``prefix`` and the installer's cache only. Raises
         ``BackendFailure`` when it runs longer than ``command_timeout``."""
@@ -516,7 +513,11 @@ class VenvEnvironmentBackend:
             *find_links(env),
         ]
         command = self._sandbox.command(
-            argv, cwd=prefix, readonly=ro, writable=writable, network=True,
+            argv,
+            cwd=prefix,
+            readonly=ro,
+            writable=writable,
+            network=True,
             uid=None if installer is None else installer.uid,
             gid=None if installer is None else installer.gid,
         )

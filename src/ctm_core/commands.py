@@ -191,9 +191,7 @@ class Page:
     before: str | None = None
 
     @classmethod
-    def from_query(
-        cls, limit: str | None, before: str | None, *, name: str = "limit"
-    ) -> Page:
+    def from_query(cls, limit: str | None, before: str | None, *, name: str = "limit") -> Page:
         """A page from query parameters (``name`` is the parameter ``limit`` came as)."""
         if limit is None:
             return cls(before=before)
@@ -227,9 +225,7 @@ class NewEnvironment:
     packages: tuple[str, ...] = ()
 
     def checked(self) -> NewEnvironment:
-        return NewEnvironment.from_json(
-            {**_fields(self), "packages": list(self.packages) or None}
-        )
+        return NewEnvironment.from_json({**_fields(self), "packages": list(self.packages) or None})
 
     @classmethod
     def from_json(cls, body: Mapping[str, object]) -> NewEnvironment:

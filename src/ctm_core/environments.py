@@ -230,7 +230,9 @@ class EnvironmentService:
         change = change.checked()
         specs = list(change.packages)
         self._change_packages(
-            actor, change.environment, "modify packages in this environment",
+            actor,
+            change.environment,
+            "modify packages in this environment",
             EnvironmentInUse.MODIFY,
             lambda: self.backend.install(change.environment, specs),
         )
@@ -241,7 +243,9 @@ class EnvironmentService:
         change = change.checked(names_only=True)
         names = list(change.packages)
         self._change_packages(
-            actor, change.environment, "remove packages from this environment",
+            actor,
+            change.environment,
+            "remove packages from this environment",
             EnvironmentInUse.REMOVE,
             lambda: self.backend.remove(change.environment, names),
         )
@@ -268,7 +272,8 @@ class EnvironmentService:
             self._require_existing(name)
             require_owner(actor, self.repo.get_environment_owner(name), "delete this environment")
             active = [
-                t for t in self.repo.tasks_using_environment(name)
+                t
+                for t in self.repo.tasks_using_environment(name)
                 if t.status is TaskStatus.RUNNING or self.is_task_active(t.id)
             ]
             if active:

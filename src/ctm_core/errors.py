@@ -298,9 +298,7 @@ class TaskNotRunning(CtmError, ValueError):
     error_format = "Cannot stop a task with status: '{status}'"
 
     def __init__(self, status: str):
-        super().__init__(
-            error=self.error_format.format(status=status), current_status=status
-        )
+        super().__init__(error=self.error_format.format(status=status), current_status=status)
 
 
 class TaskLimitReached(CtmError, PermissionError):

@@ -197,14 +197,16 @@ class RunPolicy:
         """The task's memory limit (MB), or the default; never above the maximum (which may
         have been lowered since the task was stored)."""
         own = task.memory_limit_mb
-        return _capped(own if own is not None else self.default_memory_limit_mb,
-                       self.max_memory_limit_mb)
+        return _capped(
+            own if own is not None else self.default_memory_limit_mb, self.max_memory_limit_mb
+        )
 
     def max_processes_for(self, task: Task) -> int | None:
         """The task's process limit, or the default; never above the maximum."""
         own = task.max_processes
-        return _capped(own if own is not None else self.default_max_processes,
-                       self.max_max_processes)
+        return _capped(
+            own if own is not None else self.default_max_processes, self.max_max_processes
+        )
 
     def cpu_limit_for(self, task: Task) -> float | None:
         """The task's CPU limit (cores), or the default; never above the maximum."""
@@ -213,8 +215,10 @@ class RunPolicy:
 
     def timeout_for(self, task: Task) -> float | None:
         """The task's timeout (seconds), or the default."""
-        return task.timeout_seconds if task.timeout_seconds is not None else (
-            self.default_timeout_seconds
+        return (
+            task.timeout_seconds
+            if task.timeout_seconds is not None
+            else (self.default_timeout_seconds)
         )
 
     def network_for(self, task: Task) -> bool:

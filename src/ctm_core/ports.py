@@ -189,7 +189,9 @@ class ProcessRunner(Protocol):
     def wait(self, handle: RunHandle) -> RunResult:
         """Block until the run ends (or its timeout ends it) and return its result. The exit code
         is negative (minus the signal number) when a signal ended it; ``peak_memory`` is never
-        below the OS's own peak for the main process."""
+        below the OS's own peak for the main process. (One known exception: the in-process
+        ``PsutilProcessRunner`` cannot tell a run's own peak from the server's when the run ends
+        before its first sample and stayed below the server's size: docs/runs.md.)"""
         ...
 
     def stop(self, handle: RunHandle, grace_seconds: float) -> None:

@@ -169,7 +169,8 @@ class RunCoordinator:
             return None
         limit = self.policy.max_runs_per_user
         eligible = [
-            owner for owner in self._queues
+            owner
+            for owner in self._queues
             if limit is None or self._running_of.get(owner, 0) < limit
         ]
         if not eligible:
@@ -192,7 +193,9 @@ class RunCoordinator:
                     return
                 self._hold_slot(run.owner_id)
             threading.Thread(
-                target=self._follow, args=(run,), name=f"ctm-run-{run.execution_id}",
+                target=self._follow,
+                args=(run,),
+                name=f"ctm-run-{run.execution_id}",
                 daemon=True,
             ).start()
 
@@ -257,7 +260,9 @@ class RunCoordinator:
         if handle is None:
             return False
         run = _Run(
-            task_id=execution.task_id, execution_id=execution.id, handle=handle,
+            task_id=execution.task_id,
+            execution_id=execution.id,
+            handle=handle,
             owner_id=self._owner_of(execution.task_id),
         )
         run.started.set()
@@ -265,8 +270,10 @@ class RunCoordinator:
             self._runs[run.task_id] = run
             self._hold_slot(run.owner_id)
         threading.Thread(
-            target=self._follow_adopted, args=(run, execution),
-            name=f"ctm-run-{run.execution_id}", daemon=True,
+            target=self._follow_adopted,
+            args=(run, execution),
+            name=f"ctm-run-{run.execution_id}",
+            daemon=True,
         ).start()
         return True
 
@@ -350,9 +357,7 @@ class RunCoordinator:
             status, note = ExecutionStatus.FAILED, None
         self._end(run, execution, result, status, note)
 
-    def _start_locked(
-        self, run: _Run, task: Task, execution: Execution, log_path: str
-    ) -> None:
+    def _start_locked(self, run: _Run, task: Task, execution: Execution, log_path: str) -> None:
         """Start the process while holding the env's lock (no change can be half-way)."""
         if run.stop_requested:
             self._end(run, execution, None, ExecutionStatus.STOPPED, "stopped before start")
@@ -361,13 +366,19 @@ class RunCoordinator:
             run_env = self.backend.run_environment(task.conda_env)
         except EnvironmentNotFound:  # its owner may delete it while none of its tasks runs
             self._end(
-                run, execution, None, ExecutionStatus.FAILED,
+                run,
+                execution,
+                None,
+                ExecutionStatus.FAILED,
                 f"environment '{task.conda_env}' was deleted",
             )
             return
         if not self.files.is_file(task.script_path):
             self._end(
-                run, execution, None, ExecutionStatus.FAILED,
+                run,
+                execution,
+                None,
+                ExecutionStatus.FAILED,
                 f"script file not found: {task.script_path}",
             )
             return
@@ -400,9 +411,7 @@ class RunCoordinator:
         try:
             run.handle = self.runner.start(spec)
         except OSError as exc:
-            self._end(
-                run, execution, None, ExecutionStatus.FAILED, f"could not start: {exc}"
-            )
+            self._end(run, execution, None, ExecutionStatus.FAILED, f"could not start: {exc}")
             return
         execution.status = ExecutionStatus.RUNNING
         execution.start_time = start_time

@@ -71,9 +71,7 @@ def next_cron_time(expression: str, after: datetime, tz: tzinfo) -> datetime:
     return nxt.astimezone(UTC)
 
 
-def first_run_time(
-    now: datetime, cron: str | None, delay: float | None, tz: tzinfo
-) -> datetime:
+def first_run_time(now: datetime, cron: str | None, delay: float | None, tz: tzinfo) -> datetime:
     """When a new task first runs: now, after its delay, or at its next cron occurrence."""
     if cron is not None:
         return next_cron_time(cron, now, tz)

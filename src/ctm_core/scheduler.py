@@ -56,7 +56,8 @@ class Scheduler:
         unfinished = self.repo.unfinished_executions()
         queued = [e for e in unfinished if e.status is ExecutionStatus.QUEUED]
         lost = [
-            e for e in unfinished
+            e
+            for e in unfinished
             if e.status is not ExecutionStatus.QUEUED and not self.coordinator.adopt(e)
         ]
         after_adoption()

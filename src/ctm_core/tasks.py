@@ -118,12 +118,17 @@ class TaskService:
         requirements, timeout = command.requirements, command.timeout_seconds
         cron, delay = command.cron_expression, command.delay_seconds
         memory_limit = check_limit(
-            "memory_limit_mb", command.memory_limit_mb,
-            self.policy.max_memory_limit_mb, MAX_MEMORY_LIMIT_MB,
+            "memory_limit_mb",
+            command.memory_limit_mb,
+            self.policy.max_memory_limit_mb,
+            MAX_MEMORY_LIMIT_MB,
         )
         max_processes = check_limit(
-            "max_processes", command.max_processes,
-            self.policy.max_max_processes, MAX_PROCESSES, whole=True,
+            "max_processes",
+            command.max_processes,
+            self.policy.max_max_processes,
+            MAX_PROCESSES,
+            whole=True,
         )
         cpu_limit = check_limit(
             "cpu_limit", command.cpu_limit, self.policy.max_cpu_limit, MAX_CPU_LIMIT
@@ -249,7 +254,8 @@ class TaskService:
                 "modify packages in this environment",
             )
             running = [
-                t for t in self.repo.tasks_using_environment(env_name)
+                t
+                for t in self.repo.tasks_using_environment(env_name)
                 if t.status is TaskStatus.RUNNING
             ]
             if running:
@@ -371,9 +377,7 @@ class TaskService:
         return TaskStats(
             counts=counts,
             total=len(tasks),
-            avg_duration=(
-                round(summary.total_duration / summary.timed, 2) if summary.timed else 0
-            ),
+            avg_duration=(round(summary.total_duration / summary.timed, 2) if summary.timed else 0),
             min_duration=round(summary.min_duration or 0, 2),
             max_duration=round(summary.max_duration or 0, 2),
             success_rate=round(100 * counts["completed"] / done, 1) if done else 0,
@@ -384,13 +388,9 @@ class TaskService:
         )
 
     def running_executions(self) -> list[Execution]:
-        return [
-            e for e in self.repo.unfinished_executions() if e.status is ExecutionStatus.RUNNING
-        ]
+        return [e for e in self.repo.unfinished_executions() if e.status is ExecutionStatus.RUNNING]
 
-    def history(
-        self, *, limit: int = DEFAULT_PAGE, before: str | None = None
-    ) -> HistoryPage:
+    def history(self, *, limit: int = DEFAULT_PAGE, before: str | None = None) -> HistoryPage:
         """Executions started within the retention period (all when it is 0), newest first,
         skipped ones left out: a page of ``limit`` after the execution ``before``. Raises
         ``InvalidInput`` (a bad ``limit`` or ``before``)."""

@@ -28,8 +28,22 @@ _CONSTRAINT = rf"(?:==|>=|<=|!=|~=|=|>|<){_VERSION}"
 # explicit files). A word (name or version) ending in one of these is refused; dotted names
 # such as ``zope.interface`` or ``backports.lzma`` are not archives and pass.
 ARCHIVE_SUFFIXES = (
-    "whl", "zip", "egg", "conda", "tar", "tar.gz", "tgz", "tar.bz2", "tbz", "tbz2",
-    "tar.xz", "txz", "tlz", "tar.lz", "tar.lzma", "tar.zst",
+    "whl",
+    "zip",
+    "egg",
+    "conda",
+    "tar",
+    "tar.gz",
+    "tgz",
+    "tar.bz2",
+    "tbz",
+    "tbz2",
+    "tar.xz",
+    "txz",
+    "tlz",
+    "tar.lz",
+    "tar.lzma",
+    "tar.zst",
 )
 
 
@@ -145,9 +159,7 @@ def validate_requirements(text: str) -> str:
     lines = [ln.split(" #")[0].strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if len(lines) > MAX_REQUIREMENT_LINES:
-        raise InvalidInput(
-            "requirements", f"At most {MAX_REQUIREMENT_LINES} requirement lines"
-        )
+        raise InvalidInput("requirements", f"At most {MAX_REQUIREMENT_LINES} requirement lines")
     for line in lines:
         if not _REQ_LINE_RE.fullmatch(line) or _ARCHIVE_WORD_RE.search(line):
             bad.append(line)

@@ -53,30 +53,38 @@ ENVIRONMENT_SUMMARY = body(
     {"package_count": INT, "disk_usage": null({**NUM, "description": "GB"})},
     name="EnvironmentSummary",
 )
-ENVIRONMENT_DETAIL = body({
-    "name": STR,
-    "python_version": null(STR),
-    "created_at": null(TIME),
-    "usage_stats": body({
-        "total_tasks": INT,
-        "success_rate": {**NUM, "description": "Percent of finished executions completed"},
-        "avg_execution_time": {**NUM, "description": "Seconds"},
-        "disk_usage": {**NUM, "description": "GB"},
-    }),
-    "packages": array(body({"name": STR, "version": STR})),
-}, name="EnvironmentDetail")
-ENVIRONMENT_STATS = body({
-    "total_environments": INT,
-    "active_environments": INT,
-    "total_disk_usage": {**NUM, "description": "GB, a hard-linked file counted once"},
-    "latest_created": null(body({"name": STR, "created_at": null(TIME)})),
-    "environment_usage": array(
-        body({"name": STR, "usage_percent": INT}),
-        description="Share of all tasks per environment; integer percents adding up "
-        "to 100; environments without a task left out",
-    ),
-    "package_stats": array(body({"name": STR, "package_count": INT})),
-}, name="EnvironmentStats")
+ENVIRONMENT_DETAIL = body(
+    {
+        "name": STR,
+        "python_version": null(STR),
+        "created_at": null(TIME),
+        "usage_stats": body(
+            {
+                "total_tasks": INT,
+                "success_rate": {**NUM, "description": "Percent of finished executions completed"},
+                "avg_execution_time": {**NUM, "description": "Seconds"},
+                "disk_usage": {**NUM, "description": "GB"},
+            }
+        ),
+        "packages": array(body({"name": STR, "version": STR})),
+    },
+    name="EnvironmentDetail",
+)
+ENVIRONMENT_STATS = body(
+    {
+        "total_environments": INT,
+        "active_environments": INT,
+        "total_disk_usage": {**NUM, "description": "GB, a hard-linked file counted once"},
+        "latest_created": null(body({"name": STR, "created_at": null(TIME)})),
+        "environment_usage": array(
+            body({"name": STR, "usage_percent": INT}),
+            description="Share of all tasks per environment; integer percents adding up "
+            "to 100; environments without a task left out",
+        ),
+        "package_stats": array(body({"name": STR, "package_count": INT})),
+    },
+    name="EnvironmentStats",
+)
 
 _TASK_FIELDS: dict[str, Schema] = {
     "task_id": INT,
@@ -95,14 +103,32 @@ _TASK_EXTRA: dict[str, Schema] = {
     "delay_seconds": null(NUM),
     "timeout_seconds": null(NUM),
     "owner_id": null(INT),
-    "memory_limit_mb": null({**NUM, "description": "Memory limit of a run's whole process "
-                             "tree, MB: the task's own or the server's default; null: none"}),
-    "max_processes": null({**INT, "description": "Processes a run may have at once: the "
-                           "task's own or the server's default; null: no limit"}),
-    "cpu_limit": null({**NUM, "description": "CPU cores a run may use: the task's own or the "
-                       "server's default; null: no limit"}),
-    "network": {**BOOL, "description": "Whether runs have network access (the server's "
-                "setting, unless the task turned it off)"},
+    "memory_limit_mb": null(
+        {
+            **NUM,
+            "description": "Memory limit of a run's whole process "
+            "tree, MB: the task's own or the server's default; null: none",
+        }
+    ),
+    "max_processes": null(
+        {
+            **INT,
+            "description": "Processes a run may have at once: the "
+            "task's own or the server's default; null: no limit",
+        }
+    ),
+    "cpu_limit": null(
+        {
+            **NUM,
+            "description": "CPU cores a run may use: the task's own or the "
+            "server's default; null: no limit",
+        }
+    ),
+    "network": {
+        **BOOL,
+        "description": "Whether runs have network access (the server's "
+        "setting, unless the task turned it off)",
+    },
 }
 TASK = body(_TASK_FIELDS, _TASK_EXTRA, name="Task")
 TASK_LIST_ITEM = body(
@@ -135,98 +161,175 @@ EXECUTION = body(
         "scheduled_time": null(TIME),
         "note": null(STR),
         # Only on ``skipped`` records, which stand for consecutive skipped occurrences.
-        "skip_count": {**INT, "description": "Skipped records only: how many consecutive "
-                       "occurrences were skipped while the task still ran"},
-        "first_skipped_at": null({**TIME, "description": "Skipped records only: the first "
-                                  "skipped occurrence"}),
-        "last_skipped_at": null({**TIME, "description": "Skipped records only: the last "
-                                 "skipped occurrence"}),
-        "logs": null({**STR, "description": "Null in execution_history: the log is only in "
-                      "latest_execution"}),
+        "skip_count": {
+            **INT,
+            "description": "Skipped records only: how many consecutive "
+            "occurrences were skipped while the task still ran",
+        },
+        "first_skipped_at": null(
+            {**TIME, "description": "Skipped records only: the first skipped occurrence"}
+        ),
+        "last_skipped_at": null(
+            {**TIME, "description": "Skipped records only: the last skipped occurrence"}
+        ),
+        "logs": null(
+            {**STR, "description": "Null in execution_history: the log is only in latest_execution"}
+        ),
     },
     name="Execution",
 )
 EXECUTION_WITH_LOGS = body({"logs": STR}, name="ExecutionWithLogs", base=EXECUTION)
-HISTORY_ITEM = body({
-    "task_id": INT,
-    "task_name": STR,
-    "status": {"enum": EXECUTION_STATUS},
-    "execution_time": null(TIME),
-    "duration": null(NUM),
-    "peak_memory": null(NUM),
-    "avg_memory": null(NUM),
-    "exit_code": null(INT),
-    "execution_id": STR,
-}, {"end_time": null(TIME)}, name="HistoryItem")
+HISTORY_ITEM = body(
+    {
+        "task_id": INT,
+        "task_name": STR,
+        "status": {"enum": EXECUTION_STATUS},
+        "execution_time": null(TIME),
+        "duration": null(NUM),
+        "peak_memory": null(NUM),
+        "avg_memory": null(NUM),
+        "exit_code": null(INT),
+        "execution_id": STR,
+    },
+    {"end_time": null(TIME)},
+    name="HistoryItem",
+)
 
 # The answers of single routes (written inline in the description).
 LOGGED_IN = body({"success": TRUE, "message": const("Login successful"), "user": USER})
 LOGGED_OUT = body({"success": TRUE, "message": const("Logout successful")})
-USER_CREATED = body({"success": TRUE, "message": const("User created successfully"),
-                     "user": USER})
-ME = body({"success": TRUE, "user": USER}, {"containment": body(
-    {"contained": BOOL, "mode": STR, "reason": STR, "identity": STR, "limits": STR},
-    description="Admins only: how runs are contained on this server (docs/security.md)",
-)})
+USER_CREATED = body({"success": TRUE, "message": const("User created successfully"), "user": USER})
+ME = body(
+    {"success": TRUE, "user": USER},
+    {
+        "containment": body(
+            {"contained": BOOL, "mode": STR, "reason": STR, "identity": STR, "limits": STR},
+            description="Admins only: how runs are contained on this server (docs/security.md)",
+        )
+    },
+)
 ENVIRONMENTS = array(ENVIRONMENT_SUMMARY)
-ENVIRONMENT_CREATED = body({
-    "success": TRUE,
-    "message": const("Environment created successfully"),
-    "environment": body({"name": STR, "created_at": null(TIME)}, {"python_version": null(STR)}),
-})
-ENVIRONMENT_RENAMED = body({
-    "success": TRUE, "message": const("Environment renamed successfully"),
-    "old_name": STR, "new_name": STR, "updated_tasks_count": INT,
-})
-PACKAGES_INSTALLED = body({"success": TRUE, "message": const("Packages installed successfully"),
-                           "environment": STR, "installed_packages": STR_LIST})
-PACKAGES_REMOVED = body({"success": TRUE, "message": const("Packages removed successfully"),
-                         "environment": STR, "removed_packages": STR_LIST})
-TASK_CREATED = body({"success": TRUE, "message": const("Task scheduled successfully"),
-                     "task": TASK, "environment_message": STR})
+ENVIRONMENT_CREATED = body(
+    {
+        "success": TRUE,
+        "message": const("Environment created successfully"),
+        "environment": body({"name": STR, "created_at": null(TIME)}, {"python_version": null(STR)}),
+    }
+)
+ENVIRONMENT_RENAMED = body(
+    {
+        "success": TRUE,
+        "message": const("Environment renamed successfully"),
+        "old_name": STR,
+        "new_name": STR,
+        "updated_tasks_count": INT,
+    }
+)
+PACKAGES_INSTALLED = body(
+    {
+        "success": TRUE,
+        "message": const("Packages installed successfully"),
+        "environment": STR,
+        "installed_packages": STR_LIST,
+    }
+)
+PACKAGES_REMOVED = body(
+    {
+        "success": TRUE,
+        "message": const("Packages removed successfully"),
+        "environment": STR,
+        "removed_packages": STR_LIST,
+    }
+)
+TASK_CREATED = body(
+    {
+        "success": TRUE,
+        "message": const("Task scheduled successfully"),
+        "task": TASK,
+        "environment_message": STR,
+    }
+)
 TASKS = array(TASK_LIST_ITEM)
 _WEEK = {"minItems": 7, "maxItems": 7}
-TASK_STATS = body({
-    "total": INT,
-    **{s: INT for s in TASK_STATUS},
-    "avg_duration": NUM, "min_duration": NUM, "max_duration": NUM,
-    "success_rate": {**NUM, "description": "completed / (completed + failed), percent"},
-    "last_7_days": body({
-        "dates": array(DATE, **_WEEK),
-        "success_counts": array(INT, **_WEEK),
-        "failed_counts": array(INT, **_WEEK),
-    }),
-    "recent_tasks": {"type": "array", "maxItems": 5, "items": body(
-        {"task_id": INT, "name": STR, "status": {"enum": EXECUTION_STATUS},
-         "start_time": null(TIME), "end_time": null(TIME), "duration": null(NUM)},
-        {"execution_id": STR},
-    )},
-})
-HISTORY_PAGE = body({
-    "status": const("success"),
-    "data": array(HISTORY_ITEM),
-    "next_before": null({**STR, "description": "The `before` of the next page; null on the "
-                         "last page"}),
-})
-TASK_DETAIL = body({
-    "success": TRUE,
-    "task": TASK_WITH_EXECUTIONS,
-    "execution_history": array(EXECUTION, description="Newest first, without logs"),
-    "performance_metrics": body({
-        "durations": array(null(NUM)),
-        "timestamps": array(null(TIME)),
-        "peak_memories": array(null(NUM)),
-        "avg_memories": array(null(NUM)),
-    }, description="Finished executions, oldest first"),
-    "latest_execution": null(EXECUTION_WITH_LOGS),
-    "execution_history_next_before": null({**STR, "description": "The `before` of the next "
-                                           "page of execution_history; null on the last page"}),
-})
-TASK_STOPPED = body({
-    "success": TRUE, "message": const("Task stopped successfully"),
-    "task": body({"task_id": INT, "task_name": STR, "status": {"enum": TASK_STATUS},
-                  "previous_status": const("running")}),
-})
+TASK_STATS = body(
+    {
+        "total": INT,
+        **{s: INT for s in TASK_STATUS},
+        "avg_duration": NUM,
+        "min_duration": NUM,
+        "max_duration": NUM,
+        "success_rate": {**NUM, "description": "completed / (completed + failed), percent"},
+        "last_7_days": body(
+            {
+                "dates": array(DATE, **_WEEK),
+                "success_counts": array(INT, **_WEEK),
+                "failed_counts": array(INT, **_WEEK),
+            }
+        ),
+        "recent_tasks": {
+            "type": "array",
+            "maxItems": 5,
+            "items": body(
+                {
+                    "task_id": INT,
+                    "name": STR,
+                    "status": {"enum": EXECUTION_STATUS},
+                    "start_time": null(TIME),
+                    "end_time": null(TIME),
+                    "duration": null(NUM),
+                },
+                {"execution_id": STR},
+            ),
+        },
+    }
+)
+HISTORY_PAGE = body(
+    {
+        "status": const("success"),
+        "data": array(HISTORY_ITEM),
+        "next_before": null(
+            {**STR, "description": "The `before` of the next page; null on the last page"}
+        ),
+    }
+)
+TASK_DETAIL = body(
+    {
+        "success": TRUE,
+        "task": TASK_WITH_EXECUTIONS,
+        "execution_history": array(EXECUTION, description="Newest first, without logs"),
+        "performance_metrics": body(
+            {
+                "durations": array(null(NUM)),
+                "timestamps": array(null(TIME)),
+                "peak_memories": array(null(NUM)),
+                "avg_memories": array(null(NUM)),
+            },
+            description="Finished executions, oldest first",
+        ),
+        "latest_execution": null(EXECUTION_WITH_LOGS),
+        "execution_history_next_before": null(
+            {
+                **STR,
+                "description": "The `before` of the next "
+                "page of execution_history; null on the last page",
+            }
+        ),
+    }
+)
+TASK_STOPPED = body(
+    {
+        "success": TRUE,
+        "message": const("Task stopped successfully"),
+        "task": body(
+            {
+                "task_id": INT,
+                "task_name": STR,
+                "status": {"enum": TASK_STATUS},
+                "previous_status": const("running"),
+            }
+        ),
+    }
+)
 
 # --- error bodies --------------------------------------------------------------------------------
 
@@ -250,8 +353,7 @@ def _error(
         choices: tuple[str, ...] = ()
         description = description or source.description
     else:
-        name, default_message, error_format = (
-            source.__name__, source.message, source.error_format)
+        name, default_message, error_format = (source.__name__, source.message, source.error_format)
         choices = source.messages
     if message is None:
         message = {"enum": list(choices)} if choices else text(default_message)
@@ -276,45 +378,77 @@ def _field(name: str) -> dict[str, Schema]:
 _FAILURE_DETAILS = {"failed_packages": STR_LIST, "error_details": STR_LIST}
 _OUTPUT = {**STR, "description": "The tool's full output"}
 
-ERROR_BODIES: dict[type[e.CtmError], Body] = {getattr(e, str(b.name)): b for b in (
-    _error(e.InvalidInput, message=STR, error=_ANY, fields={"field": STR},
-           description="A field is missing, of the wrong type, out of range or too long"),
-    _error(e.InvalidEnvironmentName, error=_ANY, fields={"field": const("name")}),
-    _error(e.InvalidPackageSpec, error=_ANY, fields={"field": STR, "invalid_packages": STR_LIST}),
-    _error(e.InvalidCredentialsFormat, error=_ANY,
-           fields={"field": {"enum": ["username", "password"]}}),
-    _error(e.ScheduleConflict),
-    _error(e.InvalidCronExpression, optional=_field("cron_expression")),
-    _error(e.InvalidDelay, optional=_field("delay_seconds")),
-    _error(e.AuthenticationRequired),
-    _error(e.InvalidCredentials),
-    _error(e.TooManyLoginAttempts,
-           fields={"retry_after": {**INT, "minimum": 1, "description": "Seconds"}}),
-    _error(e.AdminRequired),
-    _error(e.NotOwner),
-    _error(e.CrossSiteRequest,
-           description="Sec-Fetch-Site: cross-site, or an Origin that is not the server's own"),
-    _error(e.ScriptOutsideRoots),
-    _error(e.UserExists, optional=_field("username")),
-    _error(e.EnvironmentNotFound),
-    _error(e.EnvironmentExists, error=_ANY),
-    _error(e.EnvironmentInUse, fields={
-        "referencing_tasks": {**STR_LIST, "description": "script_path of each task"}}),
-    _error(e.PackageOperationFailed, error=_OUTPUT, fields=_FAILURE_DETAILS),
-    _error(e.BackendFailure, message=STR,
-           description="conda/pip failed in a way that is not the caller's fault"),
-    _error(e.TaskNotFound),
-    _error(e.TaskExists, optional=_field("task_name")),
-    _error(e.ReuseMissingEnvironment, optional=_field("conda_env")),
-    _error(e.ScriptNotFound, optional=_field("script")),
-    _error(e.RequirementsFailed, error=_ANY, fields=_FAILURE_DETAILS, optional={
-        "environment_state": {
-            **STR, "description": "Existing environment only: unchanged, or may be inconsistent"
-        }, **_field("requirements")}),
-    _error(e.TaskNotRunning, fields={"current_status": {"enum": TASK_STATUS}}),
-    _error(e.TaskLimitReached,
-           description="A non-admin already owns the most tasks one user may have"),
-)}
+ERROR_BODIES: dict[type[e.CtmError], Body] = {
+    getattr(e, str(b.name)): b
+    for b in (
+        _error(
+            e.InvalidInput,
+            message=STR,
+            error=_ANY,
+            fields={"field": STR},
+            description="A field is missing, of the wrong type, out of range or too long",
+        ),
+        _error(e.InvalidEnvironmentName, error=_ANY, fields={"field": const("name")}),
+        _error(
+            e.InvalidPackageSpec, error=_ANY, fields={"field": STR, "invalid_packages": STR_LIST}
+        ),
+        _error(
+            e.InvalidCredentialsFormat,
+            error=_ANY,
+            fields={"field": {"enum": ["username", "password"]}},
+        ),
+        _error(e.ScheduleConflict),
+        _error(e.InvalidCronExpression, optional=_field("cron_expression")),
+        _error(e.InvalidDelay, optional=_field("delay_seconds")),
+        _error(e.AuthenticationRequired),
+        _error(e.InvalidCredentials),
+        _error(
+            e.TooManyLoginAttempts,
+            fields={"retry_after": {**INT, "minimum": 1, "description": "Seconds"}},
+        ),
+        _error(e.AdminRequired),
+        _error(e.NotOwner),
+        _error(
+            e.CrossSiteRequest,
+            description="Sec-Fetch-Site: cross-site, or an Origin that is not the server's own",
+        ),
+        _error(e.ScriptOutsideRoots),
+        _error(e.UserExists, optional=_field("username")),
+        _error(e.EnvironmentNotFound),
+        _error(e.EnvironmentExists, error=_ANY),
+        _error(
+            e.EnvironmentInUse,
+            fields={"referencing_tasks": {**STR_LIST, "description": "script_path of each task"}},
+        ),
+        _error(e.PackageOperationFailed, error=_OUTPUT, fields=_FAILURE_DETAILS),
+        _error(
+            e.BackendFailure,
+            message=STR,
+            description="conda/pip failed in a way that is not the caller's fault",
+        ),
+        _error(e.TaskNotFound),
+        _error(e.TaskExists, optional=_field("task_name")),
+        _error(e.ReuseMissingEnvironment, optional=_field("conda_env")),
+        _error(e.ScriptNotFound, optional=_field("script")),
+        _error(
+            e.RequirementsFailed,
+            error=_ANY,
+            fields=_FAILURE_DETAILS,
+            optional={
+                "environment_state": {
+                    **STR,
+                    "description": "Existing environment only: unchanged, or may be inconsistent",
+                },
+                **_field("requirements"),
+            },
+        ),
+        _error(e.TaskNotRunning, fields={"current_status": {"enum": TASK_STATUS}}),
+        _error(
+            e.TaskLimitReached,
+            description="A non-admin already owns the most tasks one user may have",
+        ),
+    )
+}
 """One body per domain error class; a subclass missing here is rendered as its base is."""
 
 HTTP_ERROR_BODIES: dict[str, Body] = {
@@ -344,48 +478,92 @@ REQUESTS: dict[str, Schema] = {
     "CreateEnvironmentRequest": obj(
         {"name": ENV_NAME},
         {
-            "python_version": null({"type": "string", "pattern": r"^\d+(\.\d+)*$",
-                                    "maxLength": 16}),
+            "python_version": null(
+                {"type": "string", "pattern": r"^\d+(\.\d+)*$", "maxLength": 16}
+            ),
             "packages": null(SPECS),
         },
     ),
     "CreateTaskRequest": obj(
         {
             "script": {
-                "type": "string", "minLength": 1, "maxLength": MAX_SCRIPT_BYTES,
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_SCRIPT_BYTES,
                 "description": "A single line ending in .py is an absolute path to a file to "
                 "run; anything else is the script's content (at most 1 MiB)",
             },
             "conda_env": ENV_NAME,
         },
         {
-            "task_name": null({"type": "string", "minLength": 1, "maxLength": MAX_TASK_NAME,
-                               "description": "Unique; defaults to the script's file name"}),
-            "requirements": null({"type": "string", "maxLength": MAX_REQUIREMENTS_BYTES,
-                                  "description": "requirements.txt text (at most 64 KiB)"}),
+            "task_name": null(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_TASK_NAME,
+                    "description": "Unique; defaults to the script's file name",
+                }
+            ),
+            "requirements": null(
+                {
+                    "type": "string",
+                    "maxLength": MAX_REQUIREMENTS_BYTES,
+                    "description": "requirements.txt text (at most 64 KiB)",
+                }
+            ),
             "reuse_env": null({**BOOL, "default": False}),
-            "cron_expression": null({
-                "type": "string", "minLength": 1, "maxLength": MAX_CRON_LENGTH,
-                "description": "5 fields, an @hourly-style macro, or 6 fields with seconds "
-                "last, in the server's time zone. Not together with delay_seconds",
-            }),
+            "cron_expression": null(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_CRON_LENGTH,
+                    "description": "5 fields, an @hourly-style macro, or 6 fields with seconds "
+                    "last, in the server's time zone. Not together with delay_seconds",
+                }
+            ),
             "delay_seconds": null({**NUM, "minimum": 0, "maximum": MAX_DELAY_SECONDS}),
-            "timeout_seconds": null({**NUM, "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT,
-                                     "description": "Absent: the server's default"}),
-            "memory_limit_mb": null({
-                **NUM, "exclusiveMinimum": 0, "maximum": MAX_MEMORY_LIMIT_MB,
-                "description": "Memory limit of each run's whole process tree, MB (at most the "
-                "server's maximum). Absent: the server's default"}),
-            "max_processes": null({
-                **INT, "minimum": 1, "maximum": MAX_PROCESSES,
-                "description": "Processes each run may have at once (at most the server's "
-                "maximum). Absent: the server's default"}),
-            "cpu_limit": null({
-                **NUM, "exclusiveMinimum": 0, "maximum": MAX_CPU_LIMIT,
-                "description": "CPU cores each run may use (at most the server's maximum). "
-                "Absent: the server's default"}),
-            "network": null({**BOOL, "description": "false cuts the runs' network; absent or "
-                             "true: the server's setting"}),
+            "timeout_seconds": null(
+                {
+                    **NUM,
+                    "exclusiveMinimum": 0,
+                    "maximum": MAX_TIMEOUT,
+                    "description": "Absent: the server's default",
+                }
+            ),
+            "memory_limit_mb": null(
+                {
+                    **NUM,
+                    "exclusiveMinimum": 0,
+                    "maximum": MAX_MEMORY_LIMIT_MB,
+                    "description": "Memory limit of each run's whole process tree, MB (at most the "
+                    "server's maximum). Absent: the server's default",
+                }
+            ),
+            "max_processes": null(
+                {
+                    **INT,
+                    "minimum": 1,
+                    "maximum": MAX_PROCESSES,
+                    "description": "Processes each run may have at once (at most the server's "
+                    "maximum). Absent: the server's default",
+                }
+            ),
+            "cpu_limit": null(
+                {
+                    **NUM,
+                    "exclusiveMinimum": 0,
+                    "maximum": MAX_CPU_LIMIT,
+                    "description": "CPU cores each run may use (at most the server's maximum). "
+                    "Absent: the server's default",
+                }
+            ),
+            "network": null(
+                {
+                    **BOOL,
+                    "description": "false cuts the runs' network; absent or "
+                    "true: the server's setting",
+                }
+            ),
         },
     ),
     "RenameEnvironmentRequest": obj({"new_name": ENV_NAME}),
@@ -398,11 +576,25 @@ REQUESTS: dict[str, Schema] = {
 
 def _components() -> dict[str, Schema]:
     named: list[Body | str] = [
-        USER, "LoginRequest", "CreateUserRequest", ENVIRONMENT_SUMMARY, ENVIRONMENT_DETAIL,
-        ENVIRONMENT_STATS, "CreateEnvironmentRequest", TASK, TASK_LIST_ITEM,
-        TASK_WITH_EXECUTIONS, EXECUTION, EXECUTION_WITH_LOGS, "CreateTaskRequest",
-        HISTORY_ITEM, "RenameEnvironmentRequest", "PackagesRequest", "RemovePackagesRequest",
-        *ERROR_BODIES.values(), *HTTP_ERROR_BODIES.values(),
+        USER,
+        "LoginRequest",
+        "CreateUserRequest",
+        ENVIRONMENT_SUMMARY,
+        ENVIRONMENT_DETAIL,
+        ENVIRONMENT_STATS,
+        "CreateEnvironmentRequest",
+        TASK,
+        TASK_LIST_ITEM,
+        TASK_WITH_EXECUTIONS,
+        EXECUTION,
+        EXECUTION_WITH_LOGS,
+        "CreateTaskRequest",
+        HISTORY_ITEM,
+        "RenameEnvironmentRequest",
+        "PackagesRequest",
+        "RemovePackagesRequest",
+        *ERROR_BODIES.values(),
+        *HTTP_ERROR_BODIES.values(),
     ]
     out: dict[str, Schema] = {}
     for item in named:

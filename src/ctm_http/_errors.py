@@ -73,20 +73,34 @@ class HttpError:
 
 
 INVALID_BODY = HttpError(
-    "InvalidBody", 400, "Request body must be a JSON object",
-    "No body, invalid JSON, or JSON that is not an object", with_error=True)
+    "InvalidBody",
+    400,
+    "Request body must be a JSON object",
+    "No body, invalid JSON, or JSON that is not an object",
+    with_error=True,
+)
 BODY_TOO_LARGE = HttpError("BodyTooLarge", 413, "Request body too large", with_error=True)
 UNSUPPORTED_MEDIA_TYPE = HttpError(
-    "UnsupportedMediaType", 415, "Request body must be sent as application/json",
-    with_error=True)
+    "UnsupportedMediaType", 415, "Request body must be sent as application/json", with_error=True
+)
 ROUTE_NOT_FOUND = HttpError(
-    "RouteNotFound", 404, "Not found", "No route for this path (e.g. a path parameter holding '/')")
+    "RouteNotFound", 404, "Not found", "No route for this path (e.g. a path parameter holding '/')"
+)
 METHOD_NOT_ALLOWED = HttpError("MethodNotAllowed", 405, "Method not allowed")
 INTERNAL_ERROR = HttpError(
-    "InternalError", 500, "Internal server error",
-    "The cause is in the server log, never in the body")
-HTTP_ERRORS = (INVALID_BODY, BODY_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, ROUTE_NOT_FOUND,
-               METHOD_NOT_ALLOWED, INTERNAL_ERROR)
+    "InternalError",
+    500,
+    "Internal server error",
+    "The cause is in the server log, never in the body",
+)
+HTTP_ERRORS = (
+    INVALID_BODY,
+    BODY_TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
+    ROUTE_NOT_FOUND,
+    METHOD_NOT_ALLOWED,
+    INTERNAL_ERROR,
+)
 
 
 def status_of(cls: type[e.CtmError]) -> int:

@@ -4,73 +4,52 @@ errors it can raise, its query parameters and the api.md examples."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import attrs
-
 from ctm_core import errors as e
-from ctm_core.commands import DEFAULT_PAGE, MAX_PAGE
 from ctm_http import _bodies as b
-from ctm_http._schema import STR, Schema, obj
+from ctm_http._op import OPENAPI_DOCUMENT, Op
+from ctm_http._task_operations import TASK_OPERATIONS
 
-OPENAPI_DOCUMENT = obj({"openapi": STR, "info": {"type": "object"}, "paths": {"type": "object"}})
-
-Example = tuple[str, Any]
-
-
-@attrs.frozen(kw_only=True)
-class Op:
-    """One route as the description shows it."""
-
-    method: str
-    path: str
-    operation_id: str
-    summary: str
-    tag: str
-    ok_status: int = 200
-    ok: Any = None  # the success body: a Body or a schema (which may hold Bodies)
-    ok_description: str = "Success"
-    ok_examples: tuple[Example, ...] = ()
-    body: str | None = None  # component name of the JSON request body
-    body_examples: tuple[Example, ...] = ()
-    errors: tuple[type[e.CtmError], ...] = ()
-    error_examples: tuple[tuple[int, str, Any], ...] = ()
-    query: tuple[Schema, ...] = ()  # query parameters
-    auth: str = "required"  # required | none | optional
-    description: str = ""
-    sets_cookie: bool = False
-
-
-_PAGE_QUERY = (
-    {"name": "limit", "in": "query", "required": False,
-     "description": f"Executions per page, newest first (default {DEFAULT_PAGE})",
-     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
-    {"name": "before", "in": "query", "required": False,
-     "description": "The execution_id after which the page starts (the previous page's "
-                    "`next_before`); 400 when it is not an execution of the list",
-     "schema": {"type": "string"}},
-)
 _ENV = ("environments",)
 _TASKS = ("tasks",)
 _ENV_PARAM_ERRORS = (e.InvalidEnvironmentName, e.EnvironmentNotFound)
 
-_IN_USE = {"success": False, "message": "Cannot delete environment that is referenced by tasks",
-           "error": "Environment is in use by tasks",
-           "referencing_tasks": ["/srv/ctm/scripts/task_1.py"]}
+_IN_USE = {
+    "success": False,
+    "message": "Cannot delete environment that is referenced by tasks",
+    "error": "Environment is in use by tasks",
+    "referencing_tasks": ["/srv/ctm/scripts/task_1.py"],
+}
 
 OPERATIONS: tuple[Op, ...] = (
     Op(
-        method="POST", path="/login", operation_id="login", summary="Log in", tag="auth",
-        auth="none", body="LoginRequest", sets_cookie=True,
+        method="POST",
+        path="/login",
+        operation_id="login",
+        summary="Log in",
+        tag="auth",
+        auth="none",
+        body="LoginRequest",
+        sets_cookie=True,
         body_examples=(("admin", {"username": "admin", "password": "choose-a-long-one"}),),
         ok=b.LOGGED_IN,
-        ok_examples=(("ok", {"success": True, "message": "Login successful",
-                             "user": {"username": "admin", "is_admin": True}}),),
+        ok_examples=(
+            (
+                "ok",
+                {
+                    "success": True,
+                    "message": "Login successful",
+                    "user": {"username": "admin", "is_admin": True},
+                },
+            ),
+        ),
         errors=(e.InvalidCredentials, e.TooManyLoginAttempts),
         error_examples=(
             (401, "wrong", {"success": False, "message": "Invalid username or password"}),
-            (429, "throttled", {"success": False, "message": "Too many failed login attempts",
-                                "retry_after": 840}),
+            (
+                429,
+                "throttled",
+                {"success": False, "message": "Too many failed login attempts", "retry_after": 840},
+            ),
         ),
         description="Opens a server-side session and sets the `session` cookie "
         "(HttpOnly; SameSite=Lax; Max-Age=900). An unknown user and a wrong password get the "
@@ -78,119 +57,259 @@ OPERATIONS: tuple[Op, ...] = (
         "with `retry_after` and a Retry-After header.",
     ),
     Op(
-        method="POST", path="/logout", operation_id="logout", summary="Log out", tag="auth",
-        auth="optional", sets_cookie=True,
+        method="POST",
+        path="/logout",
+        operation_id="logout",
+        summary="Log out",
+        tag="auth",
+        auth="optional",
+        sets_cookie=True,
         ok=b.LOGGED_OUT,
         ok_examples=(("ok", {"success": True, "message": "Logout successful"}),),
         description="Ends the session and clears the cookie (Max-Age=0). Idempotent: 200 "
         "with or without a session.",
     ),
     Op(
-        method="POST", path="/create_user", operation_id="createUser",
-        summary="Create a user (admins only)", tag="auth", ok_status=201,
+        method="POST",
+        path="/create_user",
+        operation_id="createUser",
+        summary="Create a user (admins only)",
+        tag="auth",
+        ok_status=201,
         body="CreateUserRequest",
-        body_examples=(("user", {"username": "alice", "password": "alice-password",
-                                 "is_admin": False}),),
+        body_examples=(
+            ("user", {"username": "alice", "password": "alice-password", "is_admin": False}),
+        ),
         ok=b.USER_CREATED,
-        ok_examples=(("created", {"success": True, "message": "User created successfully",
-                                  "user": {"username": "alice", "is_admin": False}}),),
+        ok_examples=(
+            (
+                "created",
+                {
+                    "success": True,
+                    "message": "User created successfully",
+                    "user": {"username": "alice", "is_admin": False},
+                },
+            ),
+        ),
         errors=(e.AdminRequired, e.InvalidCredentialsFormat, e.InvalidInput, e.UserExists),
         error_examples=(
-            (400, "exists", {"success": False, "message": "User already exists",
-                             "error": "User 'alice' already exists"}),
-            (403, "not admin", {"success": False,
-                                "message": "Unauthorized - Admin privileges required"}),
+            (
+                400,
+                "exists",
+                {
+                    "success": False,
+                    "message": "User already exists",
+                    "error": "User 'alice' already exists",
+                },
+            ),
+            (
+                403,
+                "not admin",
+                {"success": False, "message": "Unauthorized - Admin privileges required"},
+            ),
         ),
         description="Usernames: 1-64 characters of A-Z a-z 0-9 _ . -; passwords: 8-1024 "
         "characters.",
     ),
     Op(
-        method="GET", path="/api/me", operation_id="whoAmI", summary="The logged-in user",
+        method="GET",
+        path="/api/me",
+        operation_id="whoAmI",
+        summary="The logged-in user",
         tag="auth",
         ok=b.ME,
         ok_examples=(("me", {"success": True, "user": {"username": "admin", "is_admin": True}}),),
         description="Not in the original api.md; used by the dashboard.",
     ),
     Op(
-        method="GET", path="/api/conda/environments", operation_id="listEnvironments",
-        summary="List environments", tag="environments",
+        method="GET",
+        path="/api/conda/environments",
+        operation_id="listEnvironments",
+        summary="List environments",
+        tag="environments",
         ok=b.ENVIRONMENTS,
-        ok_examples=(("list", [{"name": "demo", "python_version": "3.11.7",
-                                "packages": ["pip", "six"], "package_count": 2,
-                                "created_at": "2025-05-01 14:30:00"}]),),
+        ok_examples=(
+            (
+                "list",
+                [
+                    {
+                        "name": "demo",
+                        "python_version": "3.11.7",
+                        "packages": ["pip", "six"],
+                        "package_count": 2,
+                        "created_at": "2025-05-01 14:30:00",
+                    }
+                ],
+            ),
+        ),
         description="Every environment the backend knows except base/root.",
     ),
     Op(
-        method="GET", path="/api/conda/stats", operation_id="environmentStats",
-        summary="Environment statistics", tag="environments",
+        method="GET",
+        path="/api/conda/stats",
+        operation_id="environmentStats",
+        summary="Environment statistics",
+        tag="environments",
         ok=b.ENVIRONMENT_STATS,
-        ok_examples=(("stats", {
-            "total_environments": 2, "active_environments": 1, "total_disk_usage": 0.05,
-            "latest_created": {"name": "demo", "created_at": "2025-05-01 14:30:00"},
-            "environment_usage": [{"name": "demo", "usage_percent": 100}],
-            "package_stats": [{"name": "demo", "package_count": 2},
-                              {"name": "other", "package_count": 1}],
-        }),),
+        ok_examples=(
+            (
+                "stats",
+                {
+                    "total_environments": 2,
+                    "active_environments": 1,
+                    "total_disk_usage": 0.05,
+                    "latest_created": {"name": "demo", "created_at": "2025-05-01 14:30:00"},
+                    "environment_usage": [{"name": "demo", "usage_percent": 100}],
+                    "package_stats": [
+                        {"name": "demo", "package_count": 2},
+                        {"name": "other", "package_count": 1},
+                    ],
+                },
+            ),
+        ),
     ),
     Op(
-        method="POST", path="/api/conda/environment", operation_id="createEnvironment",
-        summary="Create an environment", tag="environments", ok_status=201,
+        method="POST",
+        path="/api/conda/environment",
+        operation_id="createEnvironment",
+        summary="Create an environment",
+        tag="environments",
+        ok_status=201,
         body="CreateEnvironmentRequest",
         body_examples=(("plain", {"name": "demo"}),),
         ok=b.ENVIRONMENT_CREATED,
-        ok_examples=(("created", {"success": True, "message": "Environment created successfully",
-                                  "environment": {"name": "demo",
-                                                  "created_at": "2025-05-01 14:30:00",
-                                                  "python_version": "3.11.7"}}),),
-        errors=(e.InvalidEnvironmentName, e.InvalidPackageSpec, e.InvalidInput,
-                e.EnvironmentExists, e.PackageOperationFailed, e.BackendFailure),
+        ok_examples=(
+            (
+                "created",
+                {
+                    "success": True,
+                    "message": "Environment created successfully",
+                    "environment": {
+                        "name": "demo",
+                        "created_at": "2025-05-01 14:30:00",
+                        "python_version": "3.11.7",
+                    },
+                },
+            ),
+        ),
+        errors=(
+            e.InvalidEnvironmentName,
+            e.InvalidPackageSpec,
+            e.InvalidInput,
+            e.EnvironmentExists,
+            e.PackageOperationFailed,
+            e.BackendFailure,
+        ),
         error_examples=(
-            (400, "exists", {"success": False,
-                             "message": "Environment with this name already exists",
-                             "error": "Environment 'demo' already exists"}),
+            (
+                400,
+                "exists",
+                {
+                    "success": False,
+                    "message": "Environment with this name already exists",
+                    "error": "Environment 'demo' already exists",
+                },
+            ),
         ),
         description="The environment belongs to the caller. A failed creation leaves nothing "
         "behind.",
     ),
     Op(
-        method="GET", path="/api/conda/environment/{name}", operation_id="getEnvironment",
-        summary="Environment detail", tag="environments",
+        method="GET",
+        path="/api/conda/environment/{name}",
+        operation_id="getEnvironment",
+        summary="Environment detail",
+        tag="environments",
         ok=b.ENVIRONMENT_DETAIL,
-        ok_examples=(("detail", {
-            "name": "demo", "python_version": "3.11.7", "created_at": "2025-04-15 10:00:00",
-            "usage_stats": {"total_tasks": 24, "success_rate": 92.0, "avg_execution_time": 45.0,
-                            "disk_usage": 1.2},
-            "packages": [{"name": "numpy", "version": "1.24.3"}],
-        }),),
+        ok_examples=(
+            (
+                "detail",
+                {
+                    "name": "demo",
+                    "python_version": "3.11.7",
+                    "created_at": "2025-04-15 10:00:00",
+                    "usage_stats": {
+                        "total_tasks": 24,
+                        "success_rate": 92.0,
+                        "avg_execution_time": 45.0,
+                        "disk_usage": 1.2,
+                    },
+                    "packages": [{"name": "numpy", "version": "1.24.3"}],
+                },
+            ),
+        ),
         errors=_ENV_PARAM_ERRORS,
-        error_examples=((404, "missing", {"success": False, "message": "Environment not found",
-                                          "error": "Environment 'demo' not found"}),),
+        error_examples=(
+            (
+                404,
+                "missing",
+                {
+                    "success": False,
+                    "message": "Environment not found",
+                    "error": "Environment 'demo' not found",
+                },
+            ),
+        ),
     ),
     Op(
-        method="PUT", path="/api/conda/environment/{name}", operation_id="renameEnvironment",
-        summary="Rename an environment", tag="environments",
+        method="PUT",
+        path="/api/conda/environment/{name}",
+        operation_id="renameEnvironment",
+        summary="Rename an environment",
+        tag="environments",
         body="RenameEnvironmentRequest",
         body_examples=(("rename", {"new_name": "demo2"}),),
         ok=b.ENVIRONMENT_RENAMED,
-        ok_examples=(("renamed", {"success": True, "message": "Environment renamed successfully",
-                                  "old_name": "demo", "new_name": "demo2",
-                                  "updated_tasks_count": 2}),),
-        errors=(*_ENV_PARAM_ERRORS, e.InvalidInput, e.NotOwner, e.EnvironmentInUse,
-                e.EnvironmentExists, e.BackendFailure),
+        ok_examples=(
+            (
+                "renamed",
+                {
+                    "success": True,
+                    "message": "Environment renamed successfully",
+                    "old_name": "demo",
+                    "new_name": "demo2",
+                    "updated_tasks_count": 2,
+                },
+            ),
+        ),
+        errors=(
+            *_ENV_PARAM_ERRORS,
+            e.InvalidInput,
+            e.NotOwner,
+            e.EnvironmentInUse,
+            e.EnvironmentExists,
+            e.BackendFailure,
+        ),
         error_examples=(
-            (400, "exists", {"success": False,
-                             "message": "Environment with this name already exists",
-                             "error": "Cannot rename environment to an existing name"}),
-            (403, "not owner", {"success": False,
-                                "message": "Unauthorized - Insufficient privileges",
-                                "error": "You do not have permission to modify this environment"}),
+            (
+                400,
+                "exists",
+                {
+                    "success": False,
+                    "message": "Environment with this name already exists",
+                    "error": "Cannot rename environment to an existing name",
+                },
+            ),
+            (
+                403,
+                "not owner",
+                {
+                    "success": False,
+                    "message": "Unauthorized - Insufficient privileges",
+                    "error": "You do not have permission to modify this environment",
+                },
+            ),
         ),
         description="Every task using the old name moves to the new one. 400 while a running "
         "task uses the environment.",
     ),
     Op(
-        method="DELETE", path="/api/conda/environment/{name}", operation_id="deleteEnvironment",
-        summary="Delete an environment", tag="environments", ok_status=204,
+        method="DELETE",
+        path="/api/conda/environment/{name}",
+        operation_id="deleteEnvironment",
+        summary="Delete an environment",
+        tag="environments",
+        ok_status=204,
         ok_description="Deleted",
         errors=(*_ENV_PARAM_ERRORS, e.NotOwner, e.EnvironmentInUse, e.BackendFailure),
         error_examples=((400, "in use", _IN_USE),),
@@ -200,144 +319,104 @@ OPERATIONS: tuple[Op, ...] = (
         "environment was deleted.",
     ),
     Op(
-        method="POST", path="/api/conda/environment/{name}/packages",
-        operation_id="installPackages", summary="Install packages", tag="environments",
+        method="POST",
+        path="/api/conda/environment/{name}/packages",
+        operation_id="installPackages",
+        summary="Install packages",
+        tag="environments",
         body="PackagesRequest",
         body_examples=(("specs", {"packages": ["six", "attrs>=23.1"]}),),
         ok=b.PACKAGES_INSTALLED,
-        ok_examples=(("installed", {"success": True,
-                                    "message": "Packages installed successfully",
-                                    "environment": "demo",
-                                    "installed_packages": ["six", "attrs>=23.1"]}),),
-        errors=(*_ENV_PARAM_ERRORS, e.InvalidPackageSpec, e.NotOwner, e.EnvironmentInUse,
-                e.PackageOperationFailed, e.BackendFailure),
-        error_examples=((400, "failed", {
-            "success": False, "message": "Failed to install packages",
-            "failed_packages": ["nope-pkg"],
-            "error_details": ["Package 'nope-pkg' not found in available channels"],
-            "error": "ERROR: No matching distribution found for nope-pkg",
-        }),),
+        ok_examples=(
+            (
+                "installed",
+                {
+                    "success": True,
+                    "message": "Packages installed successfully",
+                    "environment": "demo",
+                    "installed_packages": ["six", "attrs>=23.1"],
+                },
+            ),
+        ),
+        errors=(
+            *_ENV_PARAM_ERRORS,
+            e.InvalidPackageSpec,
+            e.NotOwner,
+            e.EnvironmentInUse,
+            e.PackageOperationFailed,
+            e.BackendFailure,
+        ),
+        error_examples=(
+            (
+                400,
+                "failed",
+                {
+                    "success": False,
+                    "message": "Failed to install packages",
+                    "failed_packages": ["nope-pkg"],
+                    "error_details": ["Package 'nope-pkg' not found in available channels"],
+                    "error": "ERROR: No matching distribution found for nope-pkg",
+                },
+            ),
+        ),
     ),
     Op(
-        method="DELETE", path="/api/conda/environment/{name}/packages",
-        operation_id="removePackages", summary="Remove packages", tag="environments",
+        method="DELETE",
+        path="/api/conda/environment/{name}/packages",
+        operation_id="removePackages",
+        summary="Remove packages",
+        tag="environments",
         body="RemovePackagesRequest",
         body_examples=(("names", {"packages": ["six"]}),),
         ok=b.PACKAGES_REMOVED,
-        ok_examples=(("removed", {"success": True, "message": "Packages removed successfully",
-                                  "environment": "demo", "removed_packages": ["six"]}),),
-        errors=(*_ENV_PARAM_ERRORS, e.InvalidPackageSpec, e.NotOwner, e.EnvironmentInUse,
-                e.PackageOperationFailed, e.BackendFailure),
-        description="Package names only. A package that is not installed: 400 \"Failed to "
-        "remove packages\" with failed_packages.",
-    ),
-    Op(
-        method="POST", path="/api/tasks", operation_id="createTask", summary="Create a task",
-        tag="tasks", ok_status=201, body="CreateTaskRequest",
-        body_examples=(("every 10 minutes", {"script": "print('hello')", "conda_env": "demo",
-                                             "task_name": "hello",
-                                             "cron_expression": "*/10 * * * *"}),),
-        ok=b.TASK_CREATED,
-        ok_examples=(("scheduled", {
-            "success": True, "message": "Task scheduled successfully",
-            "task": {"task_id": 1, "task_name": "hello",
-                     "script_path": "/srv/ctm/scripts/task_1.py", "conda_env": "demo",
-                     "status": "scheduled", "created_at": "2025-05-02 15:20:00",
-                     "cron_expression": "*/10 * * * *",
-                     "next_run_time": "2025-05-02 15:30:00", "last_run_time": None,
-                     "last_run_duration": None, "requirements": None},
-            "environment_message": "Using existing environment 'demo'",
-        }),),
-        errors=(e.InvalidInput, e.InvalidEnvironmentName, e.ScheduleConflict,
-                e.InvalidCronExpression, e.InvalidDelay, e.TaskExists,
-                e.ReuseMissingEnvironment, e.ScriptNotFound, e.ScriptOutsideRoots, e.NotOwner,
-                e.EnvironmentExists, e.EnvironmentInUse, e.PackageOperationFailed,
-                e.RequirementsFailed, e.BackendFailure, e.EnvironmentNotFound,
-                e.TaskLimitReached),
-        error_examples=(
-            (403, "task limit", {"success": False, "message": "Task limit reached",
-                                 "error": "At most 200 tasks per user"}),
-            (400, "both", {"success": False,
-                           "message": "Please specify either cron expression or delay seconds, "
-                           "not both",
-                           "error": "Cannot specify both cron_expression and delay_seconds"}),
-            (400, "reuse", {"success": False, "message": "Cannot reuse non-existing environment",
-                            "error": "Environment 'env_name' not found"}),
+        ok_examples=(
+            (
+                "removed",
+                {
+                    "success": True,
+                    "message": "Packages removed successfully",
+                    "environment": "demo",
+                    "removed_packages": ["six"],
+                },
+            ),
         ),
-        description="Neither cron_expression nor delay_seconds: runs once now. "
-        "reuse_env false (default) creates a missing environment (with requirements). 404 "
-        "only when the environment is deleted while its requirements are being installed. "
-        "Per-run limits (timeout_seconds, memory_limit_mb, max_processes, cpu_limit) not "
-        "given take the server's defaults at run time; values over the server's maxima are a "
-        "400 naming the field. A non-admin who owns the most tasks allowed gets 403.",
+        errors=(
+            *_ENV_PARAM_ERRORS,
+            e.InvalidPackageSpec,
+            e.NotOwner,
+            e.EnvironmentInUse,
+            e.PackageOperationFailed,
+            e.BackendFailure,
+        ),
+        description='Package names only. A package that is not installed: 400 "Failed to '
+        'remove packages" with failed_packages.',
     ),
+    *TASK_OPERATIONS,
     Op(
-        method="GET", path="/api/tasks", operation_id="listTasks", summary="List tasks",
-        tag="tasks",
-        ok=b.TASKS,
-    ),
-    Op(
-        method="GET", path="/api/tasks/stats", operation_id="taskStats",
-        summary="Task statistics", tag="tasks",
-        ok=b.TASK_STATS,
-    ),
-    Op(
-        method="GET", path="/api/tasks/history", operation_id="taskHistory",
-        summary="Executions of the retention period (default 30 days)", tag="tasks",
-        ok=b.HISTORY_PAGE,
-        description="Newest first, a page at a time (`limit`, `before`).",
-        query=_PAGE_QUERY,
-        errors=(e.InvalidInput,),
-    ),
-    Op(
-        method="GET", path="/api/tasks/{task_id}", operation_id="getTask",
-        summary="Task detail with its executions", tag="tasks",
-        ok=b.TASK_DETAIL,
-        query=(*_PAGE_QUERY,
-               {"name": "history_limit", "in": "query", "required": False,
-                "description": "The older name of `limit`",
-                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}}),
-        errors=(e.TaskNotFound, e.InvalidInput),
-        error_examples=((404, "missing", {"success": False,
-                                          "message": "Task with ID 1 not found"}),),
-    ),
-    Op(
-        method="DELETE", path="/api/tasks/{task_id}", operation_id="deleteTask",
-        summary="Delete a task", tag="tasks", ok_status=204, ok_description="Deleted",
-        errors=(e.TaskNotFound, e.NotOwner),
-        description="Not in the original api.md: stops a running execution, cancels the "
-        "schedule, deletes the task with its executions and logs.",
-    ),
-    Op(
-        method="POST", path="/api/tasks/{task_id}/stop", operation_id="stopTask",
-        summary="Stop a running task", tag="tasks",
-        ok=b.TASK_STOPPED,
-        ok_examples=(("stopped", {"success": True, "message": "Task stopped successfully",
-                                  "task": {"task_id": 1, "task_name": "hello",
-                                           "status": "stopped",
-                                           "previous_status": "running"}}),),
-        errors=(e.TaskNotFound, e.NotOwner, e.TaskNotRunning),
-        error_examples=((400, "not running", {
-            "success": False, "message": "Task is not in a running state",
-            "error": "Cannot stop a task with status: 'completed'",
-            "current_status": "completed"}),),
-        description="SIGTERM to the run's process group, SIGKILL after the grace period. A "
-        "cron task keeps its schedule.",
-    ),
-    Op(
-        method="GET", path="/openapi.json", operation_id="openapi",
-        summary="This description", tag="meta", auth="none",
+        method="GET",
+        path="/openapi.json",
+        operation_id="openapi",
+        summary="This description",
+        tag="meta",
+        auth="none",
         ok=OPENAPI_DOCUMENT,
-        description="Public: the description is the API's published contract and holds no "
-        "data.",
+        description="Public: the description is the API's published contract and holds no data.",
     ),
     Op(
-        method="GET", path="/docs", operation_id="docs", summary="The routes as an HTML page",
-        tag="meta", auth="none",
+        method="GET",
+        path="/docs",
+        operation_id="docs",
+        summary="The routes as an HTML page",
+        tag="meta",
+        auth="none",
     ),
     Op(
-        method="GET", path="/", operation_id="dashboard", summary="The web dashboard (HTML)",
-        tag="meta", auth="none",
+        method="GET",
+        path="/",
+        operation_id="dashboard",
+        summary="The web dashboard (HTML)",
+        tag="meta",
+        auth="none",
         description="Public: the page and its files under /static hold no data; everything it "
         "shows comes from the JSON API, which needs the session.",
     ),

@@ -73,8 +73,11 @@ def body(
     the schema (contract.md: "Extra keys are allowed; renamed or missing keys are not"), but the
     serializers' test refuses them: each key the server writes is declared here."""
     return Body(
-        fields={**required, **(optional or {})}, optional=frozenset(optional or ()),
-        name=name, description=description, base=base,
+        fields={**required, **(optional or {})},
+        optional=frozenset(optional or ()),
+        name=name,
+        description=description,
+        base=base,
     )
 
 
@@ -94,8 +97,9 @@ def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def obj(required: dict[str, Schema], optional: dict[str, Schema] | None = None,
-        **extra: Any) -> Schema:
+def obj(
+    required: dict[str, Schema], optional: dict[str, Schema] | None = None, **extra: Any
+) -> Schema:
     """A plain object schema (requests, and objects no serializer writes)."""
     schema: Schema = {"type": "object", "properties": {**required, **(optional or {})}}
     if required:
@@ -106,9 +110,11 @@ def obj(required: dict[str, Schema], optional: dict[str, Schema] | None = None,
 
 def null(schema: Any) -> Schema:
     """``schema`` or null."""
-    if isinstance(schema, dict) and isinstance(schema.get("type"), str) and set(schema) <= {
-        "type", "pattern", "minimum", "format", "description", "examples"
-    }:
+    if (
+        isinstance(schema, dict)
+        and isinstance(schema.get("type"), str)
+        and set(schema) <= {"type", "pattern", "minimum", "format", "description", "examples"}
+    ):
         return {**schema, "type": [schema["type"], "null"]}
     return {"anyOf": [schema, {"type": "null"}]}
 
@@ -165,8 +171,12 @@ SPECS: Schema = {
     "type": "array",
     "minItems": 1,
     "maxItems": MAX_SPECS,
-    "items": {"type": "string", "minLength": 1, "maxLength": MAX_SPEC_LENGTH,
-              "pattern": pattern(SPEC_RE.pattern)},
+    "items": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_SPEC_LENGTH,
+        "pattern": pattern(SPEC_RE.pattern),
+    },
     "description": "Package specs: a name of A-Z a-z 0-9 _ . - starting with a letter or digit, "
     "optionally followed by version constraints (==1.2, >=3.4.0, =1.2.*, <2,>=1, !=1.0)",
 }

@@ -96,9 +96,7 @@ def environment_stats(stats: EnvironmentStats, tz: tzinfo) -> dict[str, Any]:
             if latest is not None
             else None
         ),
-        "environment_usage": [
-            {"name": n, "usage_percent": p} for n, p in stats.environment_usage
-        ],
+        "environment_usage": [{"name": n, "usage_percent": p} for n, p in stats.environment_usage],
         "package_stats": [{"name": n, "package_count": c} for n, c in stats.package_stats],
     }
 
@@ -183,9 +181,7 @@ def task_detail(detail: TaskDetail, tz: tzinfo, policy: RunPolicy) -> dict[str, 
         "success": True,
         "task": task,
         # api.md shows a "logs" key here too; the full log is only in latest_execution.
-        "execution_history": [
-            {**execution_body(e, tz), "logs": None} for e in detail.executions
-        ],
+        "execution_history": [{**execution_body(e, tz), "logs": None} for e in detail.executions],
         "execution_history_next_before": detail.next_before,
         "performance_metrics": {
             "durations": [e.duration for e in finished],

@@ -101,7 +101,8 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise RequestError(
-            415, "Request body must be sent as application/json",
+            415,
+            "Request body must be sent as application/json",
             f"Content-Type was {ctype or 'missing'!r}",
         )
     try:
@@ -248,9 +249,7 @@ async def get_environment(request: Request, actor: Principal) -> Response:
 async def create_environment(request: Request, actor: Principal) -> Response:
     svc = services(request)
     body = await read_json(request)
-    env = await call_slow(
-        request, svc.environments.create, actor, NewEnvironment.from_json(body)
-    )
+    env = await call_slow(request, svc.environments.create, actor, NewEnvironment.from_json(body))
     return ok(ser.environment_created(env, svc.tz), 201)
 
 
@@ -332,9 +331,7 @@ async def get_task(request: Request, actor: Principal) -> Response:
         page = Page.from_query(legacy, before, name="history_limit")
     else:
         page = Page.from_query(limit, before)
-    detail = await call(
-        svc.tasks.detail, _task_id(request), limit=page.limit, before=page.before
-    )
+    detail = await call(svc.tasks.detail, _task_id(request), limit=page.limit, before=page.before)
     return ok(ser.task_detail(detail, svc.tz, svc.tasks.policy))
 
 
@@ -400,13 +397,16 @@ def create_app(settings: Settings, **ports: Unpack[Ports]) -> Starlette:
         if svc.containment.contained:
             log.info(
                 "ctm: runs are contained (%s; identity: %s; limits: %s)",
-                svc.containment.reason, svc.containment.identity, svc.containment.limits,
+                svc.containment.reason,
+                svc.containment.identity,
+                svc.containment.limits,
             )
         elif "runner" not in ports:
             log.warning(
                 "ctm: runs are NOT contained: %s. Any user's script can read and change the "
                 "data directory (database, sessions, other users' scripts and logs). "
-                "Install bubblewrap or see docs/security.md.", svc.containment.reason,
+                "Install bubblewrap or see docs/security.md.",
+                svc.containment.reason,
             )
         generated = await call(svc.auth.bootstrap_admin, settings.admin_password)
         if generated is not None:
@@ -422,7 +422,10 @@ def create_app(settings: Settings, **ports: Unpack[Ports]) -> Starlette:
         tool = getattr(svc.backend, "tool", None)  # venv: uv or pip, and why
         log.info(
             "ctm listening on http://%s:%s, data directory %s, backend %s%s",
-            settings.host, settings.port, os.path.abspath(settings.data_dir), svc.backend.kind,
+            settings.host,
+            settings.port,
+            os.path.abspath(settings.data_dir),
+            svc.backend.kind,
             f" ({tool})" if tool else "",
         )
         loop_task = asyncio.create_task(svc.scheduler.run(), name="ctm-scheduler")

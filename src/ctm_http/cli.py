@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (CTM_PORT, default 8000)")
     serve.add_argument("--data-dir", dest="serve_data_dir", help="data directory (CTM_DATA_DIR)")
     serve.add_argument(
-        "--backend", choices=("auto", "conda", "venv"),
+        "--backend",
+        choices=("auto", "conda", "venv"),
         help="environment backend (CTM_BACKEND, default auto: conda when found, else venv)",
     )
     serve.add_argument("--conda-exe", help="conda, mamba or micromamba executable (CTM_CONDA_EXE)")
@@ -77,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data_dir = (
-        getattr(args, "serve_data_dir", None) or getattr(args, "user_data_dir", None)
+        getattr(args, "serve_data_dir", None)
+        or getattr(args, "user_data_dir", None)
         or args.data_dir
     )
     if args.command == "serve":
@@ -88,16 +90,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ctm_http.app import create_app
 
         settings = settings_from_env(
-            os.environ, host=args.host, port=args.port, data_dir=data_dir,
-            backend=args.backend, conda_exe=args.conda_exe,
+            os.environ,
+            host=args.host,
+            port=args.port,
+            data_dir=data_dir,
+            backend=args.backend,
+            conda_exe=args.conda_exe,
         )
         # The password is in the settings now; no process should find it in ours.
         scrub_environment(["CTM_ADMIN_PASSWORD"])
         if not make_undumpable():
             logging.getLogger("ctm").warning("ctm: could not make the server non-dumpable")
         uvicorn.run(
-            create_app(settings), host=settings.host, port=settings.port,
-            log_level="info", proxy_headers=False, lifespan="on",
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            proxy_headers=False,
+            lifespan="on",
         )
         return 0
     if args.command == "user" and args.user_command == "add":

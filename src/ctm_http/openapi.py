@@ -38,12 +38,23 @@ from ctm_http._errors import (
     error_body,
     status_of,
 )
-from ctm_http._operations import HTML_OPS, OPERATIONS, Example, Op
+from ctm_http._op import Example, Op
+from ctm_http._operations import HTML_OPS, OPERATIONS
 from ctm_http._schema import ENV_NAME, INT, SPECS, STR, Schema, ref, to_schema
 
 __all__ = [
-    "COMPONENT_SCHEMAS", "ENV_NAME", "OPERATIONS", "SPECS", "error_sources", "main", "operation",
-    "render_docs", "render_markdown", "response_schema", "routes", "spec",
+    "COMPONENT_SCHEMAS",
+    "ENV_NAME",
+    "OPERATIONS",
+    "SPECS",
+    "error_sources",
+    "main",
+    "operation",
+    "render_docs",
+    "render_markdown",
+    "response_schema",
+    "routes",
+    "spec",
 ]
 
 # --- building the document ---------------------------------------------------------------------
@@ -52,11 +63,24 @@ __all__ = [
 def _path_params(path: str) -> list[Schema]:
     params = []
     if "{name}" in path:
-        params.append({"name": "name", "in": "path", "required": True,
-                       "description": "Environment name", "schema": ENV_NAME})
+        params.append(
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "description": "Environment name",
+                "schema": ENV_NAME,
+            }
+        )
     if "{task_id}" in path:
-        params.append({"name": "task_id", "in": "path", "required": True,
-                       "schema": {"type": "integer", "minimum": 1}})
+        params.append(
+            {
+                "name": "task_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        )
     return params
 
 
@@ -72,26 +96,34 @@ def error_sources(op: Op) -> list[tuple[int, str]]:
     for cls in domain:
         out.append((status_of(cls), str(error_body_of(cls).name)))
     if op.body is not None:
-        out += [(x.status, x.name) for x in (INVALID_BODY, BODY_TOO_LARGE,
-                                              UNSUPPORTED_MEDIA_TYPE)]
+        out += [(x.status, x.name) for x in (INVALID_BODY, BODY_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE)]
     if "{" in op.path:
         out += [(x.status, x.name) for x in (ROUTE_NOT_FOUND, METHOD_NOT_ALLOWED)]
     out.append((INTERNAL_ERROR.status, INTERNAL_ERROR.name))
     return list(dict.fromkeys(out))
 
 
-_COOKIE_HEADER = {"Set-Cookie": {
-    "description": "session=<token>; Path=/; HttpOnly; SameSite=Lax; Max-Age=900 (renewed on "
-    "every authenticated request; Max-Age=0 at logout)",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^session="},
-}}
+_COOKIE_HEADER = {
+    "Set-Cookie": {
+        "description": "session=<token>; Path=/; HttpOnly; SameSite=Lax; Max-Age=900 (renewed on "
+        "every authenticated request; Max-Age=0 at logout)",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^session="},
+    }
+}
 
-_REASONS = {400: "Bad request", 401: "Authentication required or failed",
-            403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-            413: "Request body too large", 415: "Unsupported media type",
-            429: "Too many failed login attempts", 500: "Internal server error",
-            502: "Environment backend failure"}
+_REASONS = {
+    400: "Bad request",
+    401: "Authentication required or failed",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    429: "Too many failed login attempts",
+    500: "Internal server error",
+    502: "Environment backend failure",
+}
 
 
 def _examples(pairs: Iterable[Example]) -> dict[str, Any]:
@@ -129,14 +161,19 @@ def _operation(op: Op) -> Schema:
             "content": {"application/json": media},
         }
         if status == 429:
-            response["headers"] = {"Retry-After": {"required": True, "schema": INT,
-                                                   "description": "Seconds"}}
+            response["headers"] = {
+                "Retry-After": {"required": True, "schema": INT, "description": "Seconds"}
+            }
         if status == 405:
             response["headers"] = {"Allow": {"required": True, "schema": STR}}
         responses[str(status)] = response
 
-    out: Schema = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag],
-                   "responses": responses}
+    out: Schema = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "responses": responses,
+    }
     if op.description:
         out["description"] = op.description
     if op.auth == "none":
@@ -177,9 +214,9 @@ def spec() -> dict[str, Any]:
                 "Conda environments and scheduled Python runs for a shared machine. "
                 "Bodies are JSON. Every route but POST /login (and this description) needs the "
                 "`session` cookie that login sets. State-changing requests must not be "
-                "cross-site (403). Times are \"YYYY-MM-DD HH:MM:SS\" in the server's time zone; "
+                'cross-site (403). Times are "YYYY-MM-DD HH:MM:SS" in the server\'s time zone; '
                 "durations are seconds, memory MB, disk GB. Every error body has "
-                "`\"success\": false` and `\"message\"`. Response objects may carry keys "
+                '`"success": false` and `"message"`. Response objects may carry keys '
                 "beyond the ones listed (additionalProperties is allowed); the listed "
                 "required keys are always there."
             ),
@@ -194,11 +231,15 @@ def spec() -> dict[str, Any]:
         "security": [{"session": []}],
         "paths": paths,
         "components": {
-            "securitySchemes": {"session": {
-                "type": "apiKey", "in": "cookie", "name": "session",
-                "description": "Set by POST /login; 15 minutes idle expiry, renewed by every "
-                "authenticated request; 12 hours at most",
-            }},
+            "securitySchemes": {
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "session",
+                    "description": "Set by POST /login; 15 minutes idle expiry, renewed by every "
+                    "authenticated request; 12 hours at most",
+                }
+            },
             "schemas": schemas,
         },
     }
@@ -258,8 +299,11 @@ def render_docs(document: dict[str, Any]) -> str:
     for path, methods in document["paths"].items():
         for method, op in methods.items():
             statuses = ", ".join(sorted(op["responses"]))
-            needs = "no session" if op.get("security") == [] else (
-                "session optional" if {} in op.get("security", []) else "session")
+            needs = (
+                "no session"
+                if op.get("security") == []
+                else ("session optional" if {} in op.get("security", []) else "session")
+            )
             rows.setdefault(op["tags"][0], []).append(
                 f"<tr><td class=m>{html.escape(method.upper())}</td>"
                 f"<td><code>{html.escape(path)}</code></td>"
@@ -278,8 +322,10 @@ def render_docs(document: dict[str, Any]) -> str:
         )
     info = document["info"]
     return _PAGE.format(
-        title=html.escape(info["title"]), version=html.escape(info["version"]),
-        description=html.escape(info.get("description", "")), sections="".join(sections),
+        title=html.escape(info["title"]),
+        version=html.escape(info["version"]),
+        description=html.escape(info.get("description", "")),
+        sections="".join(sections),
     )
 
 
@@ -289,10 +335,13 @@ def _docs_page() -> str:
 
 
 async def docs_page(request: Request) -> Response:
-    return HTMLResponse(_docs_page(), headers={
-        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-        "X-Content-Type-Options": "nosniff",
-    })
+    return HTMLResponse(
+        _docs_page(),
+        headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 def routes() -> list[BaseRoute]:
@@ -361,10 +410,17 @@ def _md_limits(schema: Schema) -> str:
     if "anyOf" in schema:
         inner = next((s for s in schema["anyOf"] if s.get("type") != "null"), schema)
     notes = []
-    for key, label in (("minLength", "min length"), ("maxLength", "max length"),
-                       ("minimum", "min"), ("exclusiveMinimum", "above"), ("maximum", "max"),
-                       ("minItems", "min items"), ("maxItems", "max items"),
-                       ("pattern", "pattern"), ("default", "default")):
+    for key, label in (
+        ("minLength", "min length"),
+        ("maxLength", "max length"),
+        ("minimum", "min"),
+        ("exclusiveMinimum", "above"),
+        ("maximum", "max"),
+        ("minItems", "min items"),
+        ("maxItems", "max items"),
+        ("pattern", "pattern"),
+        ("default", "default"),
+    ):
         if key in inner:
             value = inner[key]
             notes.append(f"{label} `{value}`" if key == "pattern" else f"{label} {_json(value)}")
@@ -402,16 +458,22 @@ def render_markdown(document: dict[str, Any]) -> str:
                 if op.get("description"):
                     out.append(op["description"] + "\n")
                 security = op.get("security")
-                auth = ("No session needed." if security == [] else
-                        "Session optional." if security and {} in security else
-                        "Needs the session cookie.")
+                auth = (
+                    "No session needed."
+                    if security == []
+                    else "Session optional."
+                    if security and {} in security
+                    else "Needs the session cookie."
+                )
                 out.append(auth + "\n")
                 for param in op.get("parameters", []):
                     limits = _md_limits(param["schema"])
                     optional = "" if param.get("required") else " (optional)"
-                    out.append(f"{param['in'].capitalize()} parameter `{param['name']}`{optional}: "
-                               f"{_md_type(param['schema'], components)}"
-                               f"{'; ' + limits if limits else ''}.\n")
+                    out.append(
+                        f"{param['in'].capitalize()} parameter `{param['name']}`{optional}: "
+                        f"{_md_type(param['schema'], components)}"
+                        f"{'; ' + limits if limits else ''}.\n"
+                    )
                 body = op.get("requestBody", {}).get("content", {}).get("application/json")
                 if body:
                     out.append("Request body:\n")
@@ -441,8 +503,7 @@ def render_markdown(document: dict[str, Any]) -> str:
                 for status, response in op["responses"].items():
                     media = response.get("content", {}).get("application/json", {})
                     for name, ex in media.get("examples", {}).items():
-                        out += [f"{status} ({name}):", "", "```json", _json(ex["value"]), "```",
-                                ""]
+                        out += [f"{status} ({name}):", "", "```json", _json(ex["value"]), "```", ""]
     out.append("## Schemas\n")
     for name, schema in components["schemas"].items():
         out.append(f"### `{name}`\n")

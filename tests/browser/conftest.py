@@ -22,8 +22,14 @@ from tests.integration.conftest import ADMIN_PASSWORD, Server
 
 CHROMIUM = os.environ.get("CTM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 LAPTOP = {"width": 1366, "height": 768}
 PHONE = {"width": 390, "height": 844}
@@ -39,8 +45,9 @@ def _unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("dashboard") / "data",
-                 extra_env={"CTM_STOP_GRACE_SECONDS": "3"})
+    srv = Server(
+        tmp_path_factory.mktemp("dashboard") / "data", extra_env={"CTM_STOP_GRACE_SECONDS": "3"}
+    )
     srv.start()
     yield srv
     srv.stop()

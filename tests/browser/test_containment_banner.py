@@ -15,8 +15,7 @@ from tests.integration.conftest import Server
 
 @pytest.fixture(scope="module")
 def uncontained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("uncontained") / "data",
-                 extra_env={"CTM_SANDBOX": "off"})
+    srv = Server(tmp_path_factory.mktemp("uncontained") / "data", extra_env={"CTM_SANDBOX": "off"})
     srv.start()
     yield srv
     srv.stop()

@@ -273,16 +273,19 @@ def test_stop_and_delete_a_long_running_task(ui: UI, web_env: str, admin_api: ht
     page = ui.page
     tid = create_task_in_ui(ui, "long-web", LONG, web_env)
     page.wait_for_function(
-        "() => document.querySelector('#task-status .badge')?.dataset.status === 'running'")
+        "() => document.querySelector('#task-status .badge')?.dataset.status === 'running'"
+    )
     # the log grows while it runs, without a reload
     page.wait_for_function(
-        "() => document.querySelector('#task-log').textContent.includes('tick 3')")
+        "() => document.querySelector('#task-log').textContent.includes('tick 3')"
+    )
     ui.shot("09-task-running")
     stop = page.get_by_role("button", name="Stop run")
     stop.click()
     page.wait_for_function(
         "() => document.querySelector('#task-status .badge')?.dataset.status === 'stopped'",
-        timeout=30_000)
+        timeout=30_000,
+    )
     assert stop.is_hidden()
     page.locator("#execution-history .badge-stopped").wait_for()
     assert admin_api.get(f"/api/tasks/{tid}").json()["task"]["status"] == "stopped"
@@ -304,8 +307,9 @@ def test_environment_charts_and_refused_delete(
 ) -> None:
     """The pie and bar charts are drawn from real data; deleting an env while one of its tasks
     runs is refused in words."""
-    running = admin_api.post("/api/tasks", json={
-        "script": "import time\ntime.sleep(120)\n", "conda_env": web_env}).json()["task"]
+    running = admin_api.post(
+        "/api/tasks", json={"script": "import time\ntime.sleep(120)\n", "conda_env": web_env}
+    ).json()["task"]
     deadline = time.monotonic() + 30  # only a running task pins its environment
     while admin_api.get(f"/api/tasks/{running['task_id']}").json()["task"]["status"] != "running":
         assert time.monotonic() < deadline, "the pinning task never started"
@@ -385,8 +389,9 @@ def test_session_end_goes_back_to_login(ui: UI) -> None:
     page.get_by_role("heading", level=1, name="Tasks").wait_for()
 
 
-def test_phone_layout_has_no_sideways_scroll(make_ui: Callable[..., UI], admin_api: httpx.Client,
-                                             web_env: str) -> None:
+def test_phone_layout_has_no_sideways_scroll(
+    make_ui: Callable[..., UI], admin_api: httpx.Client, web_env: str
+) -> None:
     """On a phone-sized screen every page fits without sideways scrolling."""
     phone = make_ui(PHONE, tag="phone")
     phone.open()
@@ -394,11 +399,13 @@ def test_phone_layout_has_no_sideways_scroll(make_ui: Callable[..., UI], admin_a
     phone.shot("01-login")
     phone.login()
     tasks = admin_api.get("/api/tasks").json()
-    pages = [("02-tasks", "#/tasks", "#task-table"),
-             ("03-new-task", "#/tasks/new", "#task-form"),
-             ("05-environments", "#/environments", "#environment-table"),
-             ("06-environment", f"#/environments/{web_env}", "#packages"),
-             ("07-users", "#/users", "#create-user-form")]
+    pages = [
+        ("02-tasks", "#/tasks", "#task-table"),
+        ("03-new-task", "#/tasks/new", "#task-form"),
+        ("05-environments", "#/environments", "#environment-table"),
+        ("06-environment", f"#/environments/{web_env}", "#packages"),
+        ("07-users", "#/users", "#create-user-form"),
+    ]
     if tasks:
         pages.insert(2, ("04-task", f"#/tasks/{tasks[0]['task_id']}", "#execution-history"))
     for name, route, ready in pages:
@@ -406,6 +413,7 @@ def test_phone_layout_has_no_sideways_scroll(make_ui: Callable[..., UI], admin_a
         phone.page.locator(ready).first.wait_for()
         phone.page.wait_for_timeout(200)
         overflow = phone.page.evaluate(
-            "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
         phone.shot(name)
         assert overflow <= 0, f"{route} scrolls sideways by {overflow}px"

@@ -67,13 +67,21 @@ if os.environ.get("CTM_FUZZ_STRICT"):
 # Any URL a generated requirement or package could name goes to a closed loopback port.
 NO_NETWORK = {
     name: "http://127.0.0.1:9"
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
-                 "all_proxy", "PIP_PROXY")
+    for name in (
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+        "PIP_PROXY",
+    )
 } | {"NO_PROXY": "", "no_proxy": ""}
 
 SCHEMA = schemathesis.openapi.from_dict(copy.deepcopy(openapi.spec()))
-OPERATIONS = [(op.method.upper(), op.path) for op in
-              (result.ok() for result in SCHEMA.get_all_operations())]
+OPERATIONS = [
+    (op.method.upper(), op.path) for op in (result.ok() for result in SCHEMA.get_all_operations())
+]
 
 
 def _has_input(method: str, path: str) -> bool:
@@ -100,15 +108,21 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory,
-         request: pytest.FixtureRequest) -> Iterator[Live]:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("fuzz")
     wheels = build_wheel_folder(str(tmp / "wheels"))
-    srv = Server(tmp / "data", extra_env={
-        **offline_env(wheels), **NO_NETWORK,
-        "CTM_STOP_GRACE_SECONDS": "1", "CTM_MAX_CONCURRENT_RUNS": "2",
-        "CTM_LOG_MAX_BYTES": "65536",
-    })
+    srv = Server(
+        tmp / "data",
+        extra_env={
+            **offline_env(wheels),
+            **NO_NETWORK,
+            "CTM_STOP_GRACE_SECONDS": "1",
+            "CTM_MAX_CONCURRENT_RUNS": "2",
+            "CTM_LOG_MAX_BYTES": "65536",
+        },
+    )
     srv.start()
     try:
         with srv.client() as c:
@@ -128,10 +142,12 @@ def live(tmp_path_factory: pytest.TempPathFactory,
 
 def _report(request: pytest.FixtureRequest, state: Live) -> None:
     total = sum(state.requests.values())
-    lines = [f"fuzz: {total} requests in {state.seconds:.0f} s "
-             f"(up to {EXAMPLES} positive and {EXAMPLES} negative per operation, "
-             f"seed {SEED or 'derandomized'})",
-             "fuzz: statuses " + ", ".join(f"{s}: {n}" for s, n in sorted(state.statuses.items()))]
+    lines = [
+        f"fuzz: {total} requests in {state.seconds:.0f} s "
+        f"(up to {EXAMPLES} positive and {EXAMPLES} negative per operation, "
+        f"seed {SEED or 'derandomized'})",
+        "fuzz: statuses " + ", ".join(f"{s}: {n}" for s, n in sorted(state.statuses.items())),
+    ]
     per_op: collections.Counter[str] = collections.Counter()
     for (method, path, _), n in state.requests.items():
         per_op[f"{method} {path}"] += n
@@ -160,9 +176,14 @@ def _fuzz(state: Live, method: str, path: str, mode: GenerationMode) -> None:
     operation = SCHEMA[path][method]
     base_url = state.server.base
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              derandomize=SEED is None, phases=[Phase.generate, Phase.shrink],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=SEED is None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
         _prepare(case, state.token)
@@ -197,6 +218,9 @@ def test_operations_cover_the_whole_description() -> None:
 
 def test_fuzz_server_stays_on_loopback() -> None:
     """Every proxy variable of the fuzzed server points at loopback, and pip has no index."""
-    assert all(v.startswith("http://127.0.0.1:") for k, v in NO_NETWORK.items()
-               if "proxy" in k.lower() and "no_" not in k.lower())
+    assert all(
+        v.startswith("http://127.0.0.1:")
+        for k, v in NO_NETWORK.items()
+        if "proxy" in k.lower() and "no_" not in k.lower()
+    )
     assert offline_env(str(Path("/x")))["PIP_NO_INDEX"] == "1"

@@ -45,9 +45,19 @@ class Server:
         env.pop("CONDA_EXE", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ctm_http.cli", "serve", "--port", str(self.port),
-                 "--data-dir", str(self.data_dir)],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "ctm_http.cli",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.wait_up(timeout)
 

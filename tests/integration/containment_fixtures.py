@@ -27,7 +27,8 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 UNPRIVILEGED_ACCOUNT = "ctm-test"
 USER_PASSWORD = "containment-user-pw"
 PROJECT_SRC = os.environ.get("CTM_TEST_SERVER_SRC") or str(
-    Path(__file__).resolve().parents[2] / "src")
+    Path(__file__).resolve().parents[2] / "src"
+)
 """The ``src`` the servers import; CTM_TEST_SERVER_SRC points elsewhere (e.g. an export of an
 older commit, to see these tests fail against a server that does not contain its runs)."""
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
@@ -54,9 +55,17 @@ def ensure_account(name: str = UNPRIVILEGED_ACCOUNT) -> tuple[int, int]:
         entry = pwd.getpwnam(name)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             "--user-group", name],
-            check=True, capture_output=True,
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--user-group",
+                name,
+            ],
+            check=True,
+            capture_output=True,
         )
         entry = pwd.getpwnam(name)
     return entry.pw_uid, entry.pw_gid
@@ -70,8 +79,9 @@ def _traversable_by_others(path: str) -> bool:
 class ContainedServer(Server):
     """``ctm serve`` with the system python, optionally as another uid, sandbox required."""
 
-    def __init__(self, base: Path, run_as: tuple[int, int] | None,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, base: Path, run_as: tuple[int, int] | None, extra_env: dict[str, str] | None = None
+    ) -> None:
         super().__init__(base / "data", extra_env=extra_env)
         self.folder = base
         self.run_as = run_as
@@ -96,8 +106,9 @@ class ContainedServer(Server):
         }
         for key in ("CONDA_EXE", "VIRTUAL_ENV", "PYTHONHOME"):
             env.pop(key, None)
-        uv = shutil.which("uv") or os.path.join(os.path.dirname(SITE_PACKAGES), "..", "..",
-                                                "bin", "uv")
+        uv = shutil.which("uv") or os.path.join(
+            os.path.dirname(SITE_PACKAGES), "..", "..", "bin", "uv"
+        )
         if os.access(uv, os.X_OK):  # the server seeds pip with uv when it finds the wheels
             tools = self.folder / "tools"
             tools.mkdir(exist_ok=True)
@@ -114,9 +125,21 @@ class ContainedServer(Server):
             kwargs.update(user=self.run_as[0], group=self.run_as[1], extra_groups=[])
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [SYSTEM_PYTHON, "-m", "ctm_http.cli", "serve", "--port", str(self.port),
-                 "--data-dir", str(self.data_dir)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(self.folder), **kwargs,
+                [
+                    SYSTEM_PYTHON,
+                    "-m",
+                    "ctm_http.cli",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(self.folder),
+                **kwargs,
             )
         self.wait_up(timeout)
 
@@ -166,27 +189,36 @@ def deployment(mode: str) -> Iterator[Deployment]:
         )
         owner = ensure_account()
     base = make_base_dir(owner)
-    server = ContainedServer(base, owner, extra_env={
-        "CTM_SANDBOX": "required",
-        "CTM_DEFAULT_PYTHON": SYSTEM_PYTHON,
-        "CTM_STOP_GRACE_SECONDS": "2",
-        "CTM_MAX_CONCURRENT_RUNS": "8",
-        "CTM_MAX_RUNS_PER_USER": "4",
-        "PIP_NO_INDEX": "1",
-    })
+    server = ContainedServer(
+        base,
+        owner,
+        extra_env={
+            "CTM_SANDBOX": "required",
+            "CTM_DEFAULT_PYTHON": SYSTEM_PYTHON,
+            "CTM_STOP_GRACE_SECONDS": "2",
+            "CTM_MAX_CONCURRENT_RUNS": "8",
+            "CTM_MAX_RUNS_PER_USER": "4",
+            "PIP_NO_INDEX": "1",
+        },
+    )
     server.start()
     dep = Deployment(mode, server)
     try:
         for name in ("alice", "bob"):
-            r = dep.admin.post("/create_user", json={
-                "username": name, "password": USER_PASSWORD, "is_admin": False})
+            r = dep.admin.post(
+                "/create_user",
+                json={"username": name, "password": USER_PASSWORD, "is_admin": False},
+            )
             assert r.status_code == 201, r.text
         server.login(dep.alice, "alice", USER_PASSWORD)
         server.login(dep.bob, "bob", USER_PASSWORD)
 
         def make_env(client: httpx.Client, env: str) -> httpx.Response:
-            return client.post("/api/conda/environment", timeout=300.0,
-                               json={"name": env, "python_version": ENV_PYTHON_VERSION})
+            return client.post(
+                "/api/conda/environment",
+                timeout=300.0,
+                json={"name": env, "python_version": ENV_PYTHON_VERSION},
+            )
 
         with ThreadPoolExecutor(2) as pool:  # ensurepip is slow: both envs at once
             answers = list(pool.map(make_env, (dep.alice, dep.bob), ("alice-env", "bob-env")))
@@ -206,8 +238,9 @@ def deployment(mode: str) -> Iterator[Deployment]:
 
 
 def create_task(client: httpx.Client, script: str, env: str, **extra: Any) -> int:
-    r = client.post("/api/tasks", json={"script": script, "conda_env": env,
-                                        "reuse_env": True, **extra})
+    r = client.post(
+        "/api/tasks", json={"script": script, "conda_env": env, "reuse_env": True, **extra}
+    )
     assert r.status_code == 201, r.text
     return int(r.json()["task"]["task_id"])
 
@@ -226,8 +259,9 @@ def status(client: httpx.Client, tid: int) -> str:
 FINISHED = ("completed", "failed", "stopped")
 
 
-def run_to_end(client: httpx.Client, script: str, env: str, timeout: float = 60.0,
-               **extra: Any) -> dict[str, Any]:
+def run_to_end(
+    client: httpx.Client, script: str, env: str, timeout: float = 60.0, **extra: Any
+) -> dict[str, Any]:
     """Create a run-now task, wait until it has finished, return its ``latest_execution``."""
     tid = create_task(client, script, env, **extra)
     wait_for(lambda: status(client, tid) in FINISHED, timeout=timeout, what=f"task {tid} ends")
@@ -258,7 +292,7 @@ def _is_zombie(pid: int) -> bool:
             stat = f.read()
     except OSError:
         return True
-    return stat[stat.rfind(b")") + 2:][:1] in (b"Z", b"X")
+    return stat[stat.rfind(b")") + 2 :][:1] in (b"Z", b"X")
 
 
 def pids_with_marker(marker: str) -> list[int]:
@@ -278,4 +312,3 @@ def kill_marked_processes(marker: str) -> None:
     for pid in pids_with_marker(marker):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-

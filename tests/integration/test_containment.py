@@ -76,7 +76,9 @@ def test_run_cannot_open_or_change_the_database(dep: Deployment) -> None:
     """bob's script can neither read nor write ctm.sqlite3, so cannot make himself admin."""
     db = str(dep.data_dir / "ctm.sqlite3")
     assert os.path.exists(db)
-    latest = run_to_end(dep.bob, script(f"""
+    latest = run_to_end(
+        dep.bob,
+        script(f"""
         import sqlite3
         DB = {db!r}
         try:
@@ -96,11 +98,18 @@ def test_run_cannot_open_or_change_the_database(dep: Deployment) -> None:
             print("PWNED:sqlite-update changes", con.total_changes)
         except Exception as e:
             print("blocked:sqlite-update", type(e).__name__, e)
-    """), BOB_ENV)
+    """),
+        BOB_ENV,
+    )
     logs = latest["logs"] or ""
-    r = dep.bob.post("/create_user", json={
-        "username": f"mallory{secrets.token_hex(3)}", "password": "mallory-password",
-        "is_admin": True})
+    r = dep.bob.post(
+        "/create_user",
+        json={
+            "username": f"mallory{secrets.token_hex(3)}",
+            "password": "mallory-password",
+            "is_admin": True,
+        },
+    )
     assert r.status_code == 403, f"bob made himself admin: {r.text}\n{logs}"
     assert not me_is_admin(dep.bob)
     assert_blocked(logs, "read-db", "write-db", "sqlite-update")
@@ -111,7 +120,9 @@ def test_run_cannot_open_or_change_the_database(dep: Deployment) -> None:
 
 def test_run_cannot_read_the_server_environment(dep: Deployment) -> None:
     """bob's script cannot read /proc/<server>/environ nor find the admin password in /proc."""
-    latest = run_to_end(dep.bob, script(f"""
+    latest = run_to_end(
+        dep.bob,
+        script(f"""
         import os
         SERVER = {dep.server.pid}
         SECRET = bytes.fromhex({ADMIN_PASSWORD.encode().hex()!r})
@@ -134,7 +145,9 @@ def test_run_cannot_read_the_server_environment(dep: Deployment) -> None:
             print("PWNED:password-in-environ of pids", found)
         else:
             print("blocked:password-scan")
-    """), BOB_ENV)
+    """),
+        BOB_ENV,
+    )
     assert_blocked(latest["logs"] or "", "server-environ", "password-scan")
 
 
@@ -145,7 +158,9 @@ def test_run_cannot_list_the_data_directory(dep: Deployment) -> None:
     """Listing the data dir shows no database, logs or sessions, and below it nothing but the
     run's own script, working folder and environment (the mount points of what it was given)."""
     data = str(dep.data_dir)
-    latest = run_to_end(dep.bob, script(f"""
+    latest = run_to_end(
+        dep.bob,
+        script(f"""
         import os
         try:
             names = os.listdir({data!r})
@@ -158,7 +173,9 @@ def test_run_cannot_list_the_data_directory(dep: Deployment) -> None:
             crowded = {{d: n for d, n in inside.items() if len(n) > 1}}
             bad = seen or crowded
             print(("PWNED:listdir " + str(bad)) if bad else "blocked:listdir", names, inside)
-    """), BOB_ENV)
+    """),
+        BOB_ENV,
+    )
     assert_blocked(latest["logs"] or "", "listdir")
 
 
@@ -184,11 +201,15 @@ def test_run_cannot_read_another_users_log_script_or_folder(dep: Deployment) -> 
     """bob cannot read alice's log or stored script, nor list or read her run folder."""
     secret = f"alice-secret-{secrets.token_hex(8)}"
     folder_file = f"alice-file-{secrets.token_hex(4)}.txt"
-    alice_run = run_to_end(dep.alice, script(f"""
+    alice_run = run_to_end(
+        dep.alice,
+        script(f"""
         print({secret!r})
         with open({folder_file!r}, "w") as f:
             f.write({secret!r})
-    """), ALICE_ENV)
+    """),
+        ALICE_ENV,
+    )
     assert alice_run["status"] == "completed", alice_run["logs"]
     script_path = Path(detail(dep.alice, alice_run["task_id"])["task"]["script_path"])
     assert script_path.is_file()
@@ -205,7 +226,9 @@ def test_run_cannot_read_another_users_log_script_or_folder(dep: Deployment) -> 
     for p in files:
         folders.setdefault(str(p.parent), []).append(p.name)
     targets = sorted(str(p) for p in files) + sorted(folders)
-    attack = run_to_end(dep.bob, script(f"""
+    attack = run_to_end(
+        dep.bob,
+        script(f"""
         import os
         FOLDERS = {folders!r}
         for path in {sorted(str(p) for p in files)!r}:
@@ -223,7 +246,9 @@ def test_run_cannot_read_another_users_log_script_or_folder(dep: Deployment) -> 
             else:
                 seen = sorted(set(names) & set(alices))
                 print(("PWNED:" if seen else "blocked:") + path, "lists", names)
-    """), BOB_ENV)
+    """),
+        BOB_ENV,
+    )
     bob_logs = attack["logs"] or ""
     assert secret not in bob_logs, bob_logs
     assert_blocked(bob_logs, *targets)
@@ -248,7 +273,9 @@ def test_run_cannot_write_into_any_environment(dep: Deployment) -> None:
         targets += [str(_site_packages(prefix) / "evil.pth"), str(prefix / "evil.txt")]
     pth = f"import sys; print({mark!r}, file=sys.stderr)\n"
     try:
-        attack = run_to_end(dep.bob, script(f"""
+        attack = run_to_end(
+            dep.bob,
+            script(f"""
             for path in {targets!r}:
                 try:
                     with open(path, "w") as f:
@@ -256,7 +283,9 @@ def test_run_cannot_write_into_any_environment(dep: Deployment) -> None:
                     print("PWNED:" + path, "written")
                 except OSError as e:
                     print("blocked:" + path, e)
-        """), BOB_ENV)
+        """),
+            BOB_ENV,
+        )
         assert_blocked(attack["logs"] or "", *targets)
         assert [t for t in targets if os.path.exists(t)] == []
         victim = run_to_end(dep.alice, "print('alice runs clean')\n", ALICE_ENV)
@@ -274,16 +303,24 @@ def test_run_cannot_write_into_any_environment(dep: Deployment) -> None:
 def test_run_cannot_signal_another_users_run(dep: Deployment) -> None:
     """bob's os.kill(alice's pid, SIGKILL) fails and alice's run keeps beating."""
     marker = f"alice-heartbeat-{secrets.token_hex(6)}"
-    beat = "import time\nfor i in range(120):\n    print('heartbeat', i, flush=True)\n" \
-           "    time.sleep(0.25)\n"
-    alice_tid = create_task(dep.alice, script(f"""
+    beat = (
+        "import time\nfor i in range(120):\n    print('heartbeat', i, flush=True)\n"
+        "    time.sleep(0.25)\n"
+    )
+    alice_tid = create_task(
+        dep.alice,
+        script(f"""
         import os, sys
         os.execv(sys.executable, [sys.executable, "-c", {beat!r}, {marker!r}])
-    """), ALICE_ENV)
+    """),
+        ALICE_ENV,
+    )
     try:
         pids = wait_for(lambda: pids_with_marker(marker), timeout=30, what="alice's run")
         wait_for(lambda: "heartbeat" in logs_of(dep.alice, alice_tid), what="a heartbeat")
-        attack = run_to_end(dep.bob, script(f"""
+        attack = run_to_end(
+            dep.bob,
+            script(f"""
             import os, signal
             for pid in {pids!r}:
                 try:
@@ -291,13 +328,18 @@ def test_run_cannot_signal_another_users_run(dep: Deployment) -> None:
                     print("PWNED:kill", pid)
                 except OSError as e:
                     print("blocked:kill", pid, e)
-        """), BOB_ENV)
+        """),
+            BOB_ENV,
+        )
         assert_blocked(attack["logs"] or "", "kill")
         assert status(dep.alice, alice_tid) == "running"
         assert set(pids_with_marker(marker)) == set(pids)
         beats = logs_of(dep.alice, alice_tid).count("heartbeat")
-        wait_for(lambda: logs_of(dep.alice, alice_tid).count("heartbeat") > beats + 2,
-                 timeout=10, what="alice's run to keep beating")
+        wait_for(
+            lambda: logs_of(dep.alice, alice_tid).count("heartbeat") > beats + 2,
+            timeout=10,
+            what="alice's run to keep beating",
+        )
     finally:
         if status(dep.alice, alice_tid) == "running":
             dep.alice.post(f"/api/tasks/{alice_tid}/stop")
@@ -312,7 +354,9 @@ def test_double_fork_escape_dies_with_the_run(dep: Deployment, how: str) -> None
     """A setsid'd grandchild with an empty environment is gone after stop, delete or timeout."""
     marker = f"escapee-{how}-{secrets.token_hex(6)}"
     extra = {"timeout_seconds": 3} if how == "timeout" else {}
-    tid = create_task(dep.bob, script(f"""
+    tid = create_task(
+        dep.bob,
+        script(f"""
         import os, sys, time
         child = os.fork()
         if child == 0:
@@ -324,7 +368,10 @@ def test_double_fork_escape_dies_with_the_run(dep: Deployment, how: str) -> None
         os.waitpid(child, 0)
         print("grandchild started", flush=True)
         time.sleep(600)
-    """), BOB_ENV, **extra)
+    """),
+        BOB_ENV,
+        **extra,
+    )
     try:
         wait_for(lambda: pids_with_marker(marker), timeout=30, what="the escaped grandchild")
         if how == "stop":
@@ -336,11 +383,15 @@ def test_double_fork_escape_dies_with_the_run(dep: Deployment, how: str) -> None
         else:
             wait_for(lambda: status(dep.bob, tid) == "failed", timeout=30, what="the timeout")
         try:
-            wait_for(lambda: not pids_with_marker(marker), timeout=5,
-                     what="the escaped grandchild to be gone")
+            wait_for(
+                lambda: not pids_with_marker(marker),
+                timeout=5,
+                what="the escaped grandchild to be gone",
+            )
         except AssertionError:
             raise AssertionError(
-                f"after {how}, escaped processes {pids_with_marker(marker)} still run") from None
+                f"after {how}, escaped processes {pids_with_marker(marker)} still run"
+            ) from None
     finally:
         kill_marked_processes(marker)
         if how != "delete":
@@ -352,7 +403,9 @@ def test_double_fork_escape_dies_with_the_run(dep: Deployment, how: str) -> None
 
 def test_fork_bomb_stops_at_max_processes(dep: Deployment) -> None:
     """300 forks under max_processes 64: fork fails with EAGAIN below 65; the server answers."""
-    latest = run_to_end(dep.bob, script("""
+    latest = run_to_end(
+        dep.bob,
+        script("""
         import os, time
         children, error = [], None
         for i in range(300):
@@ -368,7 +421,11 @@ def test_fork_bomb_stops_at_max_processes(dep: Deployment) -> None:
         print("forked", len(children), "errno", error, flush=True)
         for pid in children:
             os.waitpid(pid, 0)
-    """), BOB_ENV, timeout=60, max_processes=64)
+    """),
+        BOB_ENV,
+        timeout=60,
+        max_processes=64,
+    )
     logs = latest["logs"] or ""
     found = re.search(r"forked (\d+) errno (\S+)", logs)
     assert found, logs
@@ -382,15 +439,23 @@ def test_fork_bomb_stops_at_max_processes(dep: Deployment) -> None:
 
 def test_memory_limit_ends_the_run_with_a_note(dep: Deployment) -> None:
     """1 GiB under memory_limit_mb 256: failed within seconds, note says the limit was hit."""
-    latest = run_to_end(dep.bob, script("""
+    latest = run_to_end(
+        dep.bob,
+        script("""
         data = b"x" * (1 << 30)
         print("PWNED:allocated", len(data), flush=True)
-    """), BOB_ENV, timeout=30, memory_limit_mb=256)
+    """),
+        BOB_ENV,
+        timeout=30,
+        memory_limit_mb=256,
+    )
     logs = latest["logs"] or ""
     assert "PWNED" not in logs, logs
     assert latest["status"] == "failed", latest
-    notes = " ".join(str(e.get("note") or "") for e in
-                     [latest, *detail(dep.bob, latest["task_id"])["execution_history"]])
+    notes = " ".join(
+        str(e.get("note") or "")
+        for e in [latest, *detail(dep.bob, latest["task_id"])["execution_history"]]
+    )
     assert "memory limit 256 MB exceeded" in notes + logs, (latest, notes)
     assert latest["duration"] is not None and latest["duration"] < 10, latest
     assert_server_answers(dep)

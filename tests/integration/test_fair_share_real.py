@@ -54,7 +54,8 @@ def base_dir(tmp_path: Path) -> Iterator[Path]:
 
 def server_env() -> dict[str, str]:
     env = {
-        "CTM_MAX_CONCURRENT_RUNS": "2", "CTM_MAX_RUNS_PER_USER": "2",
+        "CTM_MAX_CONCURRENT_RUNS": "2",
+        "CTM_MAX_RUNS_PER_USER": "2",
         "CTM_STOP_GRACE_SECONDS": "2",
         # Scheduling is under test here; containment has its own suite (test_containment.py).
         "CTM_SANDBOX": "off",
@@ -75,8 +76,9 @@ def test_other_users_run_starts_before_the_busy_users_third(base_dir: Path) -> N
         with srv.client() as admin, srv.client() as alice, srv.client() as bob:
             srv.login(admin)
             for client, name in ((alice, "alice"), (bob, "bob")):
-                r = admin.post("/create_user", json={
-                    "username": name, "password": PASSWORD, "is_admin": False})
+                r = admin.post(
+                    "/create_user", json={"username": name, "password": PASSWORD, "is_admin": False}
+                )
                 assert r.status_code == 201, r.text
                 srv.login(client, name, PASSWORD)
             # One environment for both (making one is slow); anyone may run in it.
@@ -84,19 +86,24 @@ def test_other_users_run_starts_before_the_busy_users_third(base_dir: Path) -> N
             assert r.status_code == 201, r.text
             # A's first two runs overlap for sure and end 1.5 s apart, so that the two freed
             # slots are told apart.
-            alice_tasks = [create(alice, "shared", sleeper(s))
-                           for s in (3.0, 4.5, 1.5, 1.5, 1.5, 1.5)]
+            alice_tasks = [
+                create(alice, "shared", sleeper(s)) for s in (3.0, 4.5, 1.5, 1.5, 1.5, 1.5)
+            ]
 
             def statuses() -> list[str]:
                 return [detail(alice, t)["task"]["status"] for t in alice_tasks]
 
-            wait_for(lambda: statuses().count("running") == 2, timeout=60,
-                     what="A's first two runs")
+            wait_for(
+                lambda: statuses().count("running") == 2, timeout=60, what="A's first two runs"
+            )
             assert statuses()[2:] == ["scheduled"] * 4, "A's other runs wait"
             bob_task = create(bob, "shared", sleeper(1.5))
             every = [*alice_tasks, bob_task]
-            wait_for(lambda: all(detail(admin, t)["task"]["status"] in FINISHED for t in every),
-                     timeout=120, what="every run to end")
+            wait_for(
+                lambda: all(detail(admin, t)["task"]["status"] in FINISHED for t in every),
+                timeout=120,
+                what="every run to end",
+            )
             ends = {t: detail(admin, t)["latest_execution"] for t in every}
             assert all(e["status"] == "completed" for e in ends.values()), ends
             alice_starts = sorted(started_at(admin, t) for t in alice_tasks)

@@ -40,9 +40,7 @@ time.sleep(600)
 CHILD = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)"
 
 
-def fake_program(
-    path: Path, pids: Path, *, preamble: str = "", ignore_term: bool = False
-) -> str:
+def fake_program(path: Path, pids: Path, *, preamble: str = "", ignore_term: bool = False) -> str:
     """An executable that starts a child (deaf to SIGTERM), writes both pids to ``pids`` and
     sleeps; ``preamble`` runs first (to answer probes and exit)."""
     child = CHILD if ignore_term else "import time\ntime.sleep(600)"
@@ -152,9 +150,7 @@ def test_venv_install_with_a_hung_uv_is_killed_and_releases_the_environment(
     uv = fake_program(tmp_path / "uv", pids, preamble=answer_version)
     root = tmp_path / "envs"
     hand_made_venv(root, "demo")
-    backend = VenvEnvironmentBackend(
-        str(root), use_uv=True, uv_executable=uv, command_timeout=2.0
-    )
+    backend = VenvEnvironmentBackend(str(root), use_uv=True, uv_executable=uv, command_timeout=2.0)
     started = time.monotonic()
     raised = in_thread(lambda: backend.install("demo", ["six"]))
     assert isinstance(raised, BackendFailure)

@@ -49,8 +49,9 @@ class Checked:
         self.http = server.client()
         self.seen = seen
 
-    def __call__(self, method: str, template: str, *, path: str | None = None,
-                 **kwargs: Any) -> httpx.Response:
+    def __call__(
+        self, method: str, template: str, *, path: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         r = self.http.request(method, path or template, **kwargs)
         check_response(method, template, r)
         self.seen.add((method, template, r.status_code))
@@ -63,7 +64,8 @@ class Checked:
 def check_response(method: str, template: str, r: httpx.Response) -> None:
     op = openapi.operation(method, template)
     assert str(r.status_code) in op["responses"], (
-        f"{method} {template} answered undocumented {r.status_code}: {r.text}")
+        f"{method} {template} answered undocumented {r.status_code}: {r.text}"
+    )
     doc = op["responses"][str(r.status_code)]
     for header, spec in doc.get("headers", {}).items():
         if spec.get("required"):
@@ -77,7 +79,8 @@ def check_response(method: str, template: str, r: httpx.Response) -> None:
         except jsonschema.ValidationError as exc:
             raise AssertionError(
                 f"{method} {template} {r.status_code} body outside the spec: {exc.message}\n"
-                f"{r.text[:2000]}") from None
+                f"{r.text[:2000]}"
+            ) from None
     elif "content" not in doc:
         assert r.content == b"", (method, template, r.status_code, r.text)
 
@@ -89,8 +92,9 @@ def wheels(tmp_path: Path) -> str:
 
 @pytest.fixture
 def offline_server(tmp_path: Path, wheels: str) -> Iterator[Server]:
-    srv = Server(tmp_path / "data", extra_env={**offline_env(wheels),
-                                                "CTM_STOP_GRACE_SECONDS": "2"})
+    srv = Server(
+        tmp_path / "data", extra_env={**offline_env(wheels), "CTM_STOP_GRACE_SECONDS": "2"}
+    )
     srv.start()
     yield srv
     srv.stop()
@@ -122,31 +126,83 @@ def _flow(admin: Checked, alice: Checked, anon: Checked, tmp_path: Path) -> None
     assert anon("GET", "/docs").status_code == 200
     assert anon("GET", "/api/tasks").status_code == 401
     assert anon("POST", "/logout").status_code == 200
-    assert anon("POST", "/login", json={"username": "admin", "password": "wrong-password"}
-                ).status_code == 401
-    assert anon("POST", "/login", content=b"{nope", headers={"content-type": "application/json"}
-                ).status_code == 400
-    assert anon("POST", "/login", content=b'{"a": 1}', headers={"content-type": "text/plain"}
-                ).status_code == 415
-    assert admin("POST", "/login", json={"username": "admin", "password": ADMIN_PASSWORD}
-                 ).status_code == 200
+    assert (
+        anon("POST", "/login", json={"username": "admin", "password": "wrong-password"}).status_code
+        == 401
+    )
+    assert (
+        anon(
+            "POST", "/login", content=b"{nope", headers={"content-type": "application/json"}
+        ).status_code
+        == 400
+    )
+    assert (
+        anon(
+            "POST", "/login", content=b'{"a": 1}', headers={"content-type": "text/plain"}
+        ).status_code
+        == 415
+    )
+    assert (
+        admin("POST", "/login", json={"username": "admin", "password": ADMIN_PASSWORD}).status_code
+        == 200
+    )
     assert admin("GET", "/api/me").json()["user"]["is_admin"] is True
-    assert admin("POST", "/create_user", json={"username": "alice",
-                                               "password": "alice-password"}).status_code == 201
-    assert admin("POST", "/create_user", json={"username": "alice",
-                                               "password": "alice-password"}).status_code == 400
-    assert admin("POST", "/create_user", json={"username": "b c", "password": "long-enough"}
-                 ).status_code == 400
-    assert admin("POST", "/create_user", json={"username": "bob", "password": "long-enough",
-                                               "is_admin": "yes"}).status_code == 400
-    assert admin("POST", "/create_user", content=b"x" * (3 * 1024 * 1024),
-                 headers={"content-type": "application/json"}).status_code == 413
-    assert admin("POST", "/create_user", json={"username": "x", "password": "long-enough"},
-                 headers={"origin": "http://evil.example"}).status_code == 403
-    assert alice("POST", "/login", json={"username": "alice", "password": "alice-password"}
-                 ).status_code == 200
-    assert alice("POST", "/create_user", json={"username": "eve", "password": "eve-password"}
-                 ).status_code == 403
+    assert (
+        admin(
+            "POST", "/create_user", json={"username": "alice", "password": "alice-password"}
+        ).status_code
+        == 201
+    )
+    assert (
+        admin(
+            "POST", "/create_user", json={"username": "alice", "password": "alice-password"}
+        ).status_code
+        == 400
+    )
+    assert (
+        admin(
+            "POST", "/create_user", json={"username": "b c", "password": "long-enough"}
+        ).status_code
+        == 400
+    )
+    assert (
+        admin(
+            "POST",
+            "/create_user",
+            json={"username": "bob", "password": "long-enough", "is_admin": "yes"},
+        ).status_code
+        == 400
+    )
+    assert (
+        admin(
+            "POST",
+            "/create_user",
+            content=b"x" * (3 * 1024 * 1024),
+            headers={"content-type": "application/json"},
+        ).status_code
+        == 413
+    )
+    assert (
+        admin(
+            "POST",
+            "/create_user",
+            json={"username": "x", "password": "long-enough"},
+            headers={"origin": "http://evil.example"},
+        ).status_code
+        == 403
+    )
+    assert (
+        alice(
+            "POST", "/login", json={"username": "alice", "password": "alice-password"}
+        ).status_code
+        == 200
+    )
+    assert (
+        alice(
+            "POST", "/create_user", json={"username": "eve", "password": "eve-password"}
+        ).status_code
+        == 403
+    )
 
     # --- environments -----------------------------------------------------------------------
     env = "/api/conda/environment/{name}"
@@ -154,33 +210,86 @@ def _flow(admin: Checked, alice: Checked, anon: Checked, tmp_path: Path) -> None
     assert admin("POST", "/api/conda/environment", json={"name": "demo"}).status_code == 201
     assert admin("POST", "/api/conda/environment", json={"name": "demo"}).status_code == 400
     assert admin("POST", "/api/conda/environment", json={"name": "-bad"}).status_code == 400
-    assert admin("POST", "/api/conda/environment", json={"name": "tmp1", "packages": ["nope-pkg"]}
-                 ).status_code == 400
+    assert (
+        admin(
+            "POST", "/api/conda/environment", json={"name": "tmp1", "packages": ["nope-pkg"]}
+        ).status_code
+        == 400
+    )
     assert admin("GET", "/api/conda/environments").status_code == 200
     assert admin("GET", env, path="/api/conda/environment/demo").status_code == 200
     assert admin("GET", env, path="/api/conda/environment/ghost").status_code == 404
     assert admin("GET", env, path="/api/conda/environment/.hidden").status_code == 400
     assert admin("GET", env, path="/api/conda/environment/demo/packages").status_code == 405
-    assert admin("POST", pkgs, path="/api/conda/environment/demo/packages",
-                 json={"packages": ["tiny-pkg==1.0"]}).status_code == 200
-    assert admin("POST", pkgs, path="/api/conda/environment/demo/packages",
-                 json={"packages": ["nope-pkg"]}).status_code == 400
-    assert admin("POST", pkgs, path="/api/conda/environment/demo/packages",
-                 json={"packages": ["-c evil"]}).status_code == 400
-    assert admin("POST", pkgs, path="/api/conda/environment/ghost/packages",
-                 json={"packages": ["six"]}).status_code == 404
-    assert admin("DELETE", pkgs, path="/api/conda/environment/demo/packages",
-                 json={"packages": ["tiny-pkg"]}).status_code == 200
-    assert admin("DELETE", pkgs, path="/api/conda/environment/demo/packages",
-                 json={"packages": ["tiny-pkg"]}).status_code == 400
-    assert alice("PUT", env, path="/api/conda/environment/demo", json={"new_name": "x"}
-                 ).status_code == 403
+    assert (
+        admin(
+            "POST",
+            pkgs,
+            path="/api/conda/environment/demo/packages",
+            json={"packages": ["tiny-pkg==1.0"]},
+        ).status_code
+        == 200
+    )
+    assert (
+        admin(
+            "POST",
+            pkgs,
+            path="/api/conda/environment/demo/packages",
+            json={"packages": ["nope-pkg"]},
+        ).status_code
+        == 400
+    )
+    assert (
+        admin(
+            "POST",
+            pkgs,
+            path="/api/conda/environment/demo/packages",
+            json={"packages": ["-c evil"]},
+        ).status_code
+        == 400
+    )
+    assert (
+        admin(
+            "POST", pkgs, path="/api/conda/environment/ghost/packages", json={"packages": ["six"]}
+        ).status_code
+        == 404
+    )
+    assert (
+        admin(
+            "DELETE",
+            pkgs,
+            path="/api/conda/environment/demo/packages",
+            json={"packages": ["tiny-pkg"]},
+        ).status_code
+        == 200
+    )
+    assert (
+        admin(
+            "DELETE",
+            pkgs,
+            path="/api/conda/environment/demo/packages",
+            json={"packages": ["tiny-pkg"]},
+        ).status_code
+        == 400
+    )
+    assert (
+        alice("PUT", env, path="/api/conda/environment/demo", json={"new_name": "x"}).status_code
+        == 403
+    )
     assert alice("DELETE", env, path="/api/conda/environment/demo").status_code == 403
     assert alice("POST", "/api/conda/environment", json={"name": "alices"}).status_code == 201
-    assert admin("PUT", env, path="/api/conda/environment/alices", json={"new_name": "demo"}
-                 ).status_code == 400
-    assert alice("PUT", env, path="/api/conda/environment/alices", json={"new_name": "alices2"}
-                 ).status_code == 200
+    assert (
+        admin(
+            "PUT", env, path="/api/conda/environment/alices", json={"new_name": "demo"}
+        ).status_code
+        == 400
+    )
+    assert (
+        alice(
+            "PUT", env, path="/api/conda/environment/alices", json={"new_name": "alices2"}
+        ).status_code
+        == 200
+    )
     assert admin("GET", "/api/conda/stats").status_code == 200
 
     # --- tasks ------------------------------------------------------------------------------
@@ -190,10 +299,27 @@ def _flow(admin: Checked, alice: Checked, anon: Checked, tmp_path: Path) -> None
     r = admin("POST", "/api/tasks", json={**base, "script": "print('hi')", "task_name": "now"})
     assert r.status_code == 201
     now_id = r.json()["task"]["task_id"]
-    assert admin("POST", "/api/tasks", json={**base, "script": "print(1)", "task_name": "later",
-                                             "delay_seconds": 3600}).status_code == 201
-    assert admin("POST", "/api/tasks", json={**base, "script": "print(2)", "task_name": "cron",
-                                             "cron_expression": "*/10 * * * *"}).status_code == 201
+    assert (
+        admin(
+            "POST",
+            "/api/tasks",
+            json={**base, "script": "print(1)", "task_name": "later", "delay_seconds": 3600},
+        ).status_code
+        == 201
+    )
+    assert (
+        admin(
+            "POST",
+            "/api/tasks",
+            json={
+                **base,
+                "script": "print(2)",
+                "task_name": "cron",
+                "cron_expression": "*/10 * * * *",
+            },
+        ).status_code
+        == 201
+    )
     for body in (
         {**base, "script": "print(3)", "task_name": "now"},
         {**base, "script": "x", "cron_expression": "* * * * *", "delay_seconds": 1},
@@ -209,8 +335,12 @@ def _flow(admin: Checked, alice: Checked, anon: Checked, tmp_path: Path) -> None
         assert r.status_code == 400, r.text
     outside = tmp_path / "outside.py"
     outside.write_text("print('outside')\n")
-    assert alice("POST", "/api/tasks", json={"script": str(outside), "conda_env": "alices2"}
-                 ).status_code == 403
+    assert (
+        alice(
+            "POST", "/api/tasks", json={"script": str(outside), "conda_env": "alices2"}
+        ).status_code
+        == 403
+    )
 
     def finished() -> bool:
         r = admin("GET", task, path=f"/api/tasks/{now_id}")
@@ -226,15 +356,32 @@ def _flow(admin: Checked, alice: Checked, anon: Checked, tmp_path: Path) -> None
     assert admin("GET", task, path="/api/tasks/1/stop").status_code == 405
     assert admin("POST", stop, path=f"/api/tasks/{now_id}/stop").status_code == 400
 
-    r = admin("POST", "/api/tasks", json={**base, "script": "import time\ntime.sleep(60)\n",
-                                          "task_name": "sleeper"})
+    r = admin(
+        "POST",
+        "/api/tasks",
+        json={**base, "script": "import time\ntime.sleep(60)\n", "task_name": "sleeper"},
+    )
     sleeper = r.json()["task"]["task_id"]
-    wait_for(lambda: admin("GET", task, path=f"/api/tasks/{sleeper}").json()["task"]["status"]
-             == "running")
-    assert admin("POST", pkgs, path="/api/conda/environment/demo/packages",
-                 json={"packages": ["tiny-pkg"]}).status_code == 400
-    assert admin("PUT", env, path="/api/conda/environment/demo", json={"new_name": "demo3"}
-                 ).status_code == 400
+    wait_for(
+        lambda: (
+            admin("GET", task, path=f"/api/tasks/{sleeper}").json()["task"]["status"] == "running"
+        )
+    )
+    assert (
+        admin(
+            "POST",
+            pkgs,
+            path="/api/conda/environment/demo/packages",
+            json={"packages": ["tiny-pkg"]},
+        ).status_code
+        == 400
+    )
+    assert (
+        admin(
+            "PUT", env, path="/api/conda/environment/demo", json={"new_name": "demo3"}
+        ).status_code
+        == 400
+    )
     assert alice("POST", stop, path=f"/api/tasks/{sleeper}/stop").status_code == 403
     # --- in use while a run goes on; pinned by nothing once none runs -----------------------
     assert admin("DELETE", env, path="/api/conda/environment/demo").status_code == 400
@@ -254,6 +401,8 @@ def _flow(admin: Checked, alice: Checked, anon: Checked, tmp_path: Path) -> None
     assert admin("GET", "/api/me").status_code == 401
 
     # --- throttling last: it blocks this client address for a while -------------------------
-    codes = [anon("POST", "/login", json={"username": "ghost", "password": "wrong-password"}
-                  ).status_code for _ in range(6)]
+    codes = [
+        anon("POST", "/login", json={"username": "ghost", "password": "wrong-password"}).status_code
+        for _ in range(6)
+    ]
     assert codes[-1] == 429

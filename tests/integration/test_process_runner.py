@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import textwrap
 import threading
@@ -165,6 +166,7 @@ def test_one_monitor_thread_samples_many_runs(runner: PsutilProcessRunner, tmp_p
         RunSpec(argv=(*s.argv, str(20 * (i + 1))), cwd=s.cwd, log_path=s.log_path, env_add={})
         for i, s in enumerate(specs)
     ]
+
     def monitors() -> set[threading.Thread]:
         return {t for t in threading.enumerate() if t.name == "ctm-run-monitor"}
 
@@ -190,13 +192,16 @@ def test_a_run_stopped_between_samples_keeps_its_peak(tmp_path: Path) -> None:
     del ballast
     runner = PsutilProcessRunner(sample_interval=60.0, timeout_grace=5.0)
     try:
-        s = spec(tmp_path, """
+        s = spec(
+            tmp_path,
+            """
             import time
             time.sleep(0.5)  # past the early peak reads of a young run
             block = bytearray(120 * 1024 * 1024)
             print("ready", flush=True)
             time.sleep(30)
-        """)
+        """,
+        )
         handle = runner.start(s)
         wait_for_line(s, "^ready")
         runner.stop(handle, 5)
@@ -621,8 +626,9 @@ def test_runs_of_a_crashed_server_are_stopped_at_startup(tmp_path: Path) -> None
 def test_a_timeout_of_30_days_is_accepted(runner: PsutilProcessRunner, tmp_path: Path) -> None:
     """A timeout longer than poll()'s limit (~24.8 days) runs normally, not a crash."""
     s = spec(tmp_path, "print('long timeout ok')")
-    s = RunSpec(argv=s.argv, cwd=s.cwd, log_path=s.log_path, env_add={},
-                timeout_seconds=30 * 24 * 3600)
+    s = RunSpec(
+        argv=s.argv, cwd=s.cwd, log_path=s.log_path, env_add={}, timeout_seconds=30 * 24 * 3600
+    )
     result = run(runner, s)
     assert result.exit_code == 0
     assert not result.timed_out
@@ -643,3 +649,33 @@ def test_short_uncontained_runs_never_record_zero_memory(tmp_path: Path, supervi
         r.close()
     assert all(res.exit_code == 0 for res in results)
     assert [res for res in results if res.peak_memory <= 0 or res.avg_memory <= 0] == []
+
+
+def test_process_facts_from_psutil_match_the_kernel() -> None:
+    """A process's parent, group, session and start (clock ticks after boot, the figure
+    state.json keeps) as psutil gives them are the kernel's ``/proc/<pid>/stat`` fields, its RSS
+    the kernel's exact ``VmRSS`` (``stat``'s own RSS field is an approximate sum on recent
+    kernels)."""
+    from ctm_adapters._proctree import read_stat, scan
+
+    code = "import time; print('ready', flush=True); time.sleep(30)"
+    child = psutil.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        time.sleep(0.1)  # the interpreter is at rest in its sleep: nothing more is mapped
+        raw = Path(f"/proc/{child.pid}/stat").read_bytes()
+        fields = raw[raw.rfind(b")") + 2 :].split()
+        stat = read_stat(child.pid)
+        assert stat is not None
+        assert stat == scan()[child.pid]
+        assert (stat.ppid, stat.pgrp, stat.sid) == tuple(int(f) for f in fields[1:4])
+        assert stat.starttime == int(fields[19])
+        status = Path(f"/proc/{child.pid}/status").read_text()
+        vm_rss = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
+        assert vm_rss is not None
+        assert stat.rss == int(vm_rss.group(1)) * 1024
+        assert stat.alive
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()

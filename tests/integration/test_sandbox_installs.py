@@ -53,7 +53,9 @@ def backend(place: dict[str, str]) -> VenvEnvironmentBackend:
     if uv is None:
         pytest.fail("uv (a test dependency) is missing")
     return VenvEnvironmentBackend(
-        os.path.join(place["data"], "envs"), uv_executable=uv, sandbox=box,
+        os.path.join(place["data"], "envs"),
+        uv_executable=uv,
+        sandbox=box,
         installer=ids.installer(),
     )
 

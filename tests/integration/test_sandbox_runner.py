@@ -51,7 +51,10 @@ def make_runner(world: dict[str, str], kind: str) -> Any:
     ids = Identities(homes_dir=world["homes"])
     box.check(ids.trial())
     options: dict[str, Any] = {
-        "identities": ids, "sandbox": box, "sample_interval": 0.1, "timeout_grace": 2.0,
+        "identities": ids,
+        "sandbox": box,
+        "sample_interval": 0.1,
+        "timeout_grace": 2.0,
     }
     if kind == "supervised":
         return SupervisedProcessRunner(instance_id=f"t{uuid.uuid4().hex[:8]}", **options)
@@ -65,8 +68,9 @@ def runner(request: pytest.FixtureRequest, world: dict[str, str]) -> Iterator[An
     r.close()
 
 
-def make_spec(world: dict[str, str], code: str, *, owner: str = "alice", owner_id: int = 3,
-              **kwargs: Any) -> RunSpec:
+def make_spec(
+    world: dict[str, str], code: str, *, owner: str = "alice", owner_id: int = 3, **kwargs: Any
+) -> RunSpec:
     name = uuid.uuid4().hex[:10]
     scripts = Path(world["data"]) / "scripts"
     scripts.mkdir(exist_ok=True)
@@ -110,14 +114,17 @@ def marked(marker: str) -> list[int]:
 
 def test_run_sees_neither_data_dir_nor_other_processes(runner: Any, world: dict[str, str]) -> None:
     """Inside: only its own processes in /proc, no database, its cwd and HOME writable."""
-    spec = make_spec(world, f"""
+    spec = make_spec(
+        world,
+        f"""
         import os
         print("procs", sorted(p for p in os.listdir("/proc") if p.isdigit()))
-        print("secret", os.path.exists({world['data'] + '/secret.sqlite3'!r}))
+        print("secret", os.path.exists({world["data"] + "/secret.sqlite3"!r}))
         open("out.txt", "w").write("x")
         open(os.path.join(os.environ["HOME"], "kept.txt"), "w").write("y")
         print("home", os.environ["HOME"], "uid", os.getuid())
-    """)
+    """,
+    )
     result, log = run(runner, spec)
     assert result.exit_code == 0, log
     assert "procs ['1', '2']" in log  # bubblewrap's init and the script
@@ -130,14 +137,17 @@ def test_run_sees_neither_data_dir_nor_other_processes(runner: Any, world: dict[
 
 def test_environment_and_system_are_read_only(runner: Any, world: dict[str, str]) -> None:
     """Writing into the environment's prefix or /usr fails with a read-only file system."""
-    spec = make_spec(world, f"""
-        for path in ({world['venv'] + '/evil.pth'!r}, "/usr/evil"):
+    spec = make_spec(
+        world,
+        f"""
+        for path in ({world["venv"] + "/evil.pth"!r}, "/usr/evil"):
             try:
                 open(path, "w")
                 print("wrote", path)
             except OSError as exc:
                 print("refused", exc.errno)
-    """)
+    """,
+    )
     result, log = run(runner, spec)
     assert result.exit_code == 0, log
     assert "wrote" not in log
@@ -154,7 +164,8 @@ def test_signal_exit_codes_are_negative(runner: Any, world: dict[str, str]) -> N
 def test_memory_limit_ends_the_run_with_a_note(runner: Any, world: dict[str, str]) -> None:
     """A 600 MB allocation under a 128 MB limit is killed and says which limit it passed."""
     spec = make_spec(
-        world, "import time\nb = b'x' * (600 << 20)\ntime.sleep(5)",
+        world,
+        "import time\nb = b'x' * (600 << 20)\ntime.sleep(5)",
         limits=RunLimits(memory_mb=128),
     )
     result, log = run(runner, spec)
@@ -167,7 +178,9 @@ def test_memory_limit_ends_the_run_with_a_note(runner: Any, world: dict[str, str
 
 def test_process_limit_refuses_extra_forks(runner: Any, world: dict[str, str]) -> None:
     """Under max_processes 16 the script's 17th process cannot be forked."""
-    spec = make_spec(world, """
+    spec = make_spec(
+        world,
+        """
         import os, time
         n = 0
         try:
@@ -183,7 +196,9 @@ def test_process_limit_refuses_extra_forks(runner: Any, world: dict[str, str]) -
                 os.wait()
             except ChildProcessError:
                 break
-    """, limits=RunLimits(max_processes=16))
+    """,
+        limits=RunLimits(max_processes=16),
+    )
     result, log = run(runner, spec)
     assert result.exit_code == 0, log
     assert "refused after 15 11" in log  # 15 children + the script = 16; EAGAIN
@@ -192,7 +207,9 @@ def test_process_limit_refuses_extra_forks(runner: Any, world: dict[str, str]) -
 def test_double_fork_escapee_dies_with_the_stop(runner: Any, world: dict[str, str]) -> None:
     """A setsid'd grandchild with an empty environment is gone once stop returns."""
     marker = f"escapee-{uuid.uuid4().hex}"
-    spec = make_spec(world, f"""
+    spec = make_spec(
+        world,
+        f"""
         import os, sys, time
         if os.fork() == 0:
             os.setsid()
@@ -202,7 +219,8 @@ def test_double_fork_escapee_dies_with_the_stop(runner: Any, world: dict[str, st
             os._exit(0)
         print("forked", flush=True)
         time.sleep(600)
-    """)
+    """,
+    )
     handle = runner.start(spec)
     wait_until(lambda: marked(marker))
     runner.stop(handle, 1.0)
@@ -213,8 +231,9 @@ def test_double_fork_escapee_dies_with_the_stop(runner: Any, world: dict[str, st
 
 def test_network_off_has_only_loopback(runner: Any, world: dict[str, str]) -> None:
     """With network off the run has no interface but lo."""
-    spec = make_spec(world, "import socket; print(sorted(n for _, n in socket.if_nameindex()))",
-                     network=False)
+    spec = make_spec(
+        world, "import socket; print(sorted(n for _, n in socket.if_nameindex()))", network=False
+    )
     result, log = run(runner, spec)
     assert result.exit_code == 0, log
     assert "['lo']" in log
@@ -243,7 +262,9 @@ def cpu_seconds(runner: Any, spec: RunSpec) -> tuple[float, str]:
 
 def test_cpu_limit_holds_a_busy_run_to_its_share(runner: Any, world: dict[str, str]) -> None:
     """Two busy processes under cpu_limit 0.5 get about half a core between them, not two."""
-    spec = make_spec(world, textwrap.dedent("""
+    spec = make_spec(
+        world,
+        textwrap.dedent("""
         import os, time
         pid = os.fork()
         end = time.monotonic() + 2.0
@@ -252,7 +273,10 @@ def test_cpu_limit_holds_a_busy_run_to_its_share(runner: Any, world: dict[str, s
         if pid == 0:
             os._exit(0)
         os.waitpid(pid, 0)
-    """) + PRINT_CPU, limits=RunLimits(cpu_cores=0.5))
+    """)
+        + PRINT_CPU,
+        limits=RunLimits(cpu_cores=0.5),
+    )
     cpu, log = cpu_seconds(runner, spec)
     # Unthrottled, both loops would burn ~2 s each (4 s on two free cores); half a core for the
     # ~2 s of wall time is ~1 s. Less is fine (a busy machine gives less).
@@ -264,13 +288,16 @@ def test_conda_style_prefix_runs_with_its_own_libraries(runner: Any, world: dict
     no pyvenv.cfg) runs in the sandbox with only that prefix bound."""
     prefix = sys.base_prefix
     python = os.path.join(prefix, "bin", f"python{sys.version_info[0]}.{sys.version_info[1]}")
-    spec = make_spec(world, """
+    spec = make_spec(
+        world,
+        """
         import sys, sysconfig
         print("prefix", sys.prefix)
         print("shared", sysconfig.get_config_var("Py_ENABLE_SHARED"))
         import json, sqlite3, ssl  # extension modules from PREFIX/lib
         print("ok")
-    """)
+    """,
+    )
     spec = attrs.evolve(spec, argv=(python, "-u", spec.argv[-1]), prefix=prefix)
     result, log = run(runner, spec)
     assert result.exit_code == 0, log
@@ -281,7 +308,9 @@ def test_tmp_is_writable_and_no_larger_than_the_memory_limit(
     runner: Any, world: dict[str, str]
 ) -> None:
     """/tmp and /dev/shm are the run's to write, but hold no more than its memory limit."""
-    spec = make_spec(world, """
+    spec = make_spec(
+        world,
+        """
         import os, tempfile
         for folder in ("/tmp", "/dev/shm"):
             with tempfile.NamedTemporaryFile(dir=folder) as f:
@@ -296,7 +325,9 @@ def test_tmp_is_writable_and_no_larger_than_the_memory_limit(
                 print(folder, "100 MB written")
             except OSError as exc:
                 print(folder, "refused", exc.errno)
-    """, limits=RunLimits(memory_mb=64))
+    """,
+        limits=RunLimits(memory_mb=64),
+    )
     result, log = run(runner, spec)
     assert result.exit_code == 0, log
     assert "/tmp 8 MB ok" in log and "/dev/shm 8 MB ok" in log
@@ -305,7 +336,9 @@ def test_tmp_is_writable_and_no_larger_than_the_memory_limit(
 
 def test_cpu_limit_holds_short_lived_children(runner: Any, world: dict[str, str]) -> None:
     """Children that each burn 50 ms and exit are held to the run's share too."""
-    spec = make_spec(world, textwrap.dedent("""
+    spec = make_spec(
+        world,
+        textwrap.dedent("""
         import os, time
         end = time.monotonic() + 2.0
         while time.monotonic() < end:
@@ -320,7 +353,10 @@ def test_cpu_limit_holds_short_lived_children(runner: Any, world: dict[str, str]
                 pids.append(pid)
             for pid in pids:
                 os.waitpid(pid, 0)
-    """) + PRINT_CPU, limits=RunLimits(cpu_cores=0.5))
+    """)
+        + PRINT_CPU,
+        limits=RunLimits(cpu_cores=0.5),
+    )
     cpu, log = cpu_seconds(runner, spec)
     assert cpu <= 1.6, log  # unthrottled: up to 4 s on two cores
 
@@ -335,10 +371,13 @@ def test_a_venv_config_cannot_bind_the_data_directory(runner: Any, world: dict[s
     original = cfg.read_text()
     cfg.write_text(original + f"home = {fake}\n")
     try:
-        spec = make_spec(world, f"""
+        spec = make_spec(
+            world,
+            f"""
             import os
-            print("secret", os.path.exists({world['data'] + '/secret.sqlite3'!r}))
-        """)
+            print("secret", os.path.exists({world["data"] + "/secret.sqlite3"!r}))
+        """,
+        )
         result, log = run(runner, spec)
     finally:
         cfg.write_text(original)

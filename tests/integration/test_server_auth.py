@@ -73,7 +73,11 @@ def test_cli_adds_a_user_from_stdin(tmp_path: Path) -> None:
     env = {**os.environ, "CTM_DATA_DIR": str(data)}
     r = subprocess.run(
         [sys.executable, "-m", "ctm_http.cli", "user", "add", "carol"],
-        input="carol-password\n", capture_output=True, text=True, env=env, check=False,
+        input="carol-password\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert r.returncode == 0, r.stderr
     assert "carol-password" not in r.stdout + r.stderr

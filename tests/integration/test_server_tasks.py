@@ -31,8 +31,9 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("tasks") / "data",
-                    extra_env={"CTM_STOP_GRACE_SECONDS": "2"})
+    server = Server(
+        tmp_path_factory.mktemp("tasks") / "data", extra_env={"CTM_STOP_GRACE_SECONDS": "2"}
+    )
     server.start()
     with server.client() as c:
         server.login(c)
@@ -40,7 +41,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         assert r.status_code == 201, r.text
     yield server
     server.stop()
-
 
 
 def task_status(c: httpx.Client, tid: int) -> str:
@@ -88,12 +88,18 @@ def test_delayed_task_starts_after_its_delay(c: httpx.Client) -> None:
 def test_cron_task_with_seconds_runs_repeatedly(c: httpx.Client) -> None:
     """A 6-field cron every 2 seconds fires again and again and keeps its schedule."""
     tid = create(c, "print('tick')\n", cron_expression="* * * * * */2")
-    wait_for(lambda: len(c.get(f"/api/tasks/{tid}").json()["execution_history"]) >= 3,
-             timeout=20, what="three cron runs")
+    wait_for(
+        lambda: len(c.get(f"/api/tasks/{tid}").json()["execution_history"]) >= 3,
+        timeout=20,
+        what="three cron runs",
+    )
     detail = c.get(f"/api/tasks/{tid}").json()
     assert detail["task"]["next_run_time"] is not None
-    starts = sorted(datetime.strptime(e["start_time"], "%Y-%m-%d %H:%M:%S")
-                    for e in detail["execution_history"] if e["start_time"])  # not queued
+    starts = sorted(
+        datetime.strptime(e["start_time"], "%Y-%m-%d %H:%M:%S")
+        for e in detail["execution_history"]
+        if e["start_time"]
+    )  # not queued
     assert len(set(starts)) == len(starts)
     assert c.delete(f"/api/tasks/{tid}").status_code == 204
 
@@ -113,8 +119,12 @@ def run_pid(c: httpx.Client, tid: int) -> int | None:
     path = c.get(f"/api/tasks/{tid}").json()["task"]["script_path"]
     for p in psutil.process_iter(["cmdline", "status"]):
         cmdline = p.info["cmdline"] or []
-        if (cmdline and cmdline[-1] == path and "python" in cmdline[0]
-                and p.info["status"] != psutil.STATUS_ZOMBIE):
+        if (
+            cmdline
+            and cmdline[-1] == path
+            and "python" in cmdline[0]
+            and p.info["status"] != psutil.STATUS_ZOMBIE
+        ):
             return p.pid
     return None
 
@@ -157,13 +167,17 @@ def test_stats_and_history_agree_with_what_ran(c: httpx.Client) -> None:
     for key in ("scheduled", "running", "completed", "failed"):
         assert stats[key] == by_status.get(key, 0)
     history = c.get("/api/tasks/history").json()["data"]
-    executions = [e for t in tasks
-                  for e in c.get(f"/api/tasks/{t['task_id']}").json()["execution_history"]
-                  if e["status"] != "skipped"]
+    executions = [
+        e
+        for t in tasks
+        for e in c.get(f"/api/tasks/{t['task_id']}").json()["execution_history"]
+        if e["status"] != "skipped"
+    ]
     assert {h["execution_id"] for h in history} == {e["execution_id"] for e in executions}
     done = [e for e in executions if e["status"] in ("completed", "failed", "stopped")]
     assert sum(stats["last_7_days"]["success_counts"]) == sum(
-        e["status"] == "completed" for e in done)
+        e["status"] == "completed" for e in done
+    )
 
 
 def test_kill_9_then_restart_resolves_everything(tmp_path: Path) -> None:
@@ -177,13 +191,21 @@ def test_kill_9_then_restart_resolves_everything(tmp_path: Path) -> None:
             srv.login(c)
             assert c.post("/api/conda/environment", json={"name": "k9"}).status_code == 201
             script = "import os, time\n"
-            long = c.post("/api/tasks", json={"script": script + "time.sleep(600)\n",
-                                              "conda_env": "k9"}).json()["task"]["task_id"]
-            pending = c.post("/api/tasks", json={"script": "print('late')\n", "conda_env": "k9",
-                                                 "delay_seconds": 3}).json()["task"]["task_id"]
-            cron = c.post("/api/tasks", json={"script": "print('c')\n", "conda_env": "k9",
-                                              "cron_expression": "* * * * * */2"}
-                          ).json()["task"]["task_id"]
+            long = c.post(
+                "/api/tasks", json={"script": script + "time.sleep(600)\n", "conda_env": "k9"}
+            ).json()["task"]["task_id"]
+            pending = c.post(
+                "/api/tasks",
+                json={"script": "print('late')\n", "conda_env": "k9", "delay_seconds": 3},
+            ).json()["task"]["task_id"]
+            cron = c.post(
+                "/api/tasks",
+                json={
+                    "script": "print('c')\n",
+                    "conda_env": "k9",
+                    "cron_expression": "* * * * * */2",
+                },
+            ).json()["task"]["task_id"]
             wait_for(lambda: task_status(c, long) == "running", what="long run")
             orphan = c.get(f"/api/tasks/{long}").json()
             pid = int(wait_for(lambda: run_pid(c, long), what="pid"))
@@ -199,10 +221,14 @@ def test_kill_9_then_restart_resolves_everything(tmp_path: Path) -> None:
             assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
             wait_for(lambda: task_status(c, pending) == "completed", what="pending one-shot")
             n = len(c.get(f"/api/tasks/{cron}").json()["execution_history"])
-            wait_for(lambda: len(c.get(f"/api/tasks/{cron}").json()["execution_history"]) > n,
-                     timeout=15, what="cron resumed")
-            assert all(t["status"] != "running" or t["task_id"] == cron
-                       for t in c.get("/api/tasks").json())
+            wait_for(
+                lambda: len(c.get(f"/api/tasks/{cron}").json()["execution_history"]) > n,
+                timeout=15,
+                what="cron resumed",
+            )
+            assert all(
+                t["status"] != "running" or t["task_id"] == cron for t in c.get("/api/tasks").json()
+            )
             assert orphan["task"]["status"] == "running"
     finally:
         srv.stop()
@@ -219,14 +245,21 @@ def test_a_run_survives_a_server_restart(tmp_path: Path, sig: int) -> None:
         with srv.client() as c:
             srv.login(c)
             assert c.post("/api/conda/environment", json={"name": "sv"}).status_code == 201
-            script = ("import os, time\n"
-                      "for i in range(8):\n    print(f'tick {i}', flush=True)\n"
-                      "    time.sleep(0.5)\nprint('done')\n")
-            tid = c.post("/api/tasks", json={"script": script, "conda_env": "sv"}
-                         ).json()["task"]["task_id"]
-            wait_for(lambda: "tick 1" in (c.get(f"/api/tasks/{tid}").json()
-                                          ["latest_execution"] or {}).get("logs", ""),
-                     what="first lines")
+            script = (
+                "import os, time\n"
+                "for i in range(8):\n    print(f'tick {i}', flush=True)\n"
+                "    time.sleep(0.5)\nprint('done')\n"
+            )
+            tid = c.post("/api/tasks", json={"script": script, "conda_env": "sv"}).json()["task"][
+                "task_id"
+            ]
+            wait_for(
+                lambda: (
+                    "tick 1"
+                    in (c.get(f"/api/tasks/{tid}").json()["latest_execution"] or {}).get("logs", "")
+                ),
+                what="first lines",
+            )
             pid = int(wait_for(lambda: run_pid(c, tid), what="pid"))
             srv.stop(sig)
             assert psutil.pid_exists(pid), "the run goes on while the server is down"
@@ -256,8 +289,9 @@ def test_an_adopted_run_can_be_stopped(tmp_path: Path) -> None:
             srv.login(c)
             assert c.post("/api/conda/environment", json={"name": "sv"}).status_code == 201
             script = "import os, time\ntime.sleep(600)\n"
-            tid = c.post("/api/tasks", json={"script": script, "conda_env": "sv"}
-                         ).json()["task"]["task_id"]
+            tid = c.post("/api/tasks", json={"script": script, "conda_env": "sv"}).json()["task"][
+                "task_id"
+            ]
             pid = int(wait_for(lambda: run_pid(c, tid), what="pid"))
             srv.stop(signal.SIGKILL)
             srv.start()

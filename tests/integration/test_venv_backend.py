@@ -490,9 +490,7 @@ def test_only_binary_holds_for_requirements_and_create(
     assert not os.path.exists(sdist_only)
 
 
-def test_only_binary_still_installs_wheels(
-    strict: VenvEnvironmentBackend, sdist_only: str
-) -> None:
+def test_only_binary_still_installs_wheels(strict: VenvEnvironmentBackend, sdist_only: str) -> None:
     """only_binary: wheels install as before, at create, install and from requirements."""
     env = strict.create("strict", None, ["tiny-pkg==1.0"])
     assert _versions(env)["tiny-pkg"] == "1.0"

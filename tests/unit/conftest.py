@@ -46,9 +46,14 @@ class World:
 
 
 def make_world(
-    *, start: datetime | None = None, tz: str = "UTC", max_concurrent: int = 4,
-    auto_exit_code: int | None = None, policy: RunPolicy | None = None,
-    repo: Repository | None = None, runner: FakeProcessRunner | None = None,
+    *,
+    start: datetime | None = None,
+    tz: str = "UTC",
+    max_concurrent: int = 4,
+    auto_exit_code: int | None = None,
+    policy: RunPolicy | None = None,
+    repo: Repository | None = None,
+    runner: FakeProcessRunner | None = None,
 ) -> World:
     """The core on fakes; ``repo`` (an in-memory one by default) and ``runner`` may be given."""
     clock = FakeClock(start or datetime(2026, 5, 1, 12, 0, tzinfo=UTC))
@@ -56,12 +61,19 @@ def make_world(
     runner = runner if runner is not None else FakeProcessRunner(auto_exit_code=auto_exit_code)
     files = InMemoryFileStore()
     settings = Settings(
-        data_dir="/nonexistent/ctm-unit-tests", timezone=tz, max_concurrent_runs=max_concurrent,
+        data_dir="/nonexistent/ctm-unit-tests",
+        timezone=tz,
+        max_concurrent_runs=max_concurrent,
         stop_grace_seconds=0.1,
     )
     svc = build_services(
-        settings, repo=repo if repo is not None else InMemoryRepository(), clock=clock,
-        backend=backend, runner=runner, files=files, hasher=FakePasswordHasher(),
+        settings,
+        repo=repo if repo is not None else InMemoryRepository(),
+        clock=clock,
+        backend=backend,
+        runner=runner,
+        files=files,
+        hasher=FakePasswordHasher(),
     )
     # The core's own defaults (no limits) unless a test gives a policy, not the server's.
     svc.coordinator.policy = svc.tasks.policy = policy or RunPolicy()
@@ -71,8 +83,9 @@ def make_world(
     for name, admin in (("admin", True), ("alice", False), ("bob", False)):
         u = auth.add_user(NewUser(username=name, password="password-" + name, is_admin=admin))
         users.append(Principal(user_id=u.id, username=u.username, is_admin=u.is_admin))
-    return World(clock, repo, backend, runner, files, auth, envs, coordinator, scheduler,
-                 tasks, *users)
+    return World(
+        clock, repo, backend, runner, files, auth, envs, coordinator, scheduler, tasks, *users
+    )
 
 
 @pytest.fixture

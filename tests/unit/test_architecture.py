@@ -10,12 +10,33 @@ import pytest
 SRC = pathlib.Path(__file__).resolve().parents[2] / "src"
 
 CORE_ALLOWED = {
-    "__future__", "asyncio", "attrs", "croniter", "collections", "contextlib", "datetime",
-    "enum", "functools", "hashlib", "itertools", "math", "posixpath", "re", "secrets",
-    "threading", "typing", "ctm_core",
+    "__future__",
+    "asyncio",
+    "attrs",
+    "croniter",
+    "collections",
+    "contextlib",
+    "datetime",
+    "enum",
+    "functools",
+    "hashlib",
+    "itertools",
+    "math",
+    "posixpath",
+    "re",
+    "secrets",
+    "threading",
+    "typing",
+    "ctm_core",
 }
-BANNED_CALLS = {("datetime", "now"), ("datetime", "utcnow"), ("date", "today"),
-                ("time", "time"), ("time", "sleep"), ("time", "monotonic")}
+BANNED_CALLS = {
+    ("datetime", "now"),
+    ("datetime", "utcnow"),
+    ("date", "today"),
+    ("time", "time"),
+    ("time", "sleep"),
+    ("time", "monotonic"),
+}
 
 
 def violations(source: str, allowed: set[str], filename: str = "<mod>") -> list[str]:

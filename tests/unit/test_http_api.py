@@ -43,8 +43,12 @@ def parts() -> dict[str, Any]:
 
 @pytest.fixture
 def client(parts: dict[str, Any]) -> Iterator[TestClient]:
-    settings = Settings(data_dir="/nonexistent/ctm", admin_password="admin-password",
-                        timezone="UTC", max_concurrent_runs=2)
+    settings = Settings(
+        data_dir="/nonexistent/ctm",
+        admin_password="admin-password",
+        timezone="UTC",
+        max_concurrent_runs=2,
+    )
     with TestClient(create_app(settings, **parts), base_url="http://testserver") as c:
         yield c
 
@@ -55,8 +59,9 @@ def login(client: TestClient, username: str = "admin", password: str = "admin-pa
 
 def add_user(client: TestClient, name: str, admin: bool = False) -> None:
     login(client)
-    r = client.post("/create_user", json={"username": name, "password": f"password-{name}",
-                                          "is_admin": admin})
+    r = client.post(
+        "/create_user", json={"username": name, "password": f"password-{name}", "is_admin": admin}
+    )
     assert r.status_code == 201, r.text
     login(client, name, f"password-{name}")
 
@@ -117,13 +122,24 @@ def test_idle_session_expires_with_the_clock(client: TestClient, parts: dict[str
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/create_user"), ("GET", "/api/conda/environments"), ("GET", "/api/conda/stats"),
-     ("GET", "/api/conda/environment/x"), ("PUT", "/api/conda/environment/x"),
-     ("DELETE", "/api/conda/environment/x"), ("POST", "/api/conda/environment"),
-     ("POST", "/api/conda/environment/x/packages"), ("DELETE", "/api/conda/environment/x/packages"),
-     ("POST", "/api/tasks"), ("GET", "/api/tasks"), ("GET", "/api/tasks/1"),
-     ("POST", "/api/tasks/1/stop"), ("DELETE", "/api/tasks/1"), ("GET", "/api/tasks/stats"),
-     ("GET", "/api/tasks/history")],
+    [
+        ("POST", "/create_user"),
+        ("GET", "/api/conda/environments"),
+        ("GET", "/api/conda/stats"),
+        ("GET", "/api/conda/environment/x"),
+        ("PUT", "/api/conda/environment/x"),
+        ("DELETE", "/api/conda/environment/x"),
+        ("POST", "/api/conda/environment"),
+        ("POST", "/api/conda/environment/x/packages"),
+        ("DELETE", "/api/conda/environment/x/packages"),
+        ("POST", "/api/tasks"),
+        ("GET", "/api/tasks"),
+        ("GET", "/api/tasks/1"),
+        ("POST", "/api/tasks/1/stop"),
+        ("DELETE", "/api/tasks/1"),
+        ("GET", "/api/tasks/stats"),
+        ("GET", "/api/tasks/history"),
+    ],
 )
 def test_every_route_but_login_needs_a_session(client: TestClient, method: str, path: str) -> None:
     """No cookie: 401 with the contract body."""
@@ -136,13 +152,18 @@ def test_create_user_statuses(client: TestClient) -> None:
     login(client)
     r = client.post("/create_user", json={"username": "bob", "password": "password-bob"})
     assert r.status_code == 201
-    assert r.json() == {"success": True, "message": "User created successfully",
-                        "user": {"username": "bob", "is_admin": False}}
+    assert r.json() == {
+        "success": True,
+        "message": "User created successfully",
+        "user": {"username": "bob", "is_admin": False},
+    }
     r = client.post("/create_user", json={"username": "bob", "password": "password-bob"})
     assert r.status_code == 400 and r.json()["message"] == "User already exists"
-    for body in ({"username": "b ob", "password": "password-x"},
-                 {"username": "carol", "password": "short"},
-                 {"username": "carol", "password": "long-enough", "is_admin": "yes"}):
+    for body in (
+        {"username": "b ob", "password": "password-x"},
+        {"username": "carol", "password": "short"},
+        {"username": "carol", "password": "long-enough", "is_admin": "yes"},
+    ):
         r = client.post("/create_user", json=body)
         assert r.status_code == 400 and r.json()["success"] is False
     login(client, "bob", "password-bob")
@@ -153,11 +174,16 @@ def test_create_user_statuses(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     ("content", "ctype"),
-    [(b"{not json", "application/json"), (b"[1, 2]", "application/json"),
-     (b'"text"', "application/json"), (b"", "application/json"), (b"null", "application/json"),
-     (b"{" * 5000 + b"}" * 5000, "application/json"),
-     (json.dumps({"x": "y" * 1_000_000}).encode(), "application/json"),
-     (b'{"username": 1}', "text/plain")],
+    [
+        (b"{not json", "application/json"),
+        (b"[1, 2]", "application/json"),
+        (b'"text"', "application/json"),
+        (b"", "application/json"),
+        (b"null", "application/json"),
+        (b"{" * 5000 + b"}" * 5000, "application/json"),
+        (json.dumps({"x": "y" * 1_000_000}).encode(), "application/json"),
+        (b'{"username": 1}', "text/plain"),
+    ],
 )
 def test_malformed_bodies_get_4xx_never_500(client: TestClient, content: bytes, ctype: str) -> None:
     """Invalid JSON, arrays, empty, deeply nested or 1 MB bodies: a JSON 4xx."""
@@ -171,22 +197,26 @@ def test_malformed_bodies_get_4xx_never_500(client: TestClient, content: bytes, 
 def test_huge_body_is_refused_with_413(client: TestClient) -> None:
     """A body over the limit is refused without being parsed."""
     login(client)
-    r = client.post("/api/tasks", content=b"x" * (3 * 1024 * 1024),
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/api/tasks", content=b"x" * (3 * 1024 * 1024), headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413
 
 
 def test_cross_site_requests_are_refused(client: TestClient) -> None:
     """A foreign Origin or Sec-Fetch-Site: cross-site on a change: 403."""
     login(client)
-    r = client.post("/api/conda/environment", json={"name": "x"},
-                    headers={"origin": "http://evil.example"})
+    r = client.post(
+        "/api/conda/environment", json={"name": "x"}, headers={"origin": "http://evil.example"}
+    )
     assert r.status_code == 403
-    r = client.post("/api/conda/environment", json={"name": "x"},
-                    headers={"sec-fetch-site": "cross-site"})
+    r = client.post(
+        "/api/conda/environment", json={"name": "x"}, headers={"sec-fetch-site": "cross-site"}
+    )
     assert r.status_code == 403
-    r = client.post("/api/conda/environment", json={"name": "x"},
-                    headers={"origin": "http://testserver"})
+    r = client.post(
+        "/api/conda/environment", json={"name": "x"}, headers={"origin": "http://testserver"}
+    )
     assert r.status_code == 201
 
 
@@ -211,8 +241,12 @@ def test_environment_lifecycle_bodies(client: TestClient) -> None:
     [env] = client.get("/api/conda/environments").json()
     assert env["name"] == "ml" and "six" in env["packages"] and env["python_version"]
     r = client.post("/api/conda/environment/ml/packages", json={"packages": ["attrs>=1"]})
-    assert r.json() == {"success": True, "message": "Packages installed successfully",
-                        "environment": "ml", "installed_packages": ["attrs>=1"]}
+    assert r.json() == {
+        "success": True,
+        "message": "Packages installed successfully",
+        "environment": "ml",
+        "installed_packages": ["attrs>=1"],
+    }
     r = client.post("/api/conda/environment/ml/packages", json={"packages": ["nope-pkg"]})
     assert r.status_code == 400 and r.json()["failed_packages"] == ["nope-pkg"]
     assert r.json()["message"] == "Failed to install packages"
@@ -221,14 +255,26 @@ def test_environment_lifecycle_bodies(client: TestClient) -> None:
     assert r.json()["removed_packages"] == ["six"]
     detail = client.get("/api/conda/environment/ml").json()
     assert {"name", "python_version", "created_at", "usage_stats", "packages"} <= detail.keys()
-    assert set(detail["usage_stats"]) == {"total_tasks", "success_rate",
-                                          "avg_execution_time", "disk_usage"}
+    assert set(detail["usage_stats"]) == {
+        "total_tasks",
+        "success_rate",
+        "avg_execution_time",
+        "disk_usage",
+    }
     r = client.put("/api/conda/environment/ml", json={"new_name": "ml2"})
-    assert r.json() == {"success": True, "message": "Environment renamed successfully",
-                        "old_name": "ml", "new_name": "ml2", "updated_tasks_count": 0}
+    assert r.json() == {
+        "success": True,
+        "message": "Environment renamed successfully",
+        "old_name": "ml",
+        "new_name": "ml2",
+        "updated_tasks_count": 0,
+    }
     assert client.get("/api/conda/environment/ml").status_code == 404
     assert client.get("/api/conda/environment/ml").json() == {
-        "success": False, "message": "Environment not found", "error": "Environment 'ml' not found"}
+        "success": False,
+        "message": "Environment not found",
+        "error": "Environment 'ml' not found",
+    }
     assert client.delete("/api/conda/environment/ml2").status_code == 204
     stats = client.get("/api/conda/stats").json()
     assert stats["total_environments"] == 0 and stats["latest_created"] is None
@@ -240,20 +286,39 @@ def test_environment_permission_bodies(client: TestClient) -> None:
     client.post("/api/conda/environment", json={"name": "adminenv"})
     add_user(client, "bob")
     expectations = [
-        ("PUT", "/api/conda/environment/adminenv", {"new_name": "z"},
-         "You do not have permission to modify this environment"),
-        ("POST", "/api/conda/environment/adminenv/packages", {"packages": ["six"]},
-         "You do not have permission to modify packages in this environment"),
-        ("DELETE", "/api/conda/environment/adminenv/packages", {"packages": ["six"]},
-         "You do not have permission to remove packages from this environment"),
-        ("DELETE", "/api/conda/environment/adminenv", None,
-         "You do not have permission to delete this environment"),
+        (
+            "PUT",
+            "/api/conda/environment/adminenv",
+            {"new_name": "z"},
+            "You do not have permission to modify this environment",
+        ),
+        (
+            "POST",
+            "/api/conda/environment/adminenv/packages",
+            {"packages": ["six"]},
+            "You do not have permission to modify packages in this environment",
+        ),
+        (
+            "DELETE",
+            "/api/conda/environment/adminenv/packages",
+            {"packages": ["six"]},
+            "You do not have permission to remove packages from this environment",
+        ),
+        (
+            "DELETE",
+            "/api/conda/environment/adminenv",
+            None,
+            "You do not have permission to delete this environment",
+        ),
     ]
     for method, path, body, error in expectations:
         r = client.request(method, path, json=body)
         assert r.status_code == 403
-        assert r.json() == {"success": False, "message": "Unauthorized - Insufficient privileges",
-                            "error": error}
+        assert r.json() == {
+            "success": False,
+            "message": "Unauthorized - Insufficient privileges",
+            "error": error,
+        }
 
 
 def test_injection_specs_refused_before_any_command(
@@ -275,14 +340,22 @@ def test_task_create_error_bodies(client: TestClient) -> None:
     login(client)
     base = {"script": "print(1)", "conda_env": "env"}
     cases = [
-        ({**base, "cron_expression": "* * * * *", "delay_seconds": 3},
-         "Please specify either cron expression or delay seconds, not both",
-         "Cannot specify both cron_expression and delay_seconds"),
+        (
+            {**base, "cron_expression": "* * * * *", "delay_seconds": 3},
+            "Please specify either cron expression or delay seconds, not both",
+            "Cannot specify both cron_expression and delay_seconds",
+        ),
         ({**base, "cron_expression": "bad"}, "The provided cron expression is invalid", None),
-        ({**base, "delay_seconds": -5}, "Please provide a non-negative delay value",
-         "Delay seconds must be non-negative"),
-        ({**base, "conda_env": "missing", "reuse_env": True},
-         "Cannot reuse non-existing environment", "Environment 'missing' not found"),
+        (
+            {**base, "delay_seconds": -5},
+            "Please provide a non-negative delay value",
+            "Delay seconds must be non-negative",
+        ),
+        (
+            {**base, "conda_env": "missing", "reuse_env": True},
+            "Cannot reuse non-existing environment",
+            "Environment 'missing' not found",
+        ),
     ]
     for body, message, error in cases:
         r = client.post("/api/tasks", json=body)
@@ -295,8 +368,14 @@ def test_task_create_error_bodies(client: TestClient) -> None:
     r = client.post("/api/tasks", json={**base, "task_name": "t1", "cron_expression": "0 0 * * *"})
     assert r.status_code == 201
     r = client.post("/api/tasks", json={**base, "task_name": "t1"})
-    assert r.json().items() >= {"success": False, "message": "Task with this name already exists",
-                                "error": "Task with name 't1' already exists"}.items()
+    assert (
+        r.json().items()
+        >= {
+            "success": False,
+            "message": "Task with this name already exists",
+            "error": "Task with name 't1' already exists",
+        }.items()
+    )
     assert r.json()["field"] == "task_name"
     r = client.post("/api/tasks", json={**base, "conda_env": "n2", "requirements": "nope-pkg"})
     assert r.json()["message"] == "Failed to install requirements in new environment"
@@ -309,15 +388,26 @@ def test_task_create_error_bodies(client: TestClient) -> None:
 def test_task_lifecycle_bodies(client: TestClient, parts: dict[str, Any]) -> None:
     """Create (201), list, detail with history and metrics, stats, history, delete."""
     login(client)
-    r = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env",
-                                        "task_name": "now"})
+    r = client.post(
+        "/api/tasks", json={"script": "print(1)", "conda_env": "env", "task_name": "now"}
+    )
     assert r.status_code == 201
     body = r.json()
     assert body["message"] == "Task scheduled successfully"
     task = body["task"]
-    for key in ("task_id", "task_name", "script_path", "conda_env", "status", "created_at",
-                "cron_expression", "next_run_time", "last_run_time", "last_run_duration",
-                "requirements"):
+    for key in (
+        "task_id",
+        "task_name",
+        "script_path",
+        "conda_env",
+        "status",
+        "created_at",
+        "cron_expression",
+        "next_run_time",
+        "last_run_time",
+        "last_run_duration",
+        "requirements",
+    ):
         assert key in task
     tid = task["task_id"]
     parts["runner"].wait_started(1)
@@ -341,11 +431,16 @@ def test_task_lifecycle_bodies(client: TestClient, parts: dict[str, Any]) -> Non
     assert hist["status"] == "success" and hist["data"][0]["task_id"] == tid
     r = client.post(f"/api/tasks/{tid}/stop")
     assert r.status_code == 400
-    assert r.json() == {"success": False, "message": "Task is not in a running state",
-                        "error": "Cannot stop a task with status: 'completed'",
-                        "current_status": "completed"}
-    assert client.get("/api/tasks/999").json() == {"success": False,
-                                                   "message": "Task with ID 999 not found"}
+    assert r.json() == {
+        "success": False,
+        "message": "Task is not in a running state",
+        "error": "Cannot stop a task with status: 'completed'",
+        "current_status": "completed",
+    }
+    assert client.get("/api/tasks/999").json() == {
+        "success": False,
+        "message": "Task with ID 999 not found",
+    }
     assert client.get("/api/tasks/abc").status_code == 404
     assert client.delete(f"/api/tasks/{tid}").status_code == 204
     assert client.get(f"/api/tasks/{tid}").status_code == 404
@@ -356,8 +451,10 @@ def test_history_limit_caps_the_execution_history(
 ) -> None:
     """?history_limit=N returns only the N newest executions; a bad value is a 400."""
     login(client)
-    r = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env",
-                                        "cron_expression": "* * * * * *"})
+    r = client.post(
+        "/api/tasks",
+        json={"script": "print(1)", "conda_env": "env", "cron_expression": "* * * * * *"},
+    )
     tid = r.json()["task"]["task_id"]
     for n in range(1, 4):
         parts["clock"].advance(1)
@@ -400,8 +497,9 @@ def test_error_answers_renew_the_session_too(client: TestClient) -> None:
 def test_history_items_carry_a_logs_key(client: TestClient, parts: dict[str, Any]) -> None:
     """execution_history items have api.md's logs key (null: full logs are in latest_execution)."""
     login(client)
-    tid = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env"}
-                      ).json()["task"]["task_id"]
+    tid = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env"}).json()["task"][
+        "task_id"
+    ]
     parts["runner"].wait_started(1)
     history = client.get(f"/api/tasks/{tid}").json()["execution_history"]
     assert history and all("logs" in e and e["logs"] is None for e in history)
@@ -411,37 +509,53 @@ def test_task_limits_are_shown_effective_and_validated(client: TestClient) -> No
     """A task's own limits, else the server's defaults, appear in create, list and detail;
     a bad limit is a 400 naming its field."""
     login(client)
-    r = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env",
-                                        "cron_expression": "0 0 * * *",
-                                        "memory_limit_mb": 512, "network": False})
+    r = client.post(
+        "/api/tasks",
+        json={
+            "script": "print(1)",
+            "conda_env": "env",
+            "cron_expression": "0 0 * * *",
+            "memory_limit_mb": 512,
+            "network": False,
+        },
+    )
     assert r.status_code == 201, r.text
     task = r.json()["task"]
-    expected = {"memory_limit_mb": 512.0, "max_processes": 256, "cpu_limit": None,
-                "network": False}
+    expected = {"memory_limit_mb": 512.0, "max_processes": 256, "cpu_limit": None, "network": False}
     assert {k: task[k] for k in expected} == expected
     [listed] = client.get("/api/tasks").json()
     detail = client.get(f"/api/tasks/{task['task_id']}").json()["task"]
     assert {k: listed[k] for k in expected} == {k: detail[k] for k in expected} == expected
-    for field, value in (("memory_limit_mb", "512"), ("max_processes", 5000),
-                         ("cpu_limit", 0), ("network", "off")):
-        r = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env",
-                                            field: value})
+    for field, value in (
+        ("memory_limit_mb", "512"),
+        ("max_processes", 5000),
+        ("cpu_limit", 0),
+        ("network", "off"),
+    ):
+        r = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env", field: value})
         assert r.status_code == 400, (field, r.text)
         assert r.json()["field"] == field and field in r.json()["message"]
 
 
 def test_task_limit_per_user_is_a_403(parts: dict[str, Any]) -> None:
     """A non-admin over the per-user task limit gets 403 "Task limit reached"."""
-    settings = Settings(data_dir="/nonexistent/ctm", admin_password="admin-password",
-                        timezone="UTC", max_tasks_per_user=1)
+    settings = Settings(
+        data_dir="/nonexistent/ctm",
+        admin_password="admin-password",
+        timezone="UTC",
+        max_tasks_per_user=1,
+    )
     with TestClient(create_app(settings, **parts), base_url="http://testserver") as c:
         add_user(c, "bob")
         body = {"script": "print(1)", "conda_env": "env", "cron_expression": "0 0 * * *"}
         assert c.post("/api/tasks", json=body).status_code == 201
         r = c.post("/api/tasks", json=body)
         assert r.status_code == 403
-        assert r.json() == {"success": False, "message": "Task limit reached",
-                            "error": "At most 1 tasks per user"}
+        assert r.json() == {
+            "success": False,
+            "message": "Task limit reached",
+            "error": "At most 1 tasks per user",
+        }
 
 
 def test_others_tasks_pin_an_environment_only_while_running(
@@ -453,8 +567,9 @@ def test_others_tasks_pin_an_environment_only_while_running(
     login(client)
     assert client.post("/api/conda/environment", json={"name": "shared"}).status_code == 201
     add_user(client, "bob")
-    tid = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "shared"}
-                      ).json()["task"]["task_id"]
+    tid = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "shared"}).json()[
+        "task"
+    ]["task_id"]
     [handle] = parts["runner"].wait_started(1)
     script_path = client.get(f"/api/tasks/{tid}").json()["task"]["script_path"]
     login(client)
@@ -476,20 +591,38 @@ def test_history_and_task_detail_come_a_page_at_a_time(
     """``limit`` and ``before`` walk every execution once, newest first; the default call is
     the first page of 500 with the api.md keys; bad values are a 400."""
     login(client)
-    r = client.post("/api/tasks", json={"script": "print(1)", "conda_env": "env",
-                                        "cron_expression": "0 0 1 1 *"})
+    r = client.post(
+        "/api/tasks",
+        json={"script": "print(1)", "conda_env": "env", "cron_expression": "0 0 1 1 *"},
+    )
     tid = r.json()["task"]["task_id"]
-    other = client.post("/api/tasks", json={"script": "print(2)", "conda_env": "env",
-                                            "cron_expression": "0 0 1 1 *"}).json()
+    other = client.post(
+        "/api/tasks",
+        json={"script": "print(2)", "conda_env": "env", "cron_expression": "0 0 1 1 *"},
+    ).json()
     repo, now = parts["repo"], parts["clock"].now()
     for i in range(7):
         start = now - timedelta(minutes=10 - i)
-        repo.add_execution(Execution(
-            id=f"e{i}", task_id=tid, status=ExecutionStatus.COMPLETED, start_time=start,
-            end_time=start + timedelta(seconds=1), duration=1.0))
-    repo.add_execution(Execution(id="x", task_id=other["task"]["task_id"],
-                                 status=ExecutionStatus.FAILED, start_time=now - timedelta(hours=1),
-                                 end_time=now, duration=1.0))
+        repo.add_execution(
+            Execution(
+                id=f"e{i}",
+                task_id=tid,
+                status=ExecutionStatus.COMPLETED,
+                start_time=start,
+                end_time=start + timedelta(seconds=1),
+                duration=1.0,
+            )
+        )
+    repo.add_execution(
+        Execution(
+            id="x",
+            task_id=other["task"]["task_id"],
+            status=ExecutionStatus.FAILED,
+            start_time=now - timedelta(hours=1),
+            end_time=now,
+            duration=1.0,
+        )
+    )
     newest_first = [f"e{i}" for i in reversed(range(7))]
 
     def walk(path: str, items: str, cursor: str) -> list[str]:
@@ -505,8 +638,10 @@ def test_history_and_task_detail_come_a_page_at_a_time(
                 return seen
 
     assert walk("/api/tasks/history", "data", "next_before") == [*newest_first, "x"]
-    assert walk(f"/api/tasks/{tid}", "execution_history",
-                "execution_history_next_before") == newest_first
+    assert (
+        walk(f"/api/tasks/{tid}", "execution_history", "execution_history_next_before")
+        == newest_first
+    )
     default = client.get("/api/tasks/history").json()
     assert set(default) == {"status", "data", "next_before"} and default["next_before"] is None
     assert len(default["data"]) == 8

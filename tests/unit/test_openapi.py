@@ -74,7 +74,8 @@ def app_operations() -> set[tuple[str, str]]:
 # clauses), which is the safe side: a status found here must be documented.
 
 _ERROR_NAMES = {
-    name for name, obj in vars(errors).items()
+    name
+    for name, obj in vars(errors).items()
     if inspect.isclass(obj) and issubclass(obj, errors.CtmError)
 }
 _HTTP = "RequestError"
@@ -131,19 +132,22 @@ class CallGraph:
         for node in cls.body:
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 self.fields.setdefault(node.target.id, set()).update(
-                    _annotation_name(node.annotation))
+                    _annotation_name(node.annotation)
+                )
             if isinstance(node, ast.FunctionDef) and node.name == "__init__":
-                params = {a.arg: _annotation_name(a.annotation)
-                          for a in node.args.args + node.args.kwonlyargs}
+                params = {
+                    a.arg: _annotation_name(a.annotation)
+                    for a in node.args.args + node.args.kwonlyargs
+                }
                 for sub in ast.walk(node):
                     if isinstance(sub, ast.AnnAssign) and isinstance(sub.target, ast.Attribute):
                         self.fields.setdefault(sub.target.attr, set()).update(
-                            _annotation_name(sub.annotation))
+                            _annotation_name(sub.annotation)
+                        )
                     elif isinstance(sub, ast.Assign) and isinstance(sub.value, ast.Name):
                         for t in sub.targets:
                             if isinstance(t, ast.Attribute) and sub.value.id in params:
-                                self.fields.setdefault(t.attr, set()).update(
-                                    params[sub.value.id])
+                                self.fields.setdefault(t.attr, set()).update(params[sub.value.id])
 
     def _methods(self, cls_name: str) -> dict[str, ast.AST]:
         if cls_name not in self.classes:
@@ -159,7 +163,8 @@ class CallGraph:
     def _implementations(self, port: str) -> list[str]:
         wanted = {m for m in self._methods(port) if not m.startswith("_")}
         return [
-            name for name, (mod, _) in self.classes.items()
+            name
+            for name, (mod, _) in self.classes.items()
             if mod.startswith("ctm_adapters.") and wanted <= set(self._methods(name))
         ]
 
@@ -177,8 +182,7 @@ class CallGraph:
 
     @functools.cache  # noqa: B019 - one graph per test session
     def raises(self, module: str, cls_name: str | None, name: str) -> frozenset[Any]:
-        node = (self._methods(cls_name).get(name) if cls_name
-                else self.functions.get((module, name)))
+        node = self._methods(cls_name).get(name) if cls_name else self.functions.get((module, name))
         if node is None:
             return frozenset()
         self._visiting = getattr(self, "_visiting", set())
@@ -225,7 +229,6 @@ def graph() -> CallGraph:
     return CallGraph()
 
 
-
 def _status(item: Any) -> int:
     if isinstance(item, tuple):
         return int(item[1])
@@ -234,12 +237,18 @@ def _status(item: Any) -> int:
 
 # What the over-approximating graph finds but cannot happen through the API, and why.
 NOT_REACHABLE = {
-    ("POST", "/api/conda/environment", "EnvironmentNotFound"):
-        "the backend reads the new environment back while the service holds its lock: only a "
-        "deletion outside ctm could make it vanish",
-    ("POST", "/api/tasks", "TaskNotFound"):
-        "set_task_script follows add_task at once, before the new task's id is answered to "
-        "anyone who could delete it",
+    (
+        "POST",
+        "/api/conda/environment",
+        "EnvironmentNotFound",
+    ): "the backend reads the new environment back while the service holds its lock: only a "
+    "deletion outside ctm could make it vanish",
+    (
+        "POST",
+        "/api/tasks",
+        "TaskNotFound",
+    ): "set_task_script follows add_task at once, before the new task's id is answered to "
+    "anyone who could delete it",
 }
 
 
@@ -326,8 +335,11 @@ def _query_names(route: Route) -> set[str]:
             target, key = sub.value, sub.slice
         else:
             continue
-        if (isinstance(target, ast.Attribute) and target.attr == "query_params"
-                and isinstance(key, ast.Constant)):
+        if (
+            isinstance(target, ast.Attribute)
+            and target.attr == "query_params"
+            and isinstance(key, ast.Constant)
+        ):
             names.add(key.value)
     return names
 
@@ -369,10 +381,19 @@ def test_protected_operations_require_the_session_cookie() -> None:
     assert SPEC["security"] == [{"session": []}]
     scheme = SPEC["components"]["securitySchemes"]["session"]
     assert scheme == {**scheme, "type": "apiKey", "in": "cookie", "name": "session"}
-    open_ops = {(m.upper(), p) for p, ops in SPEC["paths"].items() for m, op in ops.items()
-                if "security" in op}
-    assert open_ops == {("POST", "/login"), ("POST", "/logout"), ("GET", "/openapi.json"),
-                        ("GET", "/docs"), ("GET", "/")}
+    open_ops = {
+        (m.upper(), p)
+        for p, ops in SPEC["paths"].items()
+        for m, op in ops.items()
+        if "security" in op
+    }
+    assert open_ops == {
+        ("POST", "/login"),
+        ("POST", "/logout"),
+        ("GET", "/openapi.json"),
+        ("GET", "/docs"),
+        ("GET", "/"),
+    }
     for method, path in spec_operations() - open_ops:
         assert 401 in documented(method, path), (method, path)
 
@@ -412,42 +433,111 @@ S = timedelta(seconds=1)
 
 def _samples() -> dict[Any, list[tuple[Any, ...]]]:
     """Arguments for each serializer, covering every optional key."""
-    env = Environment(name="demo", prefix="/envs/demo", python_version="3.12.1",
-                      packages=(Package("six", "1.16.0"),), created_at=T0)
-    task = Task(id=1, name="t", owner_id=2, script_path="/s/t.py", script_stored=True,
-                conda_env="demo", requirements=None, cron_expression="* * * * *",
-                delay_seconds=None, timeout_seconds=None, status=TaskStatus.SCHEDULED,
-                created_at=T0, next_run_at=T0 + S, last_execution_id="e1")
-    done = Execution(id="e1", task_id=1, status=ExecutionStatus.COMPLETED, start_time=T0,
-                     end_time=T0 + S, duration=1.0, exit_code=0, scheduled_for=T0)
-    skipped = Execution(id="e2", task_id=1, status=ExecutionStatus.SKIPPED, scheduled_for=T0,
-                        start_time=T0, end_time=T0 + 2 * S, skip_count=2,
-                        first_skipped_at=T0, last_skipped_at=T0 + 2 * S)
+    env = Environment(
+        name="demo",
+        prefix="/envs/demo",
+        python_version="3.12.1",
+        packages=(Package("six", "1.16.0"),),
+        created_at=T0,
+    )
+    task = Task(
+        id=1,
+        name="t",
+        owner_id=2,
+        script_path="/s/t.py",
+        script_stored=True,
+        conda_env="demo",
+        requirements=None,
+        cron_expression="* * * * *",
+        delay_seconds=None,
+        timeout_seconds=None,
+        status=TaskStatus.SCHEDULED,
+        created_at=T0,
+        next_run_at=T0 + S,
+        last_execution_id="e1",
+    )
+    done = Execution(
+        id="e1",
+        task_id=1,
+        status=ExecutionStatus.COMPLETED,
+        start_time=T0,
+        end_time=T0 + S,
+        duration=1.0,
+        exit_code=0,
+        scheduled_for=T0,
+    )
+    skipped = Execution(
+        id="e2",
+        task_id=1,
+        status=ExecutionStatus.SKIPPED,
+        scheduled_for=T0,
+        start_time=T0,
+        end_time=T0 + 2 * S,
+        skip_count=2,
+        first_skipped_at=T0,
+        last_skipped_at=T0 + 2 * S,
+    )
     policy = RunPolicy()
     user = User(id=1, username="admin", password_hash="x", is_admin=True, created_at=T0)
     admin = Principal(user_id=1, username="admin", is_admin=True)
-    containment = {"contained": False, "mode": "off", "reason": "r", "identity": "i",
-                   "limits": "l"}
+    containment = {"contained": False, "mode": "off", "reason": "r", "identity": "i", "limits": "l"}
     ser = _serialize
     return {
         ser.environment_summary: [(env, 10, UTC), (env, None, UTC)],
-        ser.environment_detail: [(EnvironmentDetail(environment=env, usage=UsageStats(
-            total_tasks=1, success_rate=100.0, avg_execution_time=1.0, disk_usage_bytes=1)),
-            UTC)],
-        ser.environment_stats: [(EnvironmentStats(
-            total_environments=1, active_environments=1, total_disk_usage_bytes=1,
-            latest_created=env, environment_usage=[("demo", 100)],
-            package_stats=[("demo", 1)]), UTC)],
+        ser.environment_detail: [
+            (
+                EnvironmentDetail(
+                    environment=env,
+                    usage=UsageStats(
+                        total_tasks=1,
+                        success_rate=100.0,
+                        avg_execution_time=1.0,
+                        disk_usage_bytes=1,
+                    ),
+                ),
+                UTC,
+            )
+        ],
+        ser.environment_stats: [
+            (
+                EnvironmentStats(
+                    total_environments=1,
+                    active_environments=1,
+                    total_disk_usage_bytes=1,
+                    latest_created=env,
+                    environment_usage=[("demo", 100)],
+                    package_stats=[("demo", 1)],
+                ),
+                UTC,
+            )
+        ],
         ser.task_body: [(task, UTC, policy)],
         ser.task_list_item: [(task, done, UTC, policy), (task, None, UTC, policy)],
         ser.execution_body: [(done, UTC), (skipped, UTC)],
-        ser.task_detail: [(TaskDetail(task=task, executions=[done], latest=done,
-                                      latest_log="hello\n"), UTC, policy)],
-        ser.task_stats: [(TaskStats(
-            counts={s.value: 0 for s in TaskStatus}, total=0, avg_duration=0.0,
-            min_duration=0.0, max_duration=0.0, success_rate=0.0,
-            dates=[f"2026-05-0{d}" for d in range(1, 8)], success_counts=[0] * 7,
-            failed_counts=[0] * 7, recent=[(done, "t")]), UTC)],
+        ser.task_detail: [
+            (
+                TaskDetail(task=task, executions=[done], latest=done, latest_log="hello\n"),
+                UTC,
+                policy,
+            )
+        ],
+        ser.task_stats: [
+            (
+                TaskStats(
+                    counts={s.value: 0 for s in TaskStatus},
+                    total=0,
+                    avg_duration=0.0,
+                    min_duration=0.0,
+                    max_duration=0.0,
+                    success_rate=0.0,
+                    dates=[f"2026-05-0{d}" for d in range(1, 8)],
+                    success_counts=[0] * 7,
+                    failed_counts=[0] * 7,
+                    recent=[(done, "t")],
+                ),
+                UTC,
+            )
+        ],
         ser.history_item: [(done, "t", UTC)],
         ser.user_body: [(user,), (admin,)],
         ser.logged_in: [(user,)],
@@ -482,15 +572,22 @@ def test_each_serializer_writes_exactly_the_keys_of_its_declaration() -> None:
 def test_every_serializer_names_its_body() -> None:
     """Each public function of _serialize that renders a body is registered with @renders."""
     helpers = {"fmt_time", "gb", "renders"}
-    public = {name for name, fn in vars(_serialize).items() if inspect.isfunction(fn)
-              and fn.__module__ == _serialize.__name__ and not name.startswith("_")}
+    public = {
+        name
+        for name, fn in vars(_serialize).items()
+        if inspect.isfunction(fn)
+        and fn.__module__ == _serialize.__name__
+        and not name.startswith("_")
+    }
     assert public - helpers == {fn.__name__ for fn in _serialize.SERIALIZERS}
 
 
 def test_every_success_body_of_the_description_is_a_declared_body() -> None:
     """The JSON success answers of the API routes come from _bodies declarations."""
-    declared = set(_serialize.SERIALIZERS.values()) | {_bodies.ENVIRONMENTS["items"],
-                                                      _bodies.TASKS["items"]}
+    declared = set(_serialize.SERIALIZERS.values()) | {
+        _bodies.ENVIRONMENTS["items"],
+        _bodies.TASKS["items"],
+    }
     api = ("/api", "/login", "/logout", "/create_user")
     for op in openapi.OPERATIONS:
         if op.path.startswith(api) and op.ok_status != 204:
@@ -511,8 +608,9 @@ def test_every_error_class_has_a_body_and_a_status() -> None:
 
 def test_every_status_of_the_error_table_appears_in_the_spec() -> None:
     """No status of _errors.STATUS is left out of every operation."""
-    used = {int(s) for ops in SPEC["paths"].values() for op in ops.values()
-            for s in op["responses"]}
+    used = {
+        int(s) for ops in SPEC["paths"].values() for op in ops.values() for s in op["responses"]
+    }
     assert set(_errors.STATUS.values()) <= used
 
 
@@ -524,21 +622,37 @@ def test_error_bodies_rendered_by_the_handler_are_their_declarations() -> None:
         errors.InvalidEnvironmentName("-x", "bad"),
         errors.InvalidPackageSpec("packages", ["-c evil"]),
         errors.InvalidCredentialsFormat("password", "short"),
-        errors.ScheduleConflict(), errors.InvalidCronExpression("bad"), errors.InvalidDelay(),
-        errors.AuthenticationRequired(), errors.InvalidCredentials(),
-        errors.TooManyLoginAttempts(30), errors.AdminRequired(),
-        errors.NotOwner("stop this task"), errors.CrossSiteRequest(),
-        errors.ScriptOutsideRoots("/etc/x.py"), errors.UserExists("bob"),
-        errors.EnvironmentNotFound("x"), errors.EnvironmentExists("x"),
+        errors.ScheduleConflict(),
+        errors.InvalidCronExpression("bad"),
+        errors.InvalidDelay(),
+        errors.AuthenticationRequired(),
+        errors.InvalidCredentials(),
+        errors.TooManyLoginAttempts(30),
+        errors.AdminRequired(),
+        errors.NotOwner("stop this task"),
+        errors.CrossSiteRequest(),
+        errors.ScriptOutsideRoots("/etc/x.py"),
+        errors.UserExists("bob"),
+        errors.EnvironmentNotFound("x"),
+        errors.EnvironmentExists("x"),
         errors.EnvironmentInUse(errors.EnvironmentInUse.DELETE, ["/a"]),
-        errors.PackageOperationFailed("Failed to install packages", failed_packages=["x"],
-                                      error_details=["no"], output="out"),
-        errors.BackendFailure("conda exploded"), errors.TaskNotFound(7),
-        errors.TaskExists("t"), errors.ReuseMissingEnvironment("e"),
+        errors.PackageOperationFailed(
+            "Failed to install packages", failed_packages=["x"], error_details=["no"], output="out"
+        ),
+        errors.BackendFailure("conda exploded"),
+        errors.TaskNotFound(7),
+        errors.TaskExists("t"),
+        errors.ReuseMissingEnvironment("e"),
         errors.ScriptNotFound("/x.py"),
-        errors.RequirementsFailed(new_environment=False, failed_packages=["x"],
-                                  error_details=["no"], output="o", environment_state="s"),
-        errors.TaskNotRunning("completed"), errors.TaskLimitReached(200),
+        errors.RequirementsFailed(
+            new_environment=False,
+            failed_packages=["x"],
+            error_details=["no"],
+            output="o",
+            environment_state="s",
+        ),
+        errors.TaskNotRunning("completed"),
+        errors.TaskLimitReached(200),
     ]
     assert {type(s).__name__ for s in samples} == _ERROR_NAMES - {"CtmError"}
     for exc in samples:
@@ -554,11 +668,18 @@ def test_messages_chosen_by_the_raiser_are_listed_on_the_class() -> None:
     choosers = {n for n in _ERROR_NAMES if getattr(errors, n).messages}
     for module, tree in graph().modules.items():
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                    and node.func.id in choosers and node.args
-                    and isinstance(node.args[0], ast.Constant)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in choosers
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
                 assert node.args[0].value in getattr(errors, node.func.id).messages, (
-                    module, node.lineno, node.args[0].value)
+                    module,
+                    node.lineno,
+                    node.args[0].value,
+                )
 
 
 # --- examples --------------------------------------------------------------------------------
@@ -609,11 +730,16 @@ def client() -> Iterator[TestClient]:
     )
     from ctm_adapters.memory import InMemoryRepository
 
-    settings = Settings(data_dir="/nonexistent/ctm", admin_password="admin-password",
-                        timezone="UTC")
+    settings = Settings(
+        data_dir="/nonexistent/ctm", admin_password="admin-password", timezone="UTC"
+    )
     application = app.create_app(
-        settings, repo=InMemoryRepository(), clock=FakeClock(), backend=FakeEnvironmentBackend(),
-        runner=FakeProcessRunner(auto_exit_code=0), files=InMemoryFileStore(),
+        settings,
+        repo=InMemoryRepository(),
+        clock=FakeClock(),
+        backend=FakeEnvironmentBackend(),
+        runner=FakeProcessRunner(auto_exit_code=0),
+        files=InMemoryFileStore(),
         hasher=FakePasswordHasher(),
     )
     with TestClient(application, base_url="http://testserver") as c:
@@ -645,8 +771,9 @@ def test_routing_errors_match_their_schemas(client: TestClient) -> None:
     """An unknown route and a wrong method answer the documented 404/405 bodies."""
     client.post("/login", json={"username": "admin", "password": "admin-password"})
     r = client.get("/api/conda/environment/a/b")
-    jsonschema.validate(r.json(), openapi.response_schema("GET", "/api/conda/environment/{name}",
-                                                          404))
+    jsonschema.validate(
+        r.json(), openapi.response_schema("GET", "/api/conda/environment/{name}", 404)
+    )
     r = client.get("/api/tasks/1/stop")
     assert r.status_code == 405
     jsonschema.validate(r.json(), openapi.response_schema("GET", "/api/tasks/{task_id}", 405))
@@ -657,7 +784,8 @@ def test_docs_api_md_is_generated_from_the_spec() -> None:
     """docs/api.md is exactly what `python -m ctm_http.openapi markdown` prints."""
     path = Path(__file__).resolve().parents[2] / "docs" / "api.md"
     assert path.read_text(encoding="utf-8") == openapi.render_markdown(SPEC), (
-        "docs/api.md is stale: run .venv/bin/python -m ctm_http.openapi markdown > docs/api.md")
+        "docs/api.md is stale: run .venv/bin/python -m ctm_http.openapi markdown > docs/api.md"
+    )
 
 
 def test_405_allow_header_lists_every_method_of_the_path(client: TestClient) -> None:

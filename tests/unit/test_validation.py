@@ -14,11 +14,37 @@ from ctm_core.validation import (
     validate_specs,
 )
 
-DOTTED_NAMES = ["zope.interface", "backports.zoneinfo", "ruamel.yaml", "jaraco.classes",
-                "backports.lzma", "zc.buildout", "x.tarfile", "py.test", "whl", "conda"]
-ARCHIVE_SPECS = ["x.tar.gz", "x.whl", "x.zip", "x.tgz", "x.tar.bz2", "x.egg", "x.conda", "x.tar",
-                 "x.tar.xz", "X.WHL", "Pkg.Tar.Gz", "foo-1.0-py3-none-any.whl", "foo.whl==1.0",
-                 "x==1.0.tar.gz", "x=1.0.tar.bz2", "x>=1,<2.zip", "zope.interface.zip"]
+DOTTED_NAMES = [
+    "zope.interface",
+    "backports.zoneinfo",
+    "ruamel.yaml",
+    "jaraco.classes",
+    "backports.lzma",
+    "zc.buildout",
+    "x.tarfile",
+    "py.test",
+    "whl",
+    "conda",
+]
+ARCHIVE_SPECS = [
+    "x.tar.gz",
+    "x.whl",
+    "x.zip",
+    "x.tgz",
+    "x.tar.bz2",
+    "x.egg",
+    "x.conda",
+    "x.tar",
+    "x.tar.xz",
+    "X.WHL",
+    "Pkg.Tar.Gz",
+    "foo-1.0-py3-none-any.whl",
+    "foo.whl==1.0",
+    "x==1.0.tar.gz",
+    "x=1.0.tar.bz2",
+    "x>=1,<2.zip",
+    "zope.interface.zip",
+]
 
 
 @pytest.mark.parametrize("name", ["a", "data-2024", "py3.11_env", "X" * 64, "0abc"])
@@ -38,8 +64,18 @@ def test_bad_environment_names_are_refused(name: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["numpy", "numpy==1.2", "matplotlib>=3.4.0", "x=1.2.*", "a<2,>=1", "b!=1.0",
-             "python=3.11", "scikit-learn", "zope.interface"],
+    "spec",
+    [
+        "numpy",
+        "numpy==1.2",
+        "matplotlib>=3.4.0",
+        "x=1.2.*",
+        "a<2,>=1",
+        "b!=1.0",
+        "python=3.11",
+        "scikit-learn",
+        "zope.interface",
+    ],
 )
 def test_version_constrained_specs_pass(spec: str) -> None:
     """A name with optional version constraints is a valid spec."""
@@ -47,8 +83,21 @@ def test_version_constrained_specs_pass(spec: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["--override-channels", "-c evil", "numpy; rm -rf /", "a b", "$(id)", "x|y",
-             "http://evil/x.whl", "../x", "", "numpy[all]", "-e.", "a\nb"],
+    "spec",
+    [
+        "--override-channels",
+        "-c evil",
+        "numpy; rm -rf /",
+        "a b",
+        "$(id)",
+        "x|y",
+        "http://evil/x.whl",
+        "../x",
+        "",
+        "numpy[all]",
+        "-e.",
+        "a\nb",
+    ],
 )
 def test_injection_specs_are_refused(spec: str) -> None:
     """Options, shell syntax, spaces, URLs and paths never pass as specs."""
@@ -94,9 +143,23 @@ def test_archive_file_specs_are_refused(spec: str, names_only: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["./x", "dir/x", "a\\b", "~/x.whl", "~user", "x~1", "file:x", "file:///tmp/x",
-             "pkg@https://h/x", "pkg @ https://h/x", "pkg@file:///x", "git+https://h/x",
-             "C:\\x.whl", "x.tar.gz#egg=x"],
+    "spec",
+    [
+        "./x",
+        "dir/x",
+        "a\\b",
+        "~/x.whl",
+        "~user",
+        "x~1",
+        "file:x",
+        "file:///tmp/x",
+        "pkg@https://h/x",
+        "pkg @ https://h/x",
+        "pkg@file:///x",
+        "git+https://h/x",
+        "C:\\x.whl",
+        "x.tar.gz#egg=x",
+    ],
 )
 def test_path_url_and_direct_reference_specs_are_refused(spec: str) -> None:
     """Paths, home directories, file: and other URLs, and '@' direct references never pass."""
@@ -123,8 +186,13 @@ def test_any_name_ending_in_an_archive_suffix_is_refused(
 
 
 @pytest.mark.parametrize(
-    "text", ["numpy\npandas>=2.0\n", "requests[security]==2.31 ; python_version >= '3.8'\n",
-             "# only a comment\n\nsix  # trailing comment\n", "a>=1,<2\nzope.interface\n"],
+    "text",
+    [
+        "numpy\npandas>=2.0\n",
+        "requests[security]==2.31 ; python_version >= '3.8'\n",
+        "# only a comment\n\nsix  # trailing comment\n",
+        "a>=1,<2\nzope.interface\n",
+    ],
 )
 def test_plain_requirements_pass(text: str) -> None:
     """Names, extras, constraints, markers and comments are plain requirements."""
@@ -134,15 +202,38 @@ def test_plain_requirements_pass(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "line", ["-r /etc/shadow", "--index-url http://evil/simple", "-e .", "./local/pkg",
-             "https://evil/x.whl", "pkg @ file:///etc/passwd", "/abs/path.whl", "--pre",
-             "--no-binary :all:", "--no-binary=:all:", "six --no-binary six",
-             "--only-binary=:none:",
-             "--index-url=http://evil/simple", "--extra-index-url http://evil/simple",
-             "--find-links /tmp", "-f /tmp", "-c /etc/passwd", "--trusted-host evil",
-             "-e git+https://evil/x#egg=x", "--editable=.", "x.tar.gz", "x.whl", "x.whl[extra]",
-             "x == 1.0.tar.gz", "pkg-1.0.zip ; python_version > '3'", "~/x", "pkg@https://evil/x",
-             "file:x", "x.tgz"],
+    "line",
+    [
+        "-r /etc/shadow",
+        "--index-url http://evil/simple",
+        "-e .",
+        "./local/pkg",
+        "https://evil/x.whl",
+        "pkg @ file:///etc/passwd",
+        "/abs/path.whl",
+        "--pre",
+        "--no-binary :all:",
+        "--no-binary=:all:",
+        "six --no-binary six",
+        "--only-binary=:none:",
+        "--index-url=http://evil/simple",
+        "--extra-index-url http://evil/simple",
+        "--find-links /tmp",
+        "-f /tmp",
+        "-c /etc/passwd",
+        "--trusted-host evil",
+        "-e git+https://evil/x#egg=x",
+        "--editable=.",
+        "x.tar.gz",
+        "x.whl",
+        "x.whl[extra]",
+        "x == 1.0.tar.gz",
+        "pkg-1.0.zip ; python_version > '3'",
+        "~/x",
+        "pkg@https://evil/x",
+        "file:x",
+        "x.tgz",
+    ],
 )
 def test_option_url_and_path_requirements_are_refused(line: str) -> None:
     """A line that makes pip read a file or a server of the user's choice is refused."""
