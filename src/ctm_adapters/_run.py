@@ -284,7 +284,10 @@ def result_of(run: PsutilRunHandle, exit_code: int, duration: float, maxrss: int
             peak = max(run._sample_max, os_peak, *run._early_rss)
             avg = (run._sample_sum + sum(run._early_rss)) // count
         else:
-            peak = avg = os_peak
+            # No read at all (the run ended before the first, e.g. on a busy machine): the OS's
+            # figure, even if it may count the parent's pages from before exec, is closer to the
+            # truth than 0 and is never below the run's own peak.
+            peak = avg = os_peak or maxrss
         if avg <= 0:  # only a peak was seen: it is the one figure there is
             avg = peak
     return RunResult(

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import attrs
 
+from ctm_adapters._sqlite_store import DatabaseUnusable as DatabaseUnusable  # for ctm_http
 from ctm_adapters.settings import Settings, run_policy
 from ctm_core.auth import Authenticator, AuthPolicy
 from ctm_core.environments import EnvironmentService, KeyedLocks
@@ -34,6 +35,7 @@ from ctm_core.tasks import TaskService
 
 if TYPE_CHECKING:
     from ctm_adapters._sandbox import Identities, Installer, Sandbox
+    from ctm_adapters._sqlite_store import DatabaseReport
 
 log = logging.getLogger("ctm")
 
@@ -224,11 +226,55 @@ def _system_clock() -> Clock:
     return SystemClock()
 
 
+def database_path(settings: Settings) -> str:
+    """The SQLite file of the data directory."""
+    return os.path.join(settings.data_dir, "ctm.sqlite3")
+
+
+def check_database(settings: Settings) -> None:
+    """Refuse to start on a database file that would lose or hide ctm's state: raise
+    ``DatabaseUnusable`` (its message names the file and what to do) when it is empty (0 bytes),
+    not ctm's, or fails ``PRAGMA quick_check``. A missing file is fine: the start creates it.
+    ``build_services`` calls it; ``ctm serve`` also calls it before starting the server, to
+    refuse without a traceback."""
+    from ctm_adapters.sqlite import check_database_file
+
+    check_database_file(database_path(settings))
+
+
+# ``ctm db``: the database file as a whole. Each raises ``DatabaseUnusable``.
+
+
+def describe_database(settings: Settings) -> DatabaseReport:
+    """``ctm db check``: ``PRAGMA integrity_check`` and the counts of rows."""
+    from ctm_adapters.sqlite import describe_database as describe
+
+    return describe(database_path(settings))
+
+
+def backup_database(settings: Settings, target: str) -> DatabaseReport:
+    """``ctm db backup``: a consistent copy at ``target``, a new 0600 file, also while a server
+    writes (``FileExistsError`` when ``target`` exists)."""
+    from ctm_adapters.sqlite import backup_database as backup
+
+    return backup(database_path(settings), target)
+
+
+def init_database(settings: Settings) -> bool:
+    """``ctm db init``: create the database where there is none or an empty file (True); False
+    when it is a ctm database already. Any other file is never overwritten."""
+    from ctm_adapters.sqlite import init_database as init
+
+    os.makedirs(settings.data_dir, mode=0o700, exist_ok=True)
+    return init(database_path(settings))
+
+
 def _sqlite_repo(settings: Settings) -> Repository:
     from ctm_adapters.sqlite import SqliteRepository
 
     os.makedirs(settings.data_dir, mode=0o700, exist_ok=True)
-    return SqliteRepository(os.path.join(settings.data_dir, "ctm.sqlite3"))
+    check_database(settings)
+    return SqliteRepository(database_path(settings))
 
 
 def _argon2() -> PasswordHasher:

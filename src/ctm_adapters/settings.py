@@ -72,6 +72,13 @@ def _roots(value: str) -> tuple[str, ...]:
     return tuple(p for p in value.split(os.pathsep) if p)
 
 
+def _hosts(value: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip().lower() for h in value.split(",") if h.strip())
+    if not hosts:
+        raise ValueError(f"no host name in {value!r}")
+    return hosts
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -90,11 +97,16 @@ class Settings:
     retention_days: int = 30
     script_roots: tuple[str, ...] = ()
     secure_cookies: bool = False
+    allowed_hosts: tuple[str, ...] | None = None
+    """Host names (``Host`` header, port ignored) the server answers; None: ``host`` and the
+    loopback names (``ctm_http._hosts``)."""
     session_idle_minutes: float = 15.0
     session_max_hours: float = 12.0
     default_python: str | None = None
     supervised_runs: bool = True
     max_body_bytes: int = 2 * 1024 * 1024
+    header_timeout_seconds: float = 10.0
+    """A connection's request line and headers must arrive within this (slowloris)."""
     # Contained runs (docs/security.md).
     sandbox: str = attrs.field(
         default="auto", validator=attrs.validators.in_(("auto", "required", "off"))
@@ -148,6 +160,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "CTM_RETENTION_DAYS": ("retention_days", int),
     "CTM_SCRIPT_ROOTS": ("script_roots", _roots),
     "CTM_SECURE_COOKIES": ("secure_cookies", _bool),
+    "CTM_ALLOWED_HOSTS": ("allowed_hosts", _hosts),
     "CTM_SESSION_IDLE_MINUTES": ("session_idle_minutes", float),
     "CTM_SESSION_MAX_HOURS": ("session_max_hours", float),
     "CTM_DEFAULT_PYTHON": ("default_python", str),
@@ -159,6 +172,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "CTM_RUN_UIDS": ("run_uids", _uid_range),
     "CTM_INSTALL_ONLY_BINARY": ("install_only_binary", _bool),
     "CTM_INSTALL_TIMEOUT_SECONDS": ("install_timeout_seconds", _positive_float),
+    "CTM_HEADER_TIMEOUT_SECONDS": ("header_timeout_seconds", _positive_float),
     "CTM_DEFAULT_MEMORY_LIMIT_MB": ("default_memory_limit_mb", _positive_float),
     "CTM_MAX_MEMORY_LIMIT_MB": ("max_memory_limit_mb", _positive_float),
     "CTM_DEFAULT_MAX_PROCESSES": ("default_max_processes", _positive_int),

@@ -59,12 +59,30 @@ from ctm_adapters._sqlite_schema import (
     user_from_row,
     utc,
 )
-from ctm_adapters._sqlite_store import SqliteStore, rows_of
+from ctm_adapters._sqlite_store import (
+    DatabaseReport,
+    DatabaseUnusable,
+    SqliteStore,
+    backup_database,
+    check_database_file,
+    describe_database,
+    init_database,
+    rows_of,
+)
 from ctm_core.errors import TaskExists, TaskLimitReached, TaskNotFound, UserExists
 from ctm_core.models import Execution, ExecutionStatus, Session, Task, TaskStatus, User
 from ctm_core.ports import ExecutionSummary
 
-__all__ = ["MIGRATIONS", "SqliteRepository"]
+__all__ = [
+    "MIGRATIONS",
+    "DatabaseReport",
+    "DatabaseUnusable",
+    "SqliteRepository",
+    "backup_database",
+    "check_database_file",
+    "describe_database",
+    "init_database",
+]
 
 _TASK_AFTER_RUN = (
     "UPDATE tasks SET status = :status, last_execution_id = :id, last_run_at = :start,"
@@ -82,6 +100,10 @@ class SqliteRepository(SqliteStore):
     The file (and SQLite's ``-wal``/``-shm`` companions, which inherit its mode) is created 0600:
     it holds password and session hashes. Pending migrations are applied here. Thread-safe; call
     ``close()`` when done (or use it as a context manager).
+
+    It opens any file it is given: a missing or empty one becomes a new database. Check an
+    existing file with ``check_database_file`` first (ctm's start does, in ``bootstrap``): it
+    refuses an empty file, one that is not ctm's, and a damaged one.
     """
 
     # --- users ---------------------------------------------------------------------------------

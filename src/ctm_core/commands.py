@@ -19,6 +19,7 @@ import attrs
 from ctm_core.errors import InvalidInput
 from ctm_core.schedule import validate_schedule
 from ctm_core.validation import (
+    printable_line,
     validate_environment_name,
     validate_password,
     validate_requirements,
@@ -141,8 +142,13 @@ class NewTask:
             raise InvalidInput("conda_env", "'conda_env' is required")
         env_name = validate_environment_name(body.get("conda_env"))
         task_name = _optional_str("task_name", body.get("task_name"), MAX_TASK_NAME)
-        if task_name is not None and (not task_name.strip() or "\n" in task_name):
-            raise InvalidInput("task_name", "'task_name' must be a non-empty single line")
+        if task_name is not None:
+            if not task_name.strip():
+                raise InvalidInput("task_name", "'task_name' must be a non-empty single line")
+            # Stored in NFC, so the uniqueness check sees "Cafe\u0301" and "Caf\u00e9" as one.
+            task_name = _optional_str(
+                "task_name", printable_line("task_name", task_name), MAX_TASK_NAME
+            )
         requirements = _optional_str(
             "requirements", body.get("requirements"), MAX_REQUIREMENTS_BYTES
         )

@@ -37,6 +37,7 @@ from ctm_core.models import Execution, ExecutionStatus, Principal, RunPolicy, Ta
 from ctm_core.ports import Clock, EnvironmentBackend, FileStore, Repository
 from ctm_core.runs import RunCoordinator
 from ctm_core.schedule import first_run_time
+from ctm_core.validation import printable_line
 
 STATE_UNCHANGED = "Environment unchanged: no package was installed or changed"
 STATE_INCONSISTENT = "Environment may be in an inconsistent state, consider restoring from backup"
@@ -139,8 +140,8 @@ class TaskService:
         is_path = "\n" not in script.strip() and script.strip().endswith(".py")
         if is_path:
             script_path = self._check_script_path(actor, script.strip())
-            if task_name is None:
-                task_name = posixpath.basename(script_path)
+            if task_name is None:  # named after its file: the same rule as a given name
+                task_name = printable_line("script", posixpath.basename(script_path))
         if task_name is not None and self.repo.get_task_by_name(task_name) is not None:
             raise TaskExists(task_name)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 
 from ctm_core.errors import (
@@ -62,7 +63,26 @@ _NAME_PREFIX_RE = re.compile(_NAME)
 _ARCHIVE_WORD_RE = re.compile(_ARCHIVE_WORD)
 
 
+NOT_PRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Unicode categories a name may not hold: controls (NUL, CR, LF, ESC, DEL), format characters
+(zero-width space U+200B, bidi overrides such as U+202E, BOM), lone surrogates, and the line and
+paragraph separators U+2028, U+2029."""
+
+
+def printable_line(field: str, text: str) -> str:
+    """``text`` in NFC (so that two spellings of one name are one name), when it is one line
+    of printable characters. Raises ``InvalidInput`` naming ``field`` and the first character
+    of a ``NOT_PRINTABLE`` category."""
+    for char in text:
+        if unicodedata.category(char) in NOT_PRINTABLE:
+            raise InvalidInput(
+                field, f"'{field}' must be one line of printable characters, not U+{ord(char):04X}"
+            )
+    return unicodedata.normalize("NFC", text)
+
+
 def validate_username(username: object) -> str:
+    # ASCII only (the pattern), so no invisible, bidi or look-alike character passes.
     if not isinstance(username, str) or not USERNAME_RE.fullmatch(username):
         raise InvalidCredentialsFormat(
             "username",

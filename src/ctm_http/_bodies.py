@@ -501,7 +501,9 @@ REQUESTS: dict[str, Schema] = {
                     "type": "string",
                     "minLength": 1,
                     "maxLength": MAX_TASK_NAME,
-                    "description": "Unique; defaults to the script's file name",
+                    "description": "Unique; defaults to the script's file name. One line of "
+                    "printable characters (no control, format or line-separator character: "
+                    "Unicode Cc, Cf, Zl, Zp), compared and stored in NFC",
                 }
             ),
             "requirements": null(

@@ -51,6 +51,7 @@ from ctm_http._errors import (
 log = logging.getLogger("ctm")
 T = TypeVar("T")
 COOKIE = "session"
+SECURE_COOKIE = "__Host-session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -124,8 +125,20 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
     return data
 
 
+def cookie_name(secure: bool) -> str:
+    """``__Host-session`` over HTTPS: browsers take it only with Secure, Path=/ and no Domain,
+    so no other port, scheme or subdomain can set it; ``session`` otherwise (the contract's)."""
+    return SECURE_COOKIE if secure else COOKIE
+
+
 def _cookie_header(token: str, max_age: int, secure: bool) -> str:
-    parts = [f"{COOKIE}={token}", "Path=/", "HttpOnly", "SameSite=Lax", f"Max-Age={max_age}"]
+    parts = [
+        f"{cookie_name(secure)}={token}",
+        "Path=/",
+        "HttpOnly",
+        "SameSite=Lax",
+        f"Max-Age={max_age}",
+    ]
     if secure:
         parts.append("Secure")
     return "; ".join(parts)
@@ -158,7 +171,9 @@ def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
     async def route(request: Request) -> Response:
         check_same_site(request)
-        token = request.cookies.get(COOKIE)
+        # Only the name in use is read: with __Host-session, a plain ``session`` cookie
+        # tossed in by another port or a subdomain is ignored.
+        token = request.cookies.get(cookie_name(services(request).settings.secure_cookies))
         principal = await call(services(request).auth.authenticate, token)
         try:
             response = await handler(request, principal)
@@ -194,9 +209,9 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     check_same_site(request)
-    await call(services(request).auth.logout, request.cookies.get(COOKIE))
-    response = ok(ser.logged_out())
     secure = services(request).settings.secure_cookies
+    await call(services(request).auth.logout, request.cookies.get(cookie_name(secure)))
+    response = ok(ser.logged_out())
     response.headers.append("set-cookie", _cookie_header("", 0, secure))
     return response
 
@@ -437,10 +452,11 @@ def create_app(settings: Settings, **ports: Unpack[Ports]) -> Starlette:
                 await loop_task
             await call(stop_services, svc)
 
-    from ctm_http import dashboard, openapi
+    from ctm_http import _hosts, dashboard, openapi
 
     app = Starlette(
         routes=[*ROUTES, *openapi.routes(), *dashboard.routes()],
+        middleware=[_hosts.middleware(settings)],
         lifespan=lifespan,
         exception_handlers={
             CtmError: ctm_error_handler,

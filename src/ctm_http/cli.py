@@ -1,4 +1,4 @@
-"""The ``ctm`` command: ``ctm serve`` and ``ctm user add NAME``."""
+"""The ``ctm`` command: ``ctm serve``, ``ctm user add NAME`` and ``ctm db check|backup|init``."""
 
 from __future__ import annotations
 
@@ -43,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--admin", action="store_true", help="make the user an admin")
     add.add_argument("--data-dir", dest="user_data_dir", help="data directory (CTM_DATA_DIR)")
+
+    db = sub.add_parser("db", help="check, back up or create the database")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_check = db_sub.add_parser("check", help="run SQLite's integrity check; count the rows")
+    db_backup = db_sub.add_parser("backup", help="copy the database, also while ctm serves")
+    db_backup.add_argument("path", help="the new file (an existing one is not overwritten)")
+    db_init = db_sub.add_parser("init", help="create the database where none or an empty file is")
+    for db_parser in (db_check, db_backup, db_init):
+        db_parser.add_argument(
+            "--data-dir", dest="db_data_dir", help="data directory (CTM_DATA_DIR)"
+        )
     return parser
 
 
@@ -84,9 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "serve":
         bound_malloc_arenas(os.environ)  # first, while this process has one thread
-        import uvicorn
-
         from ctm_adapters._hardening import make_undumpable, scrub_environment
+        from ctm_adapters.bootstrap import DatabaseUnusable, check_database
+        from ctm_http._serve import serve
         from ctm_http.app import create_app
 
         settings = settings_from_env(
@@ -97,25 +108,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend=args.backend,
             conda_exe=args.conda_exe,
         )
+        try:  # here, not only in the app's lifespan: uvicorn would print a traceback
+            check_database(settings)
+        except DatabaseUnusable as exc:
+            print(f"ctm: {exc}", file=sys.stderr)
+            return 1
         # The password is in the settings now; no process should find it in ours.
         scrub_environment(["CTM_ADMIN_PASSWORD"])
         if not make_undumpable():
             logging.getLogger("ctm").warning("ctm: could not make the server non-dumpable")
-        uvicorn.run(
+        serve(
             create_app(settings),
             host=settings.host,
             port=settings.port,
-            log_level="info",
-            proxy_headers=False,
-            lifespan="on",
+            header_timeout=settings.header_timeout_seconds,
         )
         return 0
     if args.command == "user" and args.user_command == "add":
-        from ctm_adapters.bootstrap import build_services, stop_services
+        from ctm_adapters.bootstrap import DatabaseUnusable, build_services, stop_services
         from ctm_core.commands import NewUser
         from ctm_core.errors import CtmError
 
-        svc = build_services(settings_from_env(os.environ, data_dir=data_dir))
+        try:
+            svc = build_services(settings_from_env(os.environ, data_dir=data_dir))
+        except DatabaseUnusable as exc:
+            print(f"ctm: {exc}", file=sys.stderr)
+            return 1
         try:
             user = svc.auth.add_user(
                 NewUser(username=args.name, password=_read_password(), is_admin=bool(args.admin))
@@ -128,7 +146,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "admin" if user.is_admin else "user"
         print(f"ctm: added {kind} '{user.username}'")
         return 0
+    if args.command == "db":
+        return _db_command(args, args.db_data_dir or data_dir)
     return 2
+
+
+def _db_command(args: argparse.Namespace, data_dir: str | None) -> int:
+    """``ctm db check``, ``ctm db backup PATH`` and ``ctm db init``: 0 when done, 1 (with the
+    reason on stderr) when the database is unusable or the command refused."""
+    from ctm_adapters.bootstrap import (
+        DatabaseUnusable,
+        backup_database,
+        database_path,
+        describe_database,
+        init_database,
+    )
+
+    settings = settings_from_env(os.environ, data_dir=data_dir)
+    path = database_path(settings)
+    try:
+        if args.db_command == "check":
+            report = describe_database(settings)
+            if not report.migrations:
+                print(f"ctm: {path} is OK: an empty SQLite database; ctm's next start fills it")
+                return 0
+            pending = f", {len(report.pending)} migrations pending" if report.pending else ""
+            print(
+                f"ctm: {path} is OK (PRAGMA integrity_check): schema {report.migrations[-1]}"
+                f"{pending}; {report.users} users, {report.tasks} tasks,"
+                f" {report.executions} executions"
+            )
+        elif args.db_command == "backup":
+            try:
+                copy = backup_database(settings, args.path)
+            except FileExistsError:
+                print(f"ctm: {args.path} exists: choose a new file name", file=sys.stderr)
+                return 1
+            except OSError as exc:
+                print(f"ctm: cannot write {args.path}: {exc.strerror}", file=sys.stderr)
+                return 1
+            print(
+                f"ctm: backed up {path} to {copy.path}: {copy.users} users, {copy.tasks} tasks,"
+                f" {copy.executions} executions"
+            )
+        else:
+            if init_database(settings):
+                print(f"ctm: created a new ctm database at {path}; `ctm serve` adds the admin")
+            else:
+                print(f"ctm: {path} is already a ctm database; nothing changed")
+    except DatabaseUnusable as exc:
+        print(f"ctm: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

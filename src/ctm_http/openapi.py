@@ -106,9 +106,10 @@ def error_sources(op: Op) -> list[tuple[int, str]]:
 _COOKIE_HEADER = {
     "Set-Cookie": {
         "description": "session=<token>; Path=/; HttpOnly; SameSite=Lax; Max-Age=900 (renewed on "
-        "every authenticated request; Max-Age=0 at logout)",
+        "every authenticated request; Max-Age=0 at logout); __Host-session=<token> with Secure "
+        "when the server has CTM_SECURE_COOKIES",
         "required": True,
-        "schema": {"type": "string", "pattern": "^session="},
+        "schema": {"type": "string", "pattern": "^(__Host-)?session="},
     }
 }
 
@@ -214,7 +215,9 @@ def spec() -> dict[str, Any]:
                 "Conda environments and scheduled Python runs for a shared machine. "
                 "Bodies are JSON. Every route but POST /login (and this description) needs the "
                 "`session` cookie that login sets. State-changing requests must not be "
-                'cross-site (403). Times are "YYYY-MM-DD HH:MM:SS" in the server\'s time zone; '
+                "cross-site (403). A request whose Host header names a host the server does not "
+                'answer to (CTM_ALLOWED_HOSTS) gets 400 "Invalid Host header" before any route. '
+                'Times are "YYYY-MM-DD HH:MM:SS" in the server\'s time zone; '
                 "durations are seconds, memory MB, disk GB. Every error body has "
                 '`"success": false` and `"message"`. Response objects may carry keys '
                 "beyond the ones listed (additionalProperties is allowed); the listed "
@@ -237,7 +240,8 @@ def spec() -> dict[str, Any]:
                     "in": "cookie",
                     "name": "session",
                     "description": "Set by POST /login; 15 minutes idle expiry, renewed by every "
-                    "authenticated request; 12 hours at most",
+                    "authenticated request; 12 hours at most. Named __Host-session when the "
+                    "server has CTM_SECURE_COOKIES",
                 }
             },
             "schemas": schemas,
@@ -370,6 +374,11 @@ every ctm at `/openapi.json` (OpenAPI 3.1) and as a page at `/docs`.
   authenticated answer renews the cookie (15 minutes idle, 12 hours at most).
 - A state-changing request (POST, PUT, DELETE) that a browser marks `Sec-Fetch-Site:
   cross-site`, or whose `Origin` is not the server's own, is refused with 403.
+- A request whose `Host` header names a host the server does not answer to (by default its
+  bind address, `localhost`, `127.0.0.1`, `[::1]`; else `CTM_ALLOWED_HOSTS`) gets 400
+  `"Invalid Host header"` before any route runs, `/openapi.json`, `/docs` and the dashboard
+  included (DNS rebinding). With `CTM_SECURE_COOKIES` the cookie is `__Host-session` (with
+  `Secure`) instead of `session`.
 - Every error body has `"success": false` and `"message"`, usually `"error"` with details, and
   sometimes more keys (listed below). A 500 says only `"Internal server error"`.
 - Unknown path: 404 `"Not found"`; known path, other method: 405 `"Method not allowed"`.

@@ -27,6 +27,7 @@ CORE_ALLOWED = {
     "secrets",
     "threading",
     "typing",
+    "unicodedata",
     "ctm_core",
 }
 BANNED_CALLS = {

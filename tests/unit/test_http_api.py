@@ -48,6 +48,7 @@ def client(parts: dict[str, Any]) -> Iterator[TestClient]:
         admin_password="admin-password",
         timezone="UTC",
         max_concurrent_runs=2,
+        allowed_hosts=("testserver",),  # TestClient's Host (the default allows loopback only)
     )
     with TestClient(create_app(settings, **parts), base_url="http://testserver") as c:
         yield c
@@ -544,6 +545,7 @@ def test_task_limit_per_user_is_a_403(parts: dict[str, Any]) -> None:
         admin_password="admin-password",
         timezone="UTC",
         max_tasks_per_user=1,
+        allowed_hosts=("testserver",),
     )
     with TestClient(create_app(settings, **parts), base_url="http://testserver") as c:
         add_user(c, "bob")

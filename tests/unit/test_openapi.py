@@ -731,7 +731,10 @@ def client() -> Iterator[TestClient]:
     from ctm_adapters.memory import InMemoryRepository
 
     settings = Settings(
-        data_dir="/nonexistent/ctm", admin_password="admin-password", timezone="UTC"
+        data_dir="/nonexistent/ctm",
+        admin_password="admin-password",
+        timezone="UTC",
+        allowed_hosts=("testserver",),  # TestClient's Host (the default allows loopback only)
     )
     application = app.create_app(
         settings,

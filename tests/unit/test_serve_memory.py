@@ -68,10 +68,9 @@ def test_nothing_is_done_off_glibc(monkeypatch: pytest.MonkeyPatch, confstr: Any
 
 
 def test_serve_bounds_arenas_before_the_server_starts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ctm serve`` bounds the arenas first, before it starts any thread or runs uvicorn."""
-    import uvicorn
-
+    """``ctm serve`` bounds the arenas first, before it starts any thread or serves."""
     from ctm_adapters import _hardening
+    from ctm_http import _serve
 
     events: list[tuple[str, int]] = []
     monkeypatch.setattr(
@@ -79,7 +78,7 @@ def test_serve_bounds_arenas_before_the_server_starts(monkeypatch: pytest.Monkey
         "bound_malloc_arenas",
         lambda environ: events.append(("bound", threading.active_count())) or 2,
     )
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: events.append(("run", 0)))
+    monkeypatch.setattr(_serve, "serve", lambda *a, **k: events.append(("run", 0)))
     monkeypatch.setattr(_hardening, "make_undumpable", lambda: True)
     monkeypatch.setattr(_hardening, "scrub_environment", lambda names: None)
     threads = threading.active_count()
