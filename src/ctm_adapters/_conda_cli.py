@@ -171,6 +171,33 @@ class CliFailure:
     message: str
     location: str | None = None
 
+    @classmethod
+    def per_spec(
+        cls, kind: FailureKind, failed: list[str], sentence: str, output: str, message: str
+    ) -> CliFailure:
+        """A failure of the specs ``failed``, one ``sentence.format(spec)`` each."""
+        return cls(
+            kind=kind,
+            failed_packages=failed,
+            error_details=[sentence.format(spec) for spec in failed],
+            output=output,
+            message=message,
+        )
+
+    @classmethod
+    def whole(
+        cls, kind: FailureKind, detail: str, output: str, message: str, location: str | None = None
+    ) -> CliFailure:
+        """A failure of the call as a whole (no spec to blame), told in ``detail``."""
+        return cls(
+            kind=kind,
+            failed_packages=[],
+            error_details=[detail],
+            output=output,
+            message=message,
+            location=location,
+        )
+
 
 def full_output(stdout: str, stderr: str) -> str:
     parts = [stdout.replace("\0", "").strip(), stderr.strip()]
@@ -216,12 +243,12 @@ def _words_in(text: str, requested: Sequence[str]) -> list[str]:
 
 
 def _not_found(failed: list[str], output: str, message: str) -> CliFailure:
-    return CliFailure(
-        kind="packages_not_found",
-        failed_packages=failed,
-        error_details=[f"Package '{s}' not found in available channels" for s in failed],
-        output=output,
-        message=message,
+    return CliFailure.per_spec(
+        "packages_not_found",
+        failed,
+        "Package '{}' not found in available channels",
+        output,
+        message,
     )
 
 
@@ -232,12 +259,8 @@ def _unsatisfiable(text: str, requested: Sequence[str], output: str, msg: str) -
         if failed:
             break
     failed = failed or _words_in(text, requested) or list(requested)
-    return CliFailure(
-        kind="unsatisfiable",
-        failed_packages=failed,
-        error_details=[f"Package '{s}' has conflicts with existing packages" for s in failed],
-        output=output,
-        message=msg,
+    return CliFailure.per_spec(
+        "unsatisfiable", failed, "Package '{}' has conflicts with existing packages", output, msg
     )
 
 
@@ -274,12 +297,11 @@ def classify_cli_result(
     verb = "removed" if removing else "installed"
 
     if exception == "EnvironmentLocationNotFound":
-        return CliFailure(
-            kind="environment_not_found",
-            failed_packages=[],
-            error_details=[message],
-            output=output,
-            message=message,
+        return CliFailure.whole(
+            "environment_not_found",
+            message,
+            output,
+            message,
             location=str(obj.get("location") or "") or None,
         )
     if exception.startswith("PackagesNotFound") and exception != "PackagesNotFoundInPrefixError":
@@ -289,12 +311,12 @@ def classify_cli_result(
     if exception == "PackagesNotFoundInPrefixError":
         missing = _as_str_list(obj.get("package_name") or obj.get("packages"))
         failed = _match_requested(missing, requested) or missing or list(requested)
-        return CliFailure(
-            kind="not_in_prefix",
-            failed_packages=failed,
-            error_details=[f"Package '{s}' is not installed in the environment" for s in failed],
-            output=output,
-            message=message,
+        return CliFailure.per_spec(
+            "not_in_prefix",
+            failed,
+            "Package '{}' is not installed in the environment",
+            output,
+            message,
         )
     if "Unsatisfiable" in exception or exception in {
         "ResolvePackageNotFound",
@@ -307,21 +329,9 @@ def classify_cli_result(
             return _not_found(not_found, output, message)
         return _unsatisfiable(text, requested, output, message)
     if exception == "CondaValueError" and "name" in message.lower():
-        return CliFailure(
-            kind="invalid_name",
-            failed_packages=[],
-            error_details=[message],
-            output=output,
-            message=message,
-        )
+        return CliFailure.whole("invalid_name", message, output, message)
     if exception in {"CondaEnvException", "CondaValueError"} and "already exists" in message:
-        return CliFailure(
-            kind="environment_exists",
-            failed_packages=[],
-            error_details=[message],
-            output=output,
-            message=message,
-        )
+        return CliFailure.whole("environment_exists", message, output, message)
     if exception in {"InvalidMatchSpec", "InvalidVersionSpec", "InvalidSpec"}:
         bad = _specs_in(output, requested) or list(requested)
         return _invalid_spec(bad, output, message)
@@ -343,12 +353,11 @@ def classify_cli_result(
         if problems or "could not solve" in text.lower() or "unsatisfiable" in text.lower():
             return _unsatisfiable(text, requested, output, message)
         if _PREFIX_MISSING.search(text):
-            return CliFailure(
-                kind="environment_not_found",
-                failed_packages=[],
-                error_details=[_first_line(_PREFIX_MISSING.split(text, 1)[0][-200:]) or message],
-                output=output,
-                message=message,
+            return CliFailure.whole(
+                "environment_not_found",
+                _first_line(_PREFIX_MISSING.split(text, 1)[0][-200:]) or message,
+                output,
+                message,
             )
         if "Traceback (most recent call last)" in stderr and (
             "InvalidVersionSpec" in stderr
@@ -358,13 +367,7 @@ def classify_cli_result(
             bad = _specs_in(stderr, requested) or list(requested)
             return _invalid_spec(bad, output, last_line(stderr))
         if "already exists" in text.lower() and not requested:
-            return CliFailure(
-                kind="environment_exists",
-                failed_packages=[],
-                error_details=[message],
-                output=output,
-                message=message,
-            )
+            return CliFailure.whole("environment_exists", message, output, message)
         if "Traceback (most recent call last)" in stderr:
             message = last_line(stderr)
 
@@ -393,12 +396,8 @@ def _specs_in(text: str, requested: Sequence[str]) -> list[str]:
 
 
 def _invalid_spec(bad: list[str], output: str, message: str) -> CliFailure:
-    return CliFailure(
-        kind="invalid_spec",
-        failed_packages=bad,
-        error_details=[f"Invalid package specification '{s}'" for s in bad],
-        output=output,
-        message=message,
+    return CliFailure.per_spec(
+        "invalid_spec", bad, "Invalid package specification '{}'", output, message
     )
 
 
