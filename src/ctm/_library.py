@@ -20,19 +20,23 @@ from ctm_adapters.bootstrap import (
     stop_services,
 )
 from ctm_adapters.settings import Settings
-from ctm_core.auth import Authenticator
+from ctm_core.audit import AuditLog
+from ctm_core.auth import Authenticator, principal_of
 from ctm_core.commands import NewUser
 from ctm_core.environments import EnvironmentService
+from ctm_core.errors import UserNotFound
 from ctm_core.models import Execution, Principal
 from ctm_core.ports import Clock, ProcessRunner, Repository
 from ctm_core.scheduler import Scheduler
 from ctm_core.tasks import TaskService
+from ctm_core.users import UserAdmin
 
 LOG_BYTES = 256 * 1024
 
 
 class Ctm:
-    """A whole ctm: its use cases (``tasks``, ``environments``, ``auth``) and its adapters.
+    """A whole ctm: its use cases (``tasks``, ``environments``, ``auth``, ``users``, ``audit``)
+    and its adapters.
 
     ``with Ctm.open(data_dir) as app:`` recovers what an earlier process left, runs the
     scheduler in a thread of its own, and at the end stops every run and closes the store.
@@ -105,6 +109,14 @@ class Ctm:
         return self.services.auth
 
     @property
+    def users(self) -> UserAdmin:
+        return self.services.users
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.services.audit
+
+    @property
     def scheduler(self) -> Scheduler:
         return self.services.scheduler
 
@@ -125,14 +137,14 @@ class Ctm:
     def add_user(self, username: str, password: str, *, admin: bool = False) -> Principal:
         """Add a user (no permission check: the library caller is the operator)."""
         user = self.auth.add_user(NewUser(username=username, password=password, is_admin=admin))
-        return Principal(user_id=user.id, username=user.username, is_admin=user.is_admin)
+        return principal_of(user)
 
     def user(self, username: str) -> Principal:
-        """An existing user, to act as. Raises ``LookupError``."""
+        """An existing, enabled user, to act as. Raises ``UserNotFound`` (a ``LookupError``)."""
         user = self.repo.get_user_by_name(username)
-        if user is None:
-            raise LookupError(f"no user named {username!r}")
-        return Principal(user_id=user.id, username=user.username, is_admin=user.is_admin)
+        if user is None or user.disabled:
+            raise UserNotFound(username)
+        return principal_of(user)
 
     def wait_for_run(self, task_id: int, timeout: float = 60.0) -> Execution:
         """The task's latest run once it has ended (skipped occurrences aside), waiting up to

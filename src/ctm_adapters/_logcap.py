@@ -7,6 +7,10 @@ written once), a marker line saying how many bytes were left out, and the last b
 kept in memory in a bounded ring of chunks and rewritten to the file at most every
 ``flush_interval`` seconds, so a reader of the file sees recent output while the run goes on and
 memory stays at about half the cap however much the program prints.
+
+When a write fails (disk full, I/O error), the log ends there with a line saying so, written over
+the last bytes of output so that it needs no new space, and nothing more is written to it; the
+output is still read to its end, so the program never blocks on it nor gets a broken pipe.
 """
 
 from __future__ import annotations
@@ -28,11 +32,20 @@ def omission_marker(omitted: int) -> bytes:
     return f"\n[ctm: {omitted} bytes of output omitted]\n".encode()
 
 
+def stopped_marker(error: OSError) -> bytes:
+    """The line that ends a log after a write error: ``[ctm: log stopped: No space left on
+    device; the output that followed was not kept]``."""
+    reason = error.strerror or str(error)
+    return f"\n[ctm: log stopped: {reason}; the output that followed was not kept]\n".encode()
+
+
 class LogCapper:
     """Copy output into ``file``, keeping at most ``cap_bytes``: head, marker, tail.
 
     Not thread-safe: one reader thread feeds it. ``file`` must be seekable and opened for binary
-    writing, positioned at 0 and empty; the capper closes it in ``close``.
+    writing, positioned at 0 and empty; the capper closes it in ``close``. Give it an unbuffered
+    file (``buffering=0``): a buffered one would retry, at its next seek or close, a write that
+    failed, over the line that ends the log.
     """
 
     def __init__(
@@ -61,6 +74,7 @@ class LogCapper:
         self._dirty = False  # the tail on disk is older than the ring
         self._last_flush = 0.0
         self._broken: OSError | None = None
+        self._stop_marked = False  # the line that ends a broken log is written
         self._closed = False
         self._last_byte = b"\n"
 
@@ -82,7 +96,8 @@ class LogCapper:
 
     @property
     def error(self) -> OSError | None:
-        """The first write error; after one the output is still consumed but no longer written."""
+        """The first write error; after one the output is still consumed but no longer written,
+        and the log ends with ``stopped_marker``."""
         return self._broken
 
     def feed(self, data: bytes) -> None:
@@ -144,22 +159,49 @@ class LogCapper:
             return
         try:
             self._file.seek(self._head_written)
-            self._file.write(omission_marker(self.omitted_bytes))
+            self._write_all(omission_marker(self.omitted_bytes))
             for chunk in self._ring:
-                self._file.write(chunk)
+                self._write_all(chunk)
             self._file.truncate()
             self._file.flush()
         except OSError as exc:
-            self._broken = exc
+            self._stop_logging(exc)
 
     def _write(self, data: bytes) -> None:
         if self._broken is not None:
             return
         try:
-            self._file.write(data)
+            self._write_all(data)
             self._file.flush()
         except OSError as exc:
-            self._broken = exc
+            self._stop_logging(exc)
+
+    def _write_all(self, data: bytes) -> None:
+        """Write ``data`` at the file's position (an unbuffered file may take part of it)."""
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            if not written:
+                raise OSError("the log took no bytes")
+            view = view[written:]
+
+    def _stop_logging(self, exc: OSError) -> None:
+        """After a write error: write nothing more, and end the log with a line saying so."""
+        self._broken = exc
+        self._mark_stopped()
+
+    def _mark_stopped(self) -> None:
+        """End the log with ``stopped_marker``, over its last bytes: the file does not grow, so
+        a full disk takes it (unless the log is shorter than the line). Tried again at close."""
+        line = stopped_marker(self._broken or OSError("write error"))
+        try:
+            end = self._file.seek(0, os.SEEK_END)
+            self._file.seek(max(0, end - len(line)))
+            self._write_all(line)
+            self._file.flush()
+        except OSError:
+            return
+        self._stop_marked = True
 
     def close(self, notes: Iterable[str] = ()) -> None:
         """Write the final tail, then each note on a line of its own, and close the file."""
@@ -169,17 +211,22 @@ class LogCapper:
         try:
             if self._dirty:
                 self._flush()
+            if self._broken is not None and not self._stop_marked:
+                self._mark_stopped()
             lines = [note.rstrip("\n") for note in notes]
             if lines and self._broken is None:
                 try:
                     self._file.seek(0, os.SEEK_END)
                     prefix = b"" if self._last_byte == b"\n" else b"\n"
-                    self._file.write(prefix + "".join(f"{line}\n" for line in lines).encode())
+                    self._write_all(prefix + "".join(f"{line}\n" for line in lines).encode())
                     self._file.flush()
                 except OSError as exc:
-                    self._broken = exc
+                    self._stop_logging(exc)
         finally:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as exc:  # a buffered file's last flush: the run goes on regardless
+                self._broken = self._broken or exc
 
 
 TAIL_MARKER = "[ctm: log truncated, showing its last {shown} of {size} bytes]\n"

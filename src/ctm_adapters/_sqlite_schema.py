@@ -19,6 +19,7 @@ from typing import Any
 from sqlite_utils import Database, Migrations
 
 from ctm_core.models import (
+    AuditEvent,
     Execution,
     ExecutionStatus,
     Session,
@@ -253,6 +254,32 @@ def _run_aggregates(db: Database) -> None:
         db.execute(statement)
 
 
+@MIGRATIONS(name="0005_user_admin_and_audit")
+def _user_admin_and_audit(db: Database) -> None:
+    """Disabled users, the audit log, and login failures read by client address (the
+    throttle counts per (username, address) pair and per address)."""
+    for statement in (
+        "ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0"
+        " CHECK (disabled IN (0, 1))",
+        """
+        CREATE TABLE audit_events (
+            id      INTEGER PRIMARY KEY AUTOINCREMENT,
+            at      TEXT    NOT NULL,
+            actor   TEXT,
+            address TEXT,
+            action  TEXT    NOT NULL,
+            target  TEXT    NOT NULL,
+            outcome TEXT    NOT NULL,
+            detail  TEXT    NOT NULL
+        ) STRICT
+        """,
+        "CREATE INDEX audit_events_at ON audit_events (at)",
+        "DROP INDEX login_failures_username_at",
+        "CREATE INDEX login_failures_username_client ON login_failures (username, client)",
+    ):
+        db.execute(statement)
+
+
 # --- value conversion --------------------------------------------------------------------------
 
 
@@ -325,6 +352,20 @@ def user_from_row(row: Row) -> User:
         password_hash=str(row["password_hash"]),
         is_admin=bool(row["is_admin"]),
         created_at=dt_in(row["created_at"]),
+        disabled=bool(row["disabled"]),
+    )
+
+
+def audit_from_row(row: Row) -> AuditEvent:
+    return AuditEvent(
+        id=int(row["id"]),
+        at=dt_in(row["at"]),
+        actor=opt_str(row["actor"]),
+        address=opt_str(row["address"]),
+        action=str(row["action"]),
+        target=str(row["target"]),
+        outcome=str(row["outcome"]),
+        detail=json.loads(row["detail"]),
     )
 
 

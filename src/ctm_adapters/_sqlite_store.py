@@ -18,6 +18,7 @@ import attrs
 from sqlite_utils import Database
 
 from ctm_adapters._sqlite_schema import MIGRATIONS, Row, create_private_file, execution_from_row
+from ctm_core.errors import StorageUnavailable
 from ctm_core.models import Execution
 
 READERS = 4
@@ -168,6 +169,42 @@ def _unusable(path: str, exc: sqlite3.Error) -> DatabaseUnusable:
     return DatabaseUnusable(path, "unreadable", f"cannot be read ({exc})")
 
 
+_UNWRITABLE = {
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_READONLY: "database read-only",
+    sqlite3.SQLITE_IOERR: "I/O error",
+}
+"""SQLite's primary result codes for a store that cannot be written just now, and what to say."""
+
+
+def storage_unavailable(exc: BaseException) -> StorageUnavailable | None:
+    """The domain error for a SQLite error that says the store cannot be written (disk full,
+    read-only, I/O error: extended codes included); None for any other error."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    reason = None if code is None else _UNWRITABLE.get(code & 0xFF)
+    return None if reason is None else StorageUnavailable(reason)
+
+
+class _WriteLock:
+    """The write connection's lock, which every write holds (one statement, or a whole
+    ``_transaction``). A write that fails because the store cannot be written leaves it as
+    ``StorageUnavailable`` instead of the ``sqlite3`` error: the one place of that translation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        self._lock.release()
+        unavailable = None if exc is None else storage_unavailable(exc)
+        if unavailable is not None:
+            raise unavailable from exc
+
+
 def rows_of(
     conn: sqlite3.Connection, sql: str, params: Sequence[Any] | dict[str, Any]
 ) -> list[Row]:
@@ -187,8 +224,9 @@ class SqliteStore:
         if not self._memory:
             create_private_file(self.path)
         self._busy_timeout = busy_timeout
-        self._lock = threading.Lock()
-        """Held for each write (a transaction) on ``_conn``, and for reads in a memory store."""
+        self._lock = _WriteLock()
+        """Held for each write (a transaction) on ``_conn``, and for reads in a memory store; a
+        write that fails for lack of storage raises ``StorageUnavailable`` through it."""
         self._conn = self._connect()
         try:
             db = Database(self._conn, execute_plugins=False)
@@ -279,15 +317,20 @@ class SqliteStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        """One write transaction, taking the write lock at once (no deadlock on upgrade)."""
+        """One write transaction, taking the write lock at once (no deadlock on upgrade).
+
+        A failed COMMIT is rolled back too: after a full disk or an I/O error SQLite may leave
+        the transaction open, and every later BEGIN on the connection would fail."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # keep the error that matters
+                        self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
 
 # --- the file as a whole (``ctm db``) ------------------------------------------------------------

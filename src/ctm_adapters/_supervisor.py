@@ -10,6 +10,11 @@ time, the program's pid and marker token), tells the server the program's pid (o
 not start) in one JSON line on stdout, and at the end writes ``result.json`` atomically. SIGTERM
 asks it to stop the run, with the grace in ``stop.json``.
 
+A full disk never loses a result: the space of ``state.json`` and ``result.json`` is taken
+before the program starts (a run that cannot have it does not start: ``ENOSPC``), and they are
+written into it. Should the result still not be written (an I/O error), the supervisor tries
+again, after a growing pause, until it is.
+
 It is the program's parent, not the server: the program's exit status, output and peak memory
 (``ru_maxrss`` counts the supervisor's small memory before ``exec``, not the server's; the
 runner's pollution bound is the supervisor's own peak, forked or not) never depend on the server
@@ -24,6 +29,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 SPEC = "spec.json"
@@ -32,6 +38,11 @@ STOP = "stop.json"
 RESULT = "result.json"
 SUPERVISOR_NAME = "ctm-supervisor"
 """A supervisor's process name (``/proc/PID/comm``); its working folder is its state folder."""
+RESERVED = ".reserved"
+"""Suffix of the file holding a JSON file's space until it is written (``reserve``)."""
+RESERVE_BYTES = 4096
+"""The space taken for ``state.json`` and ``result.json``: one page, far more than either."""
+_RESULT_RETRY_MAX = 60.0
 
 
 def write_json(path: str, data: dict[str, Any], *, durable: bool = True) -> None:
@@ -45,6 +56,64 @@ def write_json(path: str, data: dict[str, Any], *, durable: bool = True) -> None
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def reserve(path: str, size: int = RESERVE_BYTES) -> None:
+    """Take the space of the JSON file ``path`` now: ``path + RESERVED``, ``size`` spaces (JSON
+    ignores them). Raises ``OSError`` (``ENOSPC``) when the disk cannot give it."""
+    tmp = path + RESERVED
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        data = memoryview(b" " * size)
+        while data:
+            data = data[os.write(fd, data) :]
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+
+
+def write_reserved(path: str, data: dict[str, Any], *, durable: bool = True) -> None:
+    """``write_json``, into the space ``reserve`` took (overwritten in place, then renamed: no
+    new space needed on a full disk); as ``write_json`` does when there is none, or too little."""
+    tmp = path + RESERVED
+    payload = json.dumps(data).encode()
+    try:
+        size = os.stat(tmp).st_size
+    except FileNotFoundError:
+        size = -1
+    if len(payload) > size:
+        write_json(path, data, durable=durable)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        return
+    fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        padded = memoryview(payload.ljust(size))
+        offset = 0
+        while offset < size:
+            offset += os.pwrite(fd, padded[offset:], offset)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def write_result(path: str, data: dict[str, Any]) -> None:
+    """``write_reserved``, again after a growing pause until it succeeds: the server waits
+    for the result, which must never be lost."""
+    pause = 1.0
+    while True:
+        try:
+            write_reserved(path, data)
+            return
+        except OSError as exc:
+            print(f"ctm-supervisor: cannot write {path} ({exc}); trying again", file=sys.stderr)
+        time.sleep(pause)
+        pause = min(pause * 2, _RESULT_RETRY_MAX)
 
 
 def read_json(path: str) -> dict[str, Any] | None:
@@ -79,6 +148,13 @@ def main(state_dir: str) -> int:
         print(json.dumps({"error": [0, "run supervisor: no spec", spec_path]}), flush=True)
         return 2
     os.remove(spec_path)
+    state_path, result_path = os.path.join(state_dir, STATE), os.path.join(state_dir, RESULT)
+    try:  # before the program starts: a run whose result could not be kept does not start
+        reserve(state_path)
+        reserve(result_path)
+    except OSError as exc:
+        print(json.dumps({"error": [exc.errno, exc.strerror, exc.filename]}), flush=True)
+        return 0
     become_subreaper()  # bubblewrap's init, with the script's peak memory, is reaped here
     runner = PsutilProcessRunner(
         sample_interval=config["sample_interval"],
@@ -102,16 +178,19 @@ def main(state_dir: str) -> int:
     except OSError as exc:
         print(json.dumps({"error": [exc.errno, exc.strerror, exc.filename]}), flush=True)
         return 0
-    write_json(
-        os.path.join(state_dir, STATE),
-        {
-            "supervisor_pid": os.getpid(),
-            "supervisor_starttime": start_ticks(os.getpid()) or 0,
-            "pid": handle.pid,
-            "token": launch.token,
-        },
-        durable=False,  # the server waits for it; after a crash of the machine no run is left
-    )
+    try:
+        write_reserved(
+            state_path,
+            {
+                "supervisor_pid": os.getpid(),
+                "supervisor_starttime": start_ticks(os.getpid()) or 0,
+                "pid": handle.pid,
+                "token": launch.token,
+            },
+            durable=False,  # the server waits for it; after a crash of the machine no run is left
+        )
+    except OSError as exc:  # the run goes on; only its adoption by a restarted server is lost
+        print(f"ctm-supervisor: cannot write {state_path} ({exc})", file=sys.stderr)
     print(json.dumps({"pid": handle.pid}), flush=True)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # the server may be gone: never write to its pipe again
@@ -126,8 +205,8 @@ def main(state_dir: str) -> int:
             stopper.start()
         handle._done.wait(0.1)
     result = runner.wait(handle)
-    write_json(
-        os.path.join(state_dir, RESULT),
+    write_result(
+        result_path,
         {
             "exit_code": result.exit_code,
             "duration": result.duration,

@@ -19,6 +19,7 @@ import attrs
 
 from ctm_adapters._sqlite_store import DatabaseUnusable as DatabaseUnusable  # for ctm_http
 from ctm_adapters.settings import Settings, run_policy
+from ctm_core.audit import AuditLog
 from ctm_core.auth import Authenticator, AuthPolicy
 from ctm_core.environments import EnvironmentService, KeyedLocks
 from ctm_core.ports import (
@@ -32,6 +33,7 @@ from ctm_core.ports import (
 from ctm_core.runs import RunCoordinator
 from ctm_core.scheduler import Scheduler
 from ctm_core.tasks import TaskService
+from ctm_core.users import UserAdmin
 
 if TYPE_CHECKING:
     from ctm_adapters._sandbox import Identities, Installer, Sandbox
@@ -71,6 +73,8 @@ class Services:
     runner: ProcessRunner
     files: FileStore
     auth: Authenticator
+    users: UserAdmin
+    audit: AuditLog
     environments: EnvironmentService
     tasks: TaskService
     coordinator: RunCoordinator
@@ -117,8 +121,13 @@ def build_services(settings: Settings, **ports: Unpack[Ports]) -> Services:
     policy = AuthPolicy(
         idle_timeout=timedelta(minutes=settings.session_idle_minutes),
         absolute_lifetime=timedelta(hours=settings.session_max_hours),
+        max_sessions=settings.max_sessions_per_user,
     )
-    auth = Authenticator(repo, hasher, clock, policy)
+    audit = AuditLog(
+        repo, clock, on_error=lambda exc: log.error("audit event not recorded: %s", exc)
+    )
+    auth = Authenticator(repo, hasher, clock, policy, audit)
+    users = UserAdmin(repo, hasher, audit)
     coordinator = RunCoordinator(
         repo=repo,
         backend=backend,
@@ -129,10 +138,11 @@ def build_services(settings: Settings, **ports: Unpack[Ports]) -> Services:
         max_concurrent=settings.max_concurrent_runs,
         stop_grace=settings.stop_grace_seconds,
         policy=run_limits,
+        report=lambda message: log.warning("ctm: %s", message),
     )
     # The backends apply settings.default_python themselves (a version, or for venv a path).
     environments = EnvironmentService(
-        backend, repo, env_locks, is_task_active=coordinator.is_active
+        backend, repo, env_locks, is_task_active=coordinator.is_active, audit=audit
     )
     scheduler = Scheduler(
         repo=repo,
@@ -141,7 +151,10 @@ def build_services(settings: Settings, **ports: Unpack[Ports]) -> Services:
         files=files,
         tz=tz,
         retention_days=settings.retention_days,
-        on_maintenance=auth.purge_sessions,
+        on_maintenance=lambda: (
+            auth.purge_sessions(),
+            audit.prune(settings.retention_days),
+        ),
         on_error=lambda exc: log.error("scheduler tick failed", exc_info=exc),
     )
     tasks = TaskService(
@@ -157,6 +170,7 @@ def build_services(settings: Settings, **ports: Unpack[Ports]) -> Services:
         on_change=scheduler.wake,
         retention_days=settings.retention_days,
         policy=run_limits,
+        audit=audit,
     )
     return Services(
         settings=settings,
@@ -167,6 +181,8 @@ def build_services(settings: Settings, **ports: Unpack[Ports]) -> Services:
         runner=runner,
         files=files,
         auth=auth,
+        users=users,
+        audit=audit,
         environments=environments,
         tasks=tasks,
         coordinator=coordinator,

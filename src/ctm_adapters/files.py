@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 
 from ctm_adapters._logcap import read_log_tail
+from ctm_core.errors import StorageUnavailable
+
+_UNWRITABLE = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EIO: "I/O error",
+}
 
 
 class LocalFileStore:
@@ -29,13 +38,22 @@ class LocalFileStore:
             os.chmod(d, mode)
 
     def store_script(self, name: str, content: str) -> str:
+        """Raises ``StorageUnavailable`` when the disk cannot take it (full, read-only, I/O
+        error)."""
         base = os.path.basename(name)
         path = os.path.join(self.scripts_dir, base)
         tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-            f.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+                f.write(content)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            if exc.errno in _UNWRITABLE:
+                raise StorageUnavailable(_UNWRITABLE[exc.errno]) from exc
+            raise
         return path
 
     def is_file(self, path: str) -> bool:

@@ -15,8 +15,25 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ctm_core.errors import TaskExists, TaskLimitReached, TaskNotFound, UserExists
-from ctm_core.models import Execution, ExecutionStatus, Session, Task, TaskStatus, User
+from ctm_core.errors import (
+    LastAdmin,
+    TaskExists,
+    TaskLimitReached,
+    TaskNotFound,
+    UserExists,
+    UserNotFound,
+    UserOwnsTasks,
+)
+from ctm_core.models import (
+    AuditEvent,
+    Execution,
+    ExecutionStatus,
+    Session,
+    Task,
+    TaskStatus,
+    User,
+    UserChange,
+)
 from ctm_core.ports import ExecutionSummary
 
 __all__ = ["InMemoryRepository"]
@@ -74,6 +91,8 @@ class InMemoryRepository:
         self._users: dict[int, User] = {}
         self._sessions: dict[str, Session] = {}
         self._failures: list[tuple[str, str, datetime]] = []
+        self._audit: list[AuditEvent] = []
+        self._last_audit_id = 0
         self._owners: dict[str, int | None] = {}
         self._tasks: dict[int, Task] = {}
         self._executions: dict[str, _Stored] = {}
@@ -148,16 +167,80 @@ class InMemoryRepository:
         with self._lock:
             return len(self._users)
 
+    def list_users(self) -> list[User]:
+        with self._lock:
+            return [_copy(u) for _, u in sorted(self._users.items())]
+
+    def update_user(
+        self, user_id: int, change: UserChange, *, keep_session: str | None = None
+    ) -> tuple[User, int]:
+        with self._lock:
+            user = self._users.get(user_id)
+            if user is None:
+                raise UserNotFound(f"#{user_id}")
+            after = attrs.evolve(
+                user,
+                is_admin=user.is_admin if change.is_admin is None else change.is_admin,
+                disabled=user.disabled if change.disabled is None else change.disabled,
+                password_hash=change.password_hash or user.password_hash,
+            )
+            self._keep_an_admin(user, after)
+            self._users[user_id] = after
+            ended = 0
+            if change.revokes_sessions:
+                doomed = [
+                    h
+                    for h, s in self._sessions.items()
+                    if s.user_id == user_id and h != keep_session
+                ]
+                for token_hash in doomed:
+                    del self._sessions[token_hash]
+                ended = len(doomed)
+            return _copy(after), ended
+
+    def delete_user(self, user_id: int) -> None:
+        with self._lock:
+            user = self._users.get(user_id)
+            if user is None:
+                raise UserNotFound(f"#{user_id}")
+            owned = sum(1 for t in self._tasks.values() if t.owner_id == user_id)
+            if owned:
+                raise UserOwnsTasks(user.username, owned)
+            self._keep_an_admin(user, None)
+            del self._users[user_id]
+            self._sessions = {h: s for h, s in self._sessions.items() if s.user_id != user_id}
+            for name, owner in self._owners.items():
+                if owner == user_id:
+                    self._owners[name] = None
+
+    def _keep_an_admin(self, before: User, after: User | None) -> None:
+        if not before.is_admin or before.disabled:
+            return
+        others = [u for u in self._users.values() if u.id != before.id]
+        if after is not None:
+            others.append(after)
+        if not any(u.is_admin and not u.disabled for u in others):
+            raise LastAdmin(before.username)
+
     # --- sessions ------------------------------------------------------------------------------
 
-    def add_session(self, session: Session) -> None:
-        """Store a session. Raises ``LookupError`` for an unknown user, ``ValueError`` for a
-        token hash already stored."""
+    def add_session(self, session: Session, *, max_per_user: int | None = None) -> int:
+        """Store a session; beyond ``max_per_user``, delete the user's oldest. Raises
+        ``LookupError`` for an unknown user, ``ValueError`` for a token hash already stored."""
         with self._lock:
             self._check_user(session.user_id)
             if session.token_hash in self._sessions:
                 raise ValueError("a session with this token hash exists")
             self._sessions[session.token_hash] = _copy(session)
+            if max_per_user is None:
+                return 0
+            # dicts keep insertion order: among equal creation times, the later stored is newer
+            own = [s for s in self._sessions.values() if s.user_id == session.user_id]
+            ranked = sorted(enumerate(own), key=lambda p: (p[1].created_at, p[0]), reverse=True)
+            doomed = [s.token_hash for _, s in ranked[max(1, max_per_user) :]]
+            for token_hash in doomed:
+                del self._sessions[token_hash]
+            return len(doomed)
 
     def get_session(self, token_hash: str) -> Session | None:
         with self._lock:
@@ -189,6 +272,13 @@ class InMemoryRepository:
                 del self._sessions[token_hash]
             return len(doomed)
 
+    def count_sessions_by_user(self) -> dict[int, int]:
+        with self._lock:
+            counts: dict[int, int] = {}
+            for s in self._sessions.values():
+                counts[s.user_id] = counts.get(s.user_id, 0) + 1
+            return counts
+
     # --- login throttling ----------------------------------------------------------------------
 
     def add_login_failure(self, *, username: str, client: str, at: datetime) -> None:
@@ -196,21 +286,18 @@ class InMemoryRepository:
         with self._lock:
             self._failures.append((username, client, when))
 
-    def login_failures_since(
-        self, *, username: str, client: str, since: datetime
-    ) -> list[datetime]:
-        """Times of failures since ``since`` for this username OR this client address."""
+    def login_failures_of_client(
+        self, *, client: str, since: datetime
+    ) -> list[tuple[datetime, str]]:
         start = _utc(since)
         with self._lock:
             return sorted(
-                at
-                for (name, addr, at) in self._failures
-                if (name == username or addr == client) and at >= start
+                (at, name) for (name, addr, at) in self._failures if addr == client and at >= start
             )
 
-    def clear_login_failures(self, *, username: str) -> None:
+    def clear_login_failures(self, *, username: str, client: str) -> None:
         with self._lock:
-            self._failures = [f for f in self._failures if f[0] != username]
+            self._failures = [f for f in self._failures if f[:2] != (username, client)]
 
     def delete_login_failures_before(self, before: datetime) -> int:
         end = _utc(before)
@@ -218,6 +305,26 @@ class InMemoryRepository:
             kept = [f for f in self._failures if f[2] >= end]
             removed = len(self._failures) - len(kept)
             self._failures = kept
+            return removed
+
+    # --- audit ---------------------------------------------------------------------------------
+
+    def add_audit_event(self, event: AuditEvent) -> None:
+        with self._lock:
+            self._last_audit_id += 1
+            self._audit.append(attrs.evolve(event, id=self._last_audit_id))
+
+    def audit_page(self, *, limit: int, before: int | None = None) -> list[AuditEvent]:
+        with self._lock:
+            newer_first = reversed(self._audit)
+            return [e for e in newer_first if before is None or e.id < before][:limit]
+
+    def prune_audit(self, before: datetime) -> int:
+        end = _utc(before)
+        with self._lock:
+            kept = [e for e in self._audit if e.at >= end]
+            removed = len(self._audit) - len(kept)
+            self._audit = kept
             return removed
 
     # --- environment owners --------------------------------------------------------------------

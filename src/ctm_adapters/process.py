@@ -483,4 +483,5 @@ def _open_log(path: str) -> BinaryIO:
         os.makedirs(parent, mode=0o700, exist_ok=True)
     flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(path, flags, 0o600)
-    return open(fd, "r+b")  # noqa: SIM115 - the capper closes it
+    # Unbuffered: a write that failed (disk full) is not retried later over the capper's last line.
+    return open(fd, "r+b", buffering=0)  # noqa: SIM115 - the capper closes it

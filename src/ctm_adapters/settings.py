@@ -102,6 +102,10 @@ class Settings:
     loopback names (``ctm_http._hosts``)."""
     session_idle_minutes: float = 15.0
     session_max_hours: float = 12.0
+    max_sessions_per_user: int = 20
+    """Live sessions one user may have; a new login ends the oldest beyond it."""
+    login_checks: int = attrs.field(factory=lambda: os.cpu_count() or 2)
+    """Password checks (argon2, one core each) that may run at once; more logins wait."""
     default_python: str | None = None
     supervised_runs: bool = True
     max_body_bytes: int = 2 * 1024 * 1024
@@ -159,10 +163,13 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "CTM_STOP_GRACE_SECONDS": ("stop_grace_seconds", float),
     "CTM_RETENTION_DAYS": ("retention_days", int),
     "CTM_SCRIPT_ROOTS": ("script_roots", _roots),
+    "CTM_COOKIE_SECURE": ("secure_cookies", _bool),
     "CTM_SECURE_COOKIES": ("secure_cookies", _bool),
     "CTM_ALLOWED_HOSTS": ("allowed_hosts", _hosts),
     "CTM_SESSION_IDLE_MINUTES": ("session_idle_minutes", float),
     "CTM_SESSION_MAX_HOURS": ("session_max_hours", float),
+    "CTM_MAX_SESSIONS_PER_USER": ("max_sessions_per_user", _positive_int),
+    "CTM_LOGIN_CHECKS": ("login_checks", _positive_int),
     "CTM_DEFAULT_PYTHON": ("default_python", str),
     "CTM_SUPERVISED_RUNS": ("supervised_runs", _bool),
     "CTM_MAX_BODY_BYTES": ("max_body_bytes", int),

@@ -11,6 +11,7 @@ named migrations and the row conversions are in ``_sqlite_schema``. See ``docs/s
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
@@ -40,6 +41,7 @@ from ctm_adapters._sqlite_schema import (
     UNFINISHED,
     UNFINISHED_EXECUTIONS,
     Row,
+    audit_from_row,
     dt_in,
     dt_out,
     execution_from_row,
@@ -69,8 +71,25 @@ from ctm_adapters._sqlite_store import (
     init_database,
     rows_of,
 )
-from ctm_core.errors import TaskExists, TaskLimitReached, TaskNotFound, UserExists
-from ctm_core.models import Execution, ExecutionStatus, Session, Task, TaskStatus, User
+from ctm_core.errors import (
+    LastAdmin,
+    TaskExists,
+    TaskLimitReached,
+    TaskNotFound,
+    UserExists,
+    UserNotFound,
+    UserOwnsTasks,
+)
+from ctm_core.models import (
+    AuditEvent,
+    Execution,
+    ExecutionStatus,
+    Session,
+    Task,
+    TaskStatus,
+    User,
+    UserChange,
+)
 from ctm_core.ports import ExecutionSummary
 
 __all__ = [
@@ -146,12 +165,64 @@ class SqliteRepository(SqliteStore):
         row = self._read_one("SELECT count(*) AS n FROM users")
         return int(row["n"]) if row else 0
 
+    def list_users(self) -> list[User]:
+        return [user_from_row(r) for r in self._read("SELECT * FROM users ORDER BY id")]
+
+    def update_user(
+        self, user_id: int, change: UserChange, *, keep_session: str | None = None
+    ) -> tuple[User, int]:
+        sets = {
+            "is_admin": None if change.is_admin is None else int(change.is_admin),
+            "disabled": None if change.disabled is None else int(change.disabled),
+            "password_hash": change.password_hash,
+        }
+        with self._transaction():
+            before = self._one("SELECT * FROM users WHERE id = ?", (user_id,))
+            if before is None:
+                raise UserNotFound(f"#{user_id}")
+            self._write(
+                "UPDATE users SET is_admin = coalesce(:is_admin, is_admin),"
+                " disabled = coalesce(:disabled, disabled),"
+                " password_hash = coalesce(:password_hash, password_hash) WHERE id = :id",
+                {**sets, "id": user_id},
+            )
+            self._keep_an_admin(before)
+            ended = 0
+            if change.revokes_sessions:
+                ended = self._write(
+                    "DELETE FROM sessions WHERE user_id = ? AND token_hash IS NOT ?",
+                    (user_id, keep_session),
+                )
+            after = self._one("SELECT * FROM users WHERE id = ?", (user_id,))
+        assert after is not None
+        return user_from_row(after), ended
+
+    def delete_user(self, user_id: int) -> None:
+        with self._transaction():
+            before = self._one("SELECT * FROM users WHERE id = ?", (user_id,))
+            if before is None:
+                raise UserNotFound(f"#{user_id}")
+            owned = self._one("SELECT count(*) AS n FROM tasks WHERE owner_id = ?", (user_id,))
+            if owned and owned["n"]:
+                raise UserOwnsTasks(str(before["username"]), int(owned["n"]))
+            self._write("DELETE FROM users WHERE id = ?", (user_id,))
+            self._keep_an_admin(before)
+
+    def _keep_an_admin(self, changed: Row) -> None:
+        """In a transaction that changed the user ``changed`` (its row before): raise
+        ``LastAdmin`` (rolling back) when it was an enabled admin and none is left."""
+        if not changed["is_admin"] or changed["disabled"]:
+            return
+        left = self._one("SELECT count(*) AS n FROM users WHERE is_admin = 1 AND disabled = 0")
+        if not left or not left["n"]:
+            raise LastAdmin(str(changed["username"]))
+
     # --- sessions ------------------------------------------------------------------------------
 
-    def add_session(self, session: Session) -> None:
-        """Store a session. Raises ``LookupError`` for an unknown user, ``ValueError`` for a
-        token hash already stored."""
-        with self._lock:
+    def add_session(self, session: Session, *, max_per_user: int | None = None) -> int:
+        """Store a session; beyond ``max_per_user``, delete the user's oldest. Raises
+        ``LookupError`` for an unknown user, ``ValueError`` for a token hash already stored."""
+        with self._transaction():
             try:
                 self._write(
                     "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at)"
@@ -169,6 +240,14 @@ class SqliteRepository(SqliteStore):
                 if is_unique_violation(e, "sessions.token_hash"):
                     raise ValueError("a session with this token hash exists") from None
                 raise
+            if max_per_user is None:
+                return 0
+            return self._write(
+                "DELETE FROM sessions WHERE user_id = :user AND rowid NOT IN"
+                " (SELECT rowid FROM sessions WHERE user_id = :user"
+                "  ORDER BY created_at DESC, rowid DESC LIMIT :keep)",
+                {"user": session.user_id, "keep": max(1, max_per_user)},
+            )
 
     def get_session(self, token_hash: str) -> Session | None:
         row = self._read_one("SELECT * FROM sessions WHERE token_hash = ?", (token_hash,))
@@ -194,6 +273,10 @@ class SqliteRepository(SqliteStore):
                 (dt_out(idle_before), dt_out(created_before)),
             )
 
+    def count_sessions_by_user(self) -> dict[int, int]:
+        rows = self._read("SELECT user_id, count(*) AS n FROM sessions GROUP BY user_id")
+        return {int(r["user_id"]): int(r["n"]) for r in rows}
+
     # --- login throttling ----------------------------------------------------------------------
 
     def add_login_failure(self, *, username: str, client: str, at: datetime) -> None:
@@ -203,24 +286,53 @@ class SqliteRepository(SqliteStore):
                 (username, client, dt_out(at)),
             )
 
-    def login_failures_since(
-        self, *, username: str, client: str, since: datetime
-    ) -> list[datetime]:
-        """Times of failures since ``since`` for this username OR this client address."""
+    def login_failures_of_client(
+        self, *, client: str, since: datetime
+    ) -> list[tuple[datetime, str]]:
         rows = self._read(
-            "SELECT at FROM login_failures"
-            " WHERE (username = ? OR client = ?) AND at >= ? ORDER BY at",
-            (username, client, dt_out(since)),
+            "SELECT at, username FROM login_failures WHERE client = ? AND at >= ? ORDER BY at",
+            (client, dt_out(since)),
         )
-        return [dt_in(r["at"]) for r in rows]
+        return [(dt_in(r["at"]), str(r["username"])) for r in rows]
 
-    def clear_login_failures(self, *, username: str) -> None:
+    def clear_login_failures(self, *, username: str, client: str) -> None:
         with self._lock:
-            self._write("DELETE FROM login_failures WHERE username = ?", (username,))
+            self._write(
+                "DELETE FROM login_failures WHERE username = ? AND client = ?", (username, client)
+            )
 
     def delete_login_failures_before(self, before: datetime) -> int:
         with self._lock:
             return self._write("DELETE FROM login_failures WHERE at < ?", (dt_out(before),))
+
+    # --- audit ---------------------------------------------------------------------------------
+
+    def add_audit_event(self, event: AuditEvent) -> None:
+        with self._lock:
+            self._write(
+                "INSERT INTO audit_events (at, actor, address, action, target, outcome, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    dt_out(event.at),
+                    event.actor,
+                    event.address,
+                    event.action,
+                    event.target,
+                    event.outcome,
+                    json.dumps(event.detail, ensure_ascii=False, default=str),
+                ),
+            )
+
+    def audit_page(self, *, limit: int, before: int | None = None) -> list[AuditEvent]:
+        rows = self._read(
+            "SELECT * FROM audit_events WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (before if before is not None else 2**63 - 1, limit),
+        )
+        return [audit_from_row(r) for r in rows]
+
+    def prune_audit(self, before: datetime) -> int:
+        with self._lock:
+            return self._write("DELETE FROM audit_events WHERE at < ?", (dt_out(before),))
 
     # --- environment owners --------------------------------------------------------------------
 

@@ -410,8 +410,9 @@ class SupervisedProcessRunner:
         pidfd = run._pidfd
         if run._result is not None or pidfd is None:
             return
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # without it (disk full) the run's default grace
             write_json(os.path.join(run.directory, STOP), {"grace": grace_seconds})
+        with contextlib.suppress(OSError):
             signal.pidfd_send_signal(pidfd, signal.SIGTERM)
         if not wait_pidfd(pidfd, max(0.0, grace_seconds) + _STOP_SLACK):
             with contextlib.suppress(OSError):

@@ -321,3 +321,62 @@ class Credentials:
             username=username if isinstance(username, str) else "",
             password=password if isinstance(password, str) else "",
         )
+
+
+@attrs.frozen(kw_only=True)
+class PasswordChange:
+    """A user's change of their own password."""
+
+    current_password: str = attrs.field(repr=False)
+    new_password: str = attrs.field(repr=False)
+
+    def checked(self) -> PasswordChange:
+        return PasswordChange.from_json(_fields(self))
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, object]) -> PasswordChange:
+        """Raises ``InvalidInput`` (``current_password`` missing) and
+        ``InvalidCredentialsFormat`` (``new_password`` out of bounds)."""
+        current = body.get("current_password")
+        if not isinstance(current, str) or not current:
+            raise InvalidInput("current_password", "'current_password' must be a string")
+        return cls(
+            current_password=current[:1025],
+            new_password=validate_password(body.get("new_password"), field="new_password"),
+        )
+
+
+USER_FIELDS = ("is_admin", "disabled", "password")
+
+
+@attrs.frozen(kw_only=True)
+class UserUpdate:
+    """An admin's change to a user: any of ``is_admin``, ``disabled``, ``password``."""
+
+    is_admin: bool | None = None
+    disabled: bool | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+
+    def checked(self) -> UserUpdate:
+        return UserUpdate.from_json({k: v for k, v in _fields(self).items() if v is not None})
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, object]) -> UserUpdate:
+        """Raises ``InvalidInput`` for an unknown field, none at all, or a wrong type, and
+        ``InvalidCredentialsFormat`` for a password out of bounds."""
+        unknown = sorted(set(body) - set(USER_FIELDS))
+        if unknown:
+            raise InvalidInput(
+                unknown[0][:64],
+                f"Unknown field '{unknown[0][:64]}': expected {', '.join(USER_FIELDS)}",
+            )
+        if not any(body.get(k) is not None for k in USER_FIELDS):
+            raise InvalidInput(
+                "is_admin", f"Nothing to change: give any of {', '.join(USER_FIELDS)}"
+            )
+        password = body.get("password")
+        return cls(
+            is_admin=_flag("is_admin", body.get("is_admin"), None),
+            disabled=_flag("disabled", body.get("disabled"), None),
+            password=None if password is None else validate_password(password),
+        )

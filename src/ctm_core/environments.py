@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import attrs
 
+from ctm_core.audit import AuditLog, recorded
 from ctm_core.auth import require_owner, require_user
 from ctm_core.commands import NewEnvironment, PackageChange, RenameEnvironment
 from ctm_core.errors import EnvironmentExists, EnvironmentInUse, EnvironmentNotFound
@@ -141,6 +142,7 @@ class EnvironmentService:
     default_python: str | None = None
     is_task_active: Callable[[int], bool] = lambda _task_id: False
     """True while a task has a run queued or running (``RunCoordinator.is_active``)."""
+    audit: AuditLog | None = None
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -196,13 +198,20 @@ class EnvironmentService:
         command = command.checked()
         require_user(self.repo, actor)  # before anything exists that it would own
         name = command.name
+        python = command.python_version or self.default_python
         with self.locks.hold(name):
             if self.backend.exists(name):
                 raise EnvironmentExists(name)
-            env = self.backend.create(
-                name, command.python_version or self.default_python, list(command.packages)
-            )
-            self.repo.set_environment_owner(name, actor.user_id)
+            with recorded(
+                self.audit,
+                actor,
+                "environment.create",
+                name,
+                python_version=python,
+                packages=list(command.packages),
+            ):
+                env = self.backend.create(name, python, list(command.packages))
+                self.repo.set_environment_owner(name, actor.user_id)
         return env
 
     def rename(self, actor: Principal, command: RenameEnvironment) -> int:
@@ -221,8 +230,9 @@ class EnvironmentService:
                 )
             if target == name or self.backend.exists(target):
                 raise EnvironmentExists(target, "Cannot rename environment to an existing name")
-            self.backend.rename(name, target)
-            return self.repo.rename_environment(name, target)
+            with recorded(self.audit, actor, "environment.rename", name, new_name=target):
+                self.backend.rename(name, target)
+                return self.repo.rename_environment(name, target)
 
     def install(self, actor: Principal, change: PackageChange) -> list[str]:
         """Install specs; return them. Raises ``InvalidPackageSpec``, ``EnvironmentNotFound``,
@@ -235,6 +245,7 @@ class EnvironmentService:
             "modify packages in this environment",
             EnvironmentInUse.MODIFY,
             lambda: self.backend.install(change.environment, specs),
+            ("environment.install", specs),
         )
         return specs
 
@@ -248,11 +259,18 @@ class EnvironmentService:
             "remove packages from this environment",
             EnvironmentInUse.REMOVE,
             lambda: self.backend.remove(change.environment, names),
+            ("environment.remove", names),
         )
         return names
 
     def _change_packages(
-        self, actor: Principal, name: str, action: str, in_use: str, change: Callable[[], None]
+        self,
+        actor: Principal,
+        name: str,
+        action: str,
+        in_use: str,
+        change: Callable[[], None],
+        audited: tuple[str, list[str]],
     ) -> None:
         validate_environment_name(name)
         with self.locks.hold(name):
@@ -261,7 +279,8 @@ class EnvironmentService:
             running = _running(self.repo.tasks_using_environment(name))
             if running:
                 raise EnvironmentInUse(in_use, [t.script_path for t in running])
-            change()
+            with recorded(self.audit, actor, audited[0], name, packages=audited[1]):
+                change()
 
     def delete(self, actor: Principal, name: str) -> None:
         """Delete an environment; the tasks that use it stay (their later runs fail). Raises
@@ -281,8 +300,9 @@ class EnvironmentService:
                     EnvironmentInUse.DELETE,
                     [t.script_path for t in active],
                 )
-            self.backend.delete(name)
-            self.repo.forget_environment(name)
+            with recorded(self.audit, actor, "environment.delete", name):
+                self.backend.delete(name)
+                self.repo.forget_environment(name)
 
     # --- helpers -------------------------------------------------------------------------------
 

@@ -163,6 +163,60 @@ class UserExists(CtmError, ValueError):
         super().__init__(error=self.error_format.format(username=username), field="username")
 
 
+class UserNotFound(CtmError, LookupError):
+    message = "User not found"
+    error_format = "No user named '{username}'"
+
+    def __init__(self, username: str):
+        super().__init__(error=self.error_format.format(username=username))
+
+
+class LastAdmin(CtmError, ValueError):
+    """The change would leave no enabled admin."""
+
+    message = "Cannot remove the last admin"
+    error_format = "'{username}' is the only enabled admin: make another user admin first"
+
+    def __init__(self, username: str):
+        super().__init__(error=self.error_format.format(username=username))
+
+
+class UserOwnsTasks(CtmError, ValueError):
+    """A user who still owns tasks cannot be deleted (disable them, or delete the tasks)."""
+
+    message = "User still owns tasks"
+    error_format = "'{username}' owns {count} task(s): delete them first, or disable the user"
+
+    def __init__(self, username: str, count: int):
+        super().__init__(
+            error=self.error_format.format(username=username, count=count), tasks=count
+        )
+
+
+class WrongPassword(CtmError, PermissionError):
+    """A password change whose ``current_password`` is not the user's password."""
+
+    message = "Current password is incorrect"
+
+    def __init__(self) -> None:
+        super().__init__(field="current_password")
+
+
+# --- storage -----------------------------------------------------------------------------------
+
+
+class StorageUnavailable(CtmError, RuntimeError):
+    """The store cannot be written just now (disk full, read-only filesystem, I/O error): the
+    change was not made; reads still work."""
+
+    message = "Storage unavailable"
+    error_format = "The server cannot save changes right now ({reason}); try again later"
+
+    def __init__(self, reason: str):
+        super().__init__(error=self.error_format.format(reason=reason))
+        self.reason = reason
+
+
 # --- environments ------------------------------------------------------------------------------
 
 

@@ -60,6 +60,22 @@ class User:
     password_hash: str = attrs.field(repr=False)
     is_admin: bool
     created_at: datetime = attrs.field(validator=_aware)
+    disabled: bool = False
+    """A disabled user cannot log in and has no sessions; their tasks and environments stay."""
+
+
+@attrs.frozen(kw_only=True)
+class UserChange:
+    """What an admin changes of a user (None: unchanged). ``password_hash`` is already hashed."""
+
+    is_admin: bool | None = None
+    disabled: bool | None = None
+    password_hash: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def revokes_sessions(self) -> bool:
+        """Disabling or a new password ends every session of the user."""
+        return bool(self.disabled) or self.password_hash is not None
 
 
 @attrs.define(kw_only=True)
@@ -79,6 +95,23 @@ class Principal:
     user_id: int
     username: str
     is_admin: bool
+    address: str | None = attrs.field(default=None, eq=False)
+    """The client address the request came from, when known (for the audit log)."""
+
+
+@attrs.frozen(kw_only=True)
+class AuditEvent:
+    """One recorded action: who (``actor``, None for nobody logged in), from where, what, on
+    what, and whether it was done (``outcome`` ``ok``, or ``refused`` for a failed login)."""
+
+    id: int
+    at: datetime = attrs.field(validator=_aware)
+    actor: str | None
+    address: str | None
+    action: str
+    target: str
+    outcome: str = "ok"
+    detail: dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -14,6 +14,7 @@ from typing import Protocol
 import attrs
 
 from ctm_core.models import (
+    AuditEvent,
     DiskUsage,
     Environment,
     Execution,
@@ -21,6 +22,7 @@ from ctm_core.models import (
     Session,
     Task,
     User,
+    UserChange,
 )
 
 
@@ -231,7 +233,8 @@ class ExecutionSummary:
 
 
 class Repository(Protocol):
-    """All state: users, sessions, login failures, environment owners, tasks, executions.
+    """All state: users, sessions, login failures, the audit log, environment owners, tasks,
+    executions.
 
     Methods that change several rows do it in one transaction.
     """
@@ -249,8 +252,31 @@ class Repository(Protocol):
 
     def count_users(self) -> int: ...
 
+    def list_users(self) -> list[User]:
+        """Every user, by id."""
+        ...
+
+    def update_user(
+        self, user_id: int, change: UserChange, *, keep_session: str | None = None
+    ) -> tuple[User, int]:
+        """Apply ``change`` and, when it ``revokes_sessions``, delete every session of the user
+        but ``keep_session`` (a token hash), in one transaction; return the user as stored and
+        how many sessions ended. Raises ``UserNotFound``, and ``LastAdmin`` (nothing changed)
+        when no enabled admin would be left."""
+        ...
+
+    def delete_user(self, user_id: int) -> None:
+        """Delete the user and their sessions, leaving the environments they own to no owner, in
+        one transaction. Raises ``UserNotFound``; ``LastAdmin`` when they are the only enabled
+        admin; ``UserOwnsTasks`` when they own tasks (nothing deleted)."""
+        ...
+
     # sessions
-    def add_session(self, session: Session) -> None: ...
+    def add_session(self, session: Session, *, max_per_user: int | None = None) -> int:
+        """Store a session; with ``max_per_user``, delete the user's oldest sessions beyond that
+        many, in the same transaction; return how many were deleted. Raises ``LookupError``
+        for an unknown user, ``ValueError`` for a token hash already stored."""
+        ...
 
     def get_session(self, token_hash: str) -> Session | None: ...
 
@@ -263,19 +289,38 @@ class Repository(Protocol):
         ``created_before``."""
         ...
 
+    def count_sessions_by_user(self) -> dict[int, int]:
+        """Live sessions per user id (users with none are left out)."""
+        ...
+
     # login throttling
     def add_login_failure(self, *, username: str, client: str, at: datetime) -> None: ...
 
-    def login_failures_since(
-        self, *, username: str, client: str, since: datetime
-    ) -> list[datetime]:
-        """Times of failures since ``since`` for this username OR this client address."""
+    def login_failures_of_client(
+        self, *, client: str, since: datetime
+    ) -> list[tuple[datetime, str]]:
+        """(time, username) of the failures from ``client`` since ``since``, oldest first."""
         ...
 
-    def clear_login_failures(self, *, username: str) -> None: ...
+    def clear_login_failures(self, *, username: str, client: str) -> None:
+        """Forget the failures of this (username, client) pair."""
+        ...
 
     def delete_login_failures_before(self, before: datetime) -> int:
         """Forget failures older than ``before``; return how many."""
+        ...
+
+    # audit
+    def add_audit_event(self, event: AuditEvent) -> None:
+        """Store an event (its ``id`` is ignored: ids grow with each event)."""
+        ...
+
+    def audit_page(self, *, limit: int, before: int | None = None) -> list[AuditEvent]:
+        """At most ``limit`` events, newest (highest id) first, of ids below ``before``."""
+        ...
+
+    def prune_audit(self, before: datetime) -> int:
+        """Delete events older than ``before``; return how many."""
         ...
 
     # environment owners

@@ -6,20 +6,28 @@ one user) has a FIFO queue in the order the runs were due, and a free slot goes 
 served least recently among those below their own limit, so users take turns (round-robin) and
 one user's long queue delays another's next run by at most one slot. A run that gets its turn is
 followed by a thread of its own, since waiting for a child blocks.
+
+A run's end that the store cannot take (``StorageUnavailable``: disk full, read-only, I/O error)
+is not lost: a thread of its own writes it again after a growing pause, until it is written.
+Meanwhile the run's slot is free (its process is gone) but its task still counts as active, so
+no later run of the task can be recorded before it, and a stop finds it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import posixpath
 import threading
 from collections import deque
 from collections.abc import Callable
+from datetime import timedelta
+from functools import partial
 
 import attrs
 
 from ctm_core.environments import KeyedLocks
-from ctm_core.errors import EnvironmentNotFound, TaskNotFound
+from ctm_core.errors import EnvironmentNotFound, StorageUnavailable, TaskNotFound
 from ctm_core.models import Execution, ExecutionStatus, RunPolicy, Task
 from ctm_core.ports import (
     Clock,
@@ -57,8 +65,18 @@ class _Run:
     ended: bool = False
     """The runner reported the run's end (set under the coordinator's guard): a stop asked
     after that changes nothing, the run keeps its own outcome."""
+    unsaved: StorageUnavailable | None = None
+    """Why the run's end is not recorded yet (set under the guard): a thread writes it again
+    until the store takes it; the run stays in ``_runs`` until then."""
+    unrecorded_start: str | None = None
+    """The store could not take the run's start: the run is stopped and fails with this note."""
     started: threading.Event = attrs.field(factory=threading.Event)
     done: threading.Event = attrs.field(factory=threading.Event)
+
+
+def _settled(run: _Run) -> bool:
+    """The run's end is recorded, or the store refused it (guard held)."""
+    return run.done.is_set() or run.unsaved is not None
 
 
 @attrs.define
@@ -76,6 +94,13 @@ class RunCoordinator:
     log_tail_bytes: int = 256 * 1024
     policy: RunPolicy = RunPolicy()
     """Default limits, the network setting and the per-user run limit."""
+    end_retry_first: float = 1.0
+    """Seconds before a run's end that the store refused is written again; doubled each time."""
+    end_retry_max: float = 10.0
+    """The longest pause between two tries."""
+    report: Callable[[str], object] = lambda message: None
+    """Told, in words, of a run's end the store refused and of its recording later (the
+    composition root logs it)."""
     _runs: dict[int, _Run] = attrs.field(init=False, factory=dict)
     _queues: dict[int | None, deque[_Run]] = attrs.field(init=False, factory=dict)
     """Waiting runs per owner, FIFO; an owner is a key only while it has runs waiting, and the
@@ -86,6 +111,9 @@ class RunCoordinator:
     """When each owner last got a slot (a counter): the least recent goes first."""
     _serial: int = attrs.field(init=False, default=0)
     _guard: threading.Condition = attrs.field(init=False, factory=threading.Condition)
+    _closing: bool = attrs.field(init=False, default=False)
+    """Set by ``stop_all``: the store is about to close, ends no longer recorded are left to
+    the next start (``Scheduler.recover``)."""
     running: int = attrs.field(init=False, default=0)
     """Runs holding a slot now (at most ``max_concurrent``)."""
     max_seen: int = attrs.field(init=False, default=0)
@@ -212,29 +240,43 @@ class RunCoordinator:
 
     def stop(self, task_id: int, *, timeout: float | None = None) -> bool:
         """Stop the task's queued or running execution and wait until it is recorded. False when
-        it has none, or when its run had already ended on its own (it keeps that outcome)."""
+        it has none, or when its run had already ended on its own (it keeps that outcome).
+        Raises ``StorageUnavailable`` when the run's end (its own, or the stop) cannot be
+        recorded now: its process is gone, and the end is recorded as soon as the store takes
+        it."""
         with self._guard:
             run = self._runs.get(task_id)
             if run is None:
                 return False
             ended = run.ended
             run.stop_requested = not ended
+        wait = timeout if timeout is not None else self.stop_grace + 30
         if ended:
-            run.done.wait(timeout if timeout is not None else self.stop_grace + 30)
+            self._wait_recorded(run, wait)
             return False
         if self._unqueue(run):
             self._finish_unstarted(run, ExecutionStatus.STOPPED, "stopped before it started")
             self._forget(run)
+            self._wait_recorded(run, 0)
             return True
         if run.started.is_set() and run.handle is not None:
             self.runner.stop(run.handle, self.stop_grace)
-        run.done.wait(timeout if timeout is not None else self.stop_grace + 30)
+        self._wait_recorded(run, wait)
         return True
+
+    def _wait_recorded(self, run: _Run, timeout: float) -> None:
+        """Wait until the run's end is recorded, or the store refused it (then raise that)."""
+        with self._guard:
+            self._guard.wait_for(partial(_settled, run), timeout)
+            unsaved = run.unsaved
+        if unsaved is not None:
+            raise StorageUnavailable(unsaved.reason)
 
     def stop_all(self, grace: float) -> None:
         """On shutdown: end every run (recorded as failed by the server's shutdown)."""
         with self._guard:
             runs = list(self._runs.values())
+            self._closing = True
         survive = self.runner.runs_survive_restart
         for run in runs:
             if survive:
@@ -247,8 +289,9 @@ class RunCoordinator:
                 self.runner.stop(run.handle, grace)
         if survive:
             return  # still running in the database: the next server adopts them
-        for run in runs:
-            run.done.wait(grace + 5)
+        for run in runs:  # an end the store refuses is left to the next start
+            with self._guard:
+                self._guard.wait_for(partial(_settled, run), grace + 5)
 
     def adopt(self, execution: Execution) -> bool:
         """At start-up: follow an execution an earlier server left ``running``, when the runner
@@ -298,11 +341,15 @@ class RunCoordinator:
             self._dispatch()
 
     def _forget(self, run: _Run) -> None:
+        """The run is over: its task is no longer active (unless its end is still to be
+        recorded: ``_retry_end`` forgets it then)."""
         with self._guard:
+            if run.unsaved is not None:
+                return
             if self._runs.get(run.task_id) is run:
                 del self._runs[run.task_id]
+            run.done.set()  # before the notice: ``_settled`` waiters look at it
             self._guard.notify_all()
-        run.done.set()
 
     def _start_and_wait(self, run: _Run) -> None:
         try:
@@ -327,7 +374,7 @@ class RunCoordinator:
                     break
         if run.handle is None or not run.started.is_set():
             return
-        if run.stop_requested:
+        if run.stop_requested or run.unrecorded_start is not None:
             self.runner.stop(run.handle, self.stop_grace)
         self._record(run, execution, self._wait(run))
 
@@ -345,6 +392,8 @@ class RunCoordinator:
             return
         if run.shutting_down:
             status, note = ExecutionStatus.FAILED, "ended because the server shut down"
+        elif run.unrecorded_start is not None:
+            status, note = ExecutionStatus.FAILED, run.unrecorded_start
         elif run.stop_requested:
             status, note = ExecutionStatus.STOPPED, "stopped by a user"
         elif result.limit_exceeded:
@@ -384,10 +433,15 @@ class RunCoordinator:
             return
         policy = self.policy
         owner = self.repo.get_user(task.owner_id) if task.owner_id is not None else None
+        try:
+            # Every run gets a private writable folder; a path script's own folder is only read.
+            cwd = self.files.run_dir(execution.id)
+        except OSError as exc:  # e.g. the disk is full
+            self._end(run, execution, None, ExecutionStatus.FAILED, f"could not start: {exc}")
+            return
         spec = RunSpec(
             argv=(run_env.python, "-u", task.script_path),
-            # Every run gets a private writable folder; a path script's own folder is only read.
-            cwd=self.files.run_dir(execution.id),
+            cwd=cwd,
             log_path=log_path,
             env_add={**run_env.variables, "PYTHONUNBUFFERED": "1"},
             path_prepend=run_env.path_prepend,
@@ -416,9 +470,13 @@ class RunCoordinator:
         execution.status = ExecutionStatus.RUNNING
         execution.start_time = start_time
         execution.pid = run.handle.pid
-        if not self.repo.record_run_start(execution):
-            # The task was deleted while its run started: end the run, nothing to record.
-            run.stop_requested = True
+        try:
+            if not self.repo.record_run_start(execution):
+                # The task was deleted while its run started: end the run, nothing to record.
+                run.stop_requested = True
+        except StorageUnavailable as exc:
+            # A run the store does not show as running must not go on: stop it, record it failed.
+            run.unrecorded_start = f"stopped: its start could not be recorded ({exc.reason})"
         run.started.set()
 
     def _fresh_task(self, task_id: int) -> Task | None:
@@ -452,7 +510,65 @@ class RunCoordinator:
             self.files.append_log(execution.log_path, f"[ctm: run not started: {note}]")
         elif run.shutting_down and execution.log_path:
             self.files.append_log(execution.log_path, f"[ctm: run {note}]")
-        self.repo.record_run_end(execution)
+        self._record_end(run, execution)
+
+    def _record_end(self, run: _Run, execution: Execution, *, only_if_latest: bool = False) -> None:
+        """Record the run's end; when the store refuses it, mark the run unsaved and leave the
+        recording to a thread of its own (``_retry_end``), so this one goes on (frees the slot,
+        answers a stop)."""
+        try:
+            self.repo.record_run_end(execution, only_if_latest=only_if_latest)
+            return
+        except StorageUnavailable as exc:
+            with self._guard:
+                run.unsaved = exc
+                self._guard.notify_all()
+            reason = exc.reason
+        self.report(
+            f"run {execution.id} of task {execution.task_id} ended ({execution.status.value}) but"
+            f" cannot be recorded now ({reason}); trying again until it is"
+        )
+        threading.Thread(
+            target=self._retry_end,
+            args=(run, execution, only_if_latest),
+            name=f"ctm-run-end-{execution.id}",
+            daemon=True,
+        ).start()
+
+    def _retry_end(self, run: _Run, execution: Execution, only_if_latest: bool) -> None:
+        """Write the run's end again after ``end_retry_first`` seconds (on the clock), then after
+        twice as long, up to ``end_retry_max``, until the store takes it; then forget the run."""
+        pause, tries = self.end_retry_first, 1
+        try:
+            while not self._closing:
+                asyncio.run(self.clock.sleep_until(self.clock.now() + timedelta(seconds=pause)))
+                if self._closing:
+                    break
+                tries += 1
+                try:
+                    self.repo.record_run_end(execution, only_if_latest=only_if_latest)
+                except StorageUnavailable:
+                    pause = min(pause * 2, self.end_retry_max)
+                    continue
+                self.report(f"run {execution.id}: its end is recorded (try {tries})")
+                break
+        except Exception as exc:  # e.g. the store was closed meanwhile: the next start recovers
+            self.report(f"run {execution.id}: its end could not be recorded: {exc!r}")
+        finally:
+            with self._guard:
+                run.unsaved = None
+            self._forget(run)
+
+    def record_lost_end(self, execution: Execution) -> None:
+        """Record the end of a run nobody follows any more (``Scheduler.recover``: it was going
+        on when an earlier server stopped), only if nothing newer of its task ran. When the
+        store refuses it, it is written again as any run's end, and the task counts as active
+        until then."""
+        run = _Run(task_id=execution.task_id, execution_id=execution.id)
+        with self._guard:
+            self._runs.setdefault(run.task_id, run)
+        self._record_end(run, execution, only_if_latest=True)
+        self._forget(run)
 
     def _finish_unstarted(self, run: _Run, status: ExecutionStatus, note: str) -> None:
         execution = self.repo.get_execution(run.execution_id)

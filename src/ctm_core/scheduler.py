@@ -70,8 +70,9 @@ class Scheduler:
                 execution.duration = round((now - execution.start_time).total_seconds(), 2)
             if execution.log_path:
                 self.files.append_log(execution.log_path, f"[ctm: {INTERRUPTED_NOTE}]")
-            # Its task's state follows only when nothing newer ran meanwhile.
-            self.repo.record_run_end(execution, only_if_latest=True)
+            # Its task's state follows only when nothing newer ran meanwhile; an end the store
+            # refuses now (disk full) is written again later, as any run's.
+            self.coordinator.record_lost_end(execution)
         for execution in queued:
             self.coordinator.launch(execution.task_id, execution.id)
 
@@ -117,19 +118,25 @@ class Scheduler:
 
     def fire(self, task: Task, now: datetime) -> bool:
         """Run one due occurrence of ``task`` (as read) and move its schedule on. While the task
-        still runs, the occurrence is recorded as skipped instead: consecutive skips share one
-        record, which counts them. The repository claims the occurrence (compare-and-set on
-        ``next_run_at``): False when another firing, a change or a delete came first."""
+        still runs, or while its owner is disabled, the occurrence is recorded as skipped
+        instead: consecutive skips share one record, which counts them. The repository claims
+        the occurrence (compare-and-set on ``next_run_at``): False when another firing, a
+        change or a delete came first."""
         due = task.next_run_at
         if due is None or due > now:
             return False
-        busy = self.coordinator.is_active(task.id)
+        skip = None
+        if self.coordinator.is_active(task.id):
+            skip = "skipped: the previous run was still going on"
+        elif task.owner_id is not None and self._owner_disabled(task.owner_id):
+            skip = "skipped: the task's owner is disabled"
+        busy = skip is not None
         execution = Execution(
             id=new_execution_id(),
             task_id=task.id,
             status=ExecutionStatus.SKIPPED if busy else ExecutionStatus.QUEUED,
             scheduled_for=due,
-            note="skipped: the previous run was still going on" if busy else None,
+            note=skip,
         )
         if busy:
             execution.start_time = execution.end_time = now
@@ -143,9 +150,15 @@ class Scheduler:
             self.coordinator.launch(task.id, execution.id, owner_id=task.owner_id)
         return True
 
+    def _owner_disabled(self, owner_id: int) -> bool:
+        """A disabled user's tasks fire nothing (their occurrences are recorded as skipped);
+        a deleted owner's tasks run on (only admins can change them then)."""
+        owner = self.repo.get_user(owner_id)
+        return owner is not None and owner.disabled
+
     def maintenance(self) -> None:
-        """Prune executions and logs past the retention period."""
-        self.repo.delete_login_failures_before(self.clock.now() - timedelta(days=1))
+        """Prune executions and logs past the retention period (and, through
+        ``on_maintenance``, dead sessions, old login failures and audit events)."""
         self.on_maintenance()
         if self.retention_days > 0:
             before = self.clock.now() - timedelta(days=self.retention_days)

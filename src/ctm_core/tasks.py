@@ -9,6 +9,7 @@ from datetime import date, datetime, time, timedelta, tzinfo
 
 import attrs
 
+from ctm_core.audit import AuditLog, recorded
 from ctm_core.auth import require_owner, require_user
 from ctm_core.commands import (
     DEFAULT_PAGE,
@@ -98,6 +99,7 @@ class TaskService:
     on_change: Callable[[], None] = lambda: None
     retention_days: int = 30
     policy: RunPolicy = RunPolicy()
+    audit: AuditLog | None = None
     """Maxima of the per-run limits a task may ask for; the per-user task limit."""
 
     # --- create --------------------------------------------------------------------------------
@@ -180,6 +182,14 @@ class TaskService:
             except BaseException:
                 self.repo.delete_task(task.id)  # never leave a task without its script
                 raise
+        if self.audit is not None:
+            self.audit.record(
+                actor,
+                "task.create",
+                f"{task.id}:{task.name}",
+                environment=env_name,
+                schedule=cron or (f"delay {delay}s" if delay is not None else "now"),
+            )
         self.on_change()
         return CreatedTask(task=task, environment_message=message)
 
@@ -228,7 +238,10 @@ class TaskService:
             if not has_reqs:
                 return f"Created new environment '{env_name}'"
             try:
-                with self.env_locks.hold(env_name):
+                with (
+                    self.env_locks.hold(env_name),
+                    recorded(self.audit, actor, "environment.requirements", env_name),
+                ):
                     self.backend.install_requirements(env_name, requirements or "")
             except BaseException as exc:
                 try:  # a new environment whose requirements failed is removed again
@@ -266,7 +279,8 @@ class TaskService:
                 )
             before = self.backend.get_environment(env_name).packages
             try:
-                self.backend.install_requirements(env_name, requirements or "")
+                with recorded(self.audit, actor, "environment.requirements", env_name):
+                    self.backend.install_requirements(env_name, requirements or "")
             except PackageOperationFailed as exc:
                 after = self.backend.get_environment(env_name).packages
                 raise RequirementsFailed(
@@ -341,6 +355,8 @@ class TaskService:
             raise TaskNotRunning(task.status.value)
         if not self.coordinator.stop(task_id):  # it ended meanwhile: say how, as recorded now
             raise TaskNotRunning(self.repo.get_task(task_id).status.value)
+        if self.audit is not None:
+            self.audit.record(actor, "task.stop", f"{task.id}:{task.name}")
         return self.repo.get_task(task_id)
 
     def delete_task(self, actor: Principal, task_id: int) -> None:
@@ -354,6 +370,8 @@ class TaskService:
         if task.script_stored:
             paths.append(task.script_path)
         self.files.delete(paths)
+        if self.audit is not None:
+            self.audit.record(actor, "task.delete", f"{task.id}:{task.name}")
         self.on_change()
 
     # --- stats ---------------------------------------------------------------------------------

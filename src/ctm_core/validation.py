@@ -92,10 +92,10 @@ def validate_username(username: object) -> str:
     return username
 
 
-def validate_password(password: object) -> str:
+def validate_password(password: object, *, field: str = "password") -> str:
     if not isinstance(password, str) or not 8 <= len(password) <= 1024:
         raise InvalidCredentialsFormat(
-            "password",
+            field,
             "Password must be 8-1024 characters",
             message="Invalid username or password format",
         )

@@ -5,6 +5,7 @@ error classes), and the requests it reads. ``openapi`` derives the description f
 from __future__ import annotations
 
 from ctm_core import errors as e
+from ctm_core.audit import ACTIONS
 from ctm_core.commands import (
     MAX_CPU_LIMIT,
     MAX_MEMORY_LIMIT_MB,
@@ -208,6 +209,66 @@ ME = body(
         )
     },
 )
+USER_RECORD = body(
+    {
+        "id": INT,
+        "username": STR,
+        "is_admin": BOOL,
+        "disabled": BOOL,
+        "created_at": TIME,
+        "sessions": {**INT, "description": "Live sessions"},
+    },
+    name="UserRecord",
+)
+USERS = body({"success": TRUE, "users": array(USER_RECORD)})
+USER_UPDATED = body(
+    {
+        "success": TRUE,
+        "message": const("User updated"),
+        "user": USER_RECORD,
+        "sessions_ended": {**INT, "description": "Sessions ended by disabling or a new password"},
+    }
+)
+USER_DELETED = body({"success": TRUE, "message": const("User deleted")})
+PASSWORD_CHANGED = body(
+    {
+        "success": TRUE,
+        "message": const("Password changed"),
+        "sessions_ended": {**INT, "description": "Your other sessions, now ended"},
+    }
+)
+AUDIT_EVENT = body(
+    {
+        "id": INT,
+        "at": TIME,
+        "actor": null(
+            {
+                **STR,
+                "description": "Who: a username, `(server CLI)` for `ctm user ...` on the "
+                "server's machine; null when nobody is logged in",
+            }
+        ),
+        "address": null({**STR, "description": "The client address, when over HTTP"}),
+        "action": {"enum": list(ACTIONS)},
+        "target": {**STR, "description": "A username, an environment, or `<task id>:<name>`"},
+        "outcome": {
+            "enum": ["ok", "refused", "failed"],
+            "description": "refused: a login or a current password that was wrong; failed: "
+            "conda or pip failed partway (the environment may have changed)",
+        },
+        "detail": {"type": "object", "description": "What was asked (never a password)"},
+    },
+    name="AuditEvent",
+)
+AUDIT_PAGE = body(
+    {
+        "success": TRUE,
+        "events": array(AUDIT_EVENT),
+        "next_before": null(
+            {**STR, "description": "The `before` of the next page; null on the last page"}
+        ),
+    }
+)
 ENVIRONMENTS = array(ENVIRONMENT_SUMMARY)
 ENVIRONMENT_CREATED = body(
     {
@@ -395,7 +456,7 @@ ERROR_BODIES: dict[type[e.CtmError], Body] = {
         _error(
             e.InvalidCredentialsFormat,
             error=_ANY,
-            fields={"field": {"enum": ["username", "password"]}},
+            fields={"field": {"enum": ["username", "password", "new_password"]}},
         ),
         _error(e.ScheduleConflict),
         _error(e.InvalidCronExpression, optional=_field("cron_expression")),
@@ -414,6 +475,18 @@ ERROR_BODIES: dict[type[e.CtmError], Body] = {
         ),
         _error(e.ScriptOutsideRoots),
         _error(e.UserExists, optional=_field("username")),
+        _error(e.UserNotFound),
+        _error(e.LastAdmin),
+        _error(
+            e.UserOwnsTasks,
+            fields={"tasks": {**INT, "description": "How many tasks the user owns"}},
+        ),
+        _error(e.WrongPassword, optional=_field("current_password")),
+        _error(
+            e.StorageUnavailable,
+            description="The disk is full or the database cannot be written: nothing was "
+            "changed; reads still work",
+        ),
         _error(e.EnvironmentNotFound),
         _error(e.EnvironmentExists, error=_ANY),
         _error(
@@ -474,6 +547,27 @@ REQUESTS: dict[str, Schema] = {
             "password": {"type": "string", "minLength": 8, "maxLength": 1024},
         },
         {"is_admin": {**BOOL, "default": False}},
+    ),
+    "UpdateUserRequest": obj(
+        {},
+        {
+            "is_admin": BOOL,
+            "disabled": {**BOOL, "description": "true: no login, every session ended"},
+            "password": {
+                "type": "string",
+                "minLength": 8,
+                "maxLength": 1024,
+                "description": "A new password; every session of the user ends",
+            },
+        },
+        minProperties=1,
+        additionalProperties=False,
+    ),
+    "ChangePasswordRequest": obj(
+        {
+            "current_password": {"type": "string", "minLength": 1},
+            "new_password": {"type": "string", "minLength": 8, "maxLength": 1024},
+        }
     ),
     "CreateEnvironmentRequest": obj(
         {"name": ENV_NAME},
@@ -581,6 +675,10 @@ def _components() -> dict[str, Schema]:
         USER,
         "LoginRequest",
         "CreateUserRequest",
+        USER_RECORD,
+        "UpdateUserRequest",
+        "ChangePasswordRequest",
+        AUDIT_EVENT,
         ENVIRONMENT_SUMMARY,
         ENVIRONMENT_DETAIL,
         ENVIRONMENT_STATS,

@@ -8,6 +8,7 @@ from ctm_core import errors as e
 from ctm_http import _bodies as b
 from ctm_http._op import OPENAPI_DOCUMENT, Op
 from ctm_http._task_operations import TASK_OPERATIONS
+from ctm_http._user_operations import USER_OPERATIONS
 
 _ENV = ("environments",)
 _TASKS = ("tasks",)
@@ -52,9 +53,15 @@ OPERATIONS: tuple[Op, ...] = (
             ),
         ),
         description="Opens a server-side session and sets the `session` cookie "
-        "(HttpOnly; SameSite=Lax; Max-Age=900). An unknown user and a wrong password get the "
-        "same 401. After 5 failures in 15 minutes for one username or client address: 429 "
-        "with `retry_after` and a Retry-After header.",
+        "(HttpOnly; SameSite=Lax; Max-Age=900). An unknown user, a disabled one and a wrong "
+        "password get the same 401. Failures are counted per (username, client address) pair "
+        "and per address, never per username alone: 5 failures of one pair within 15 minutes "
+        "lock that pair out, 20 from one address (any usernames) lock the address out; either "
+        "answers 429 with `retry_after` (seconds; also a Retry-After header) without checking "
+        "the password. Each further lockout within a day lasts twice as long (15, 30, 60 "
+        "minutes... at most 24 hours). The right password from an address without recent "
+        "failures always works. An IPv6 client counts by its /64 network. A user keeps at "
+        "most `CTM_MAX_SESSIONS_PER_USER` sessions (20): a login beyond it ends their oldest.",
     ),
     Op(
         method="POST",
@@ -121,6 +128,7 @@ OPERATIONS: tuple[Op, ...] = (
         ok_examples=(("me", {"success": True, "user": {"username": "admin", "is_admin": True}}),),
         description="Not in the original api.md; used by the dashboard.",
     ),
+    *USER_OPERATIONS,
     Op(
         method="GET",
         path="/api/conda/environments",

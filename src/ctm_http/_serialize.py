@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from ctm_core.environments import EnvironmentDetail, EnvironmentStats
 from ctm_core.models import (
+    AuditEvent,
     Environment,
     Execution,
     ExecutionStatus,
@@ -23,6 +24,7 @@ from ctm_core.models import (
     User,
 )
 from ctm_core.tasks import CreatedTask, HistoryPage, TaskDetail, TaskStats
+from ctm_core.users import UserView
 from ctm_http import _bodies as b
 from ctm_http._schema import Body
 
@@ -259,6 +261,67 @@ def logged_out() -> dict[str, Any]:
 @renders(b.USER_CREATED)
 def user_created(user: User) -> dict[str, Any]:
     return {"success": True, "message": "User created successfully", "user": user_body(user)}
+
+
+@renders(b.USER_RECORD)
+def user_record(view: UserView, tz: tzinfo) -> dict[str, Any]:
+    user = view.user
+    return {
+        "id": user.id,
+        "username": user.username,
+        "is_admin": user.is_admin,
+        "disabled": user.disabled,
+        "created_at": fmt_time(user.created_at, tz),
+        "sessions": view.sessions,
+    }
+
+
+@renders(b.USERS)
+def users(views: list[UserView], tz: tzinfo) -> dict[str, Any]:
+    return {"success": True, "users": [user_record(v, tz) for v in views]}
+
+
+@renders(b.USER_UPDATED)
+def user_updated(view: UserView, ended: int, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "success": True,
+        "message": "User updated",
+        "user": user_record(view, tz),
+        "sessions_ended": ended,
+    }
+
+
+@renders(b.USER_DELETED)
+def user_deleted() -> dict[str, Any]:
+    return {"success": True, "message": "User deleted"}
+
+
+@renders(b.PASSWORD_CHANGED)
+def password_changed(ended: int) -> dict[str, Any]:
+    return {"success": True, "message": "Password changed", "sessions_ended": ended}
+
+
+@renders(b.AUDIT_EVENT)
+def audit_event(event: AuditEvent, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "at": fmt_time(event.at, tz),
+        "actor": event.actor,
+        "address": event.address,
+        "action": event.action,
+        "target": event.target,
+        "outcome": event.outcome,
+        "detail": event.detail,
+    }
+
+
+@renders(b.AUDIT_PAGE)
+def audit_page(events: list[AuditEvent], next_before: str | None, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "success": True,
+        "events": [audit_event(e, tz) for e in events],
+        "next_before": next_before,
+    }
 
 
 @renders(b.ME)

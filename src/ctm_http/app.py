@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from functools import partial
-from typing import Any, TypeVar, Unpack
+from typing import Any, Unpack
 
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ctm_adapters.bootstrap import (
     Ports,
-    Services,
     build_services,
     start_services,
     stop_services,
@@ -37,9 +35,10 @@ from ctm_core.commands import (
     Page,
     RenameEnvironment,
 )
-from ctm_core.errors import CrossSiteRequest, CtmError, TaskNotFound
+from ctm_core.errors import CtmError, TaskNotFound
 from ctm_core.models import Principal, TaskStatus
 from ctm_http import _serialize as ser
+from ctm_http import _user_routes as user_routes
 from ctm_http._errors import (
     RequestError,
     ctm_error_handler,
@@ -47,150 +46,24 @@ from ctm_http._errors import (
     internal_error_handler,
     request_error_handler,
 )
+from ctm_http._request import (
+    QUICK_CALLS,
+    SLOW_CALLS,
+    authenticated,
+    call,
+    call_login,
+    call_slow,
+    check_same_site,
+    client_of,
+    cookie_header,
+    ok,
+    read_json,
+    services,
+    session_token,
+    set_session_cookie,
+)
 
 log = logging.getLogger("ctm")
-T = TypeVar("T")
-COOKIE = "session"
-SECURE_COOKIE = "__Host-session"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-# --- request helpers ---------------------------------------------------------------------------
-
-
-def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
-
-
-async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a quick blocking use case (a read, a login) off the event loop."""
-    return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
-
-
-SLOW_CALLS = 32
-QUICK_CALLS = 16
-"""Threads for quick calls (``call``: reads, logins, each request's authentication) instead of
-anyio's default 40: more only queue for the GIL and SQLite, and each holds a stack and malloc
-memory (benchmarks/bench_serve_memory.py: ~38 threads at most under load.py instead of ~76)."""
-
-
-async def call_slow(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a use case that may take long (conda, pip, stopping a run) with threads of its own
-    budget, so that however many are waiting, reads and logins still get a thread."""
-    limiter: anyio.CapacityLimiter = request.app.state.slow_limiter
-    return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=limiter)
-
-
-async def read_json(request: Request, *, required: bool = True) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400/413/415 ``RequestError``."""
-    limit = services(request).settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, "Request body too large", f"At most {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, "Request body too large", f"At most {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        if not required:
-            return {}
-        raise RequestError(400, "Request body must be a JSON object", "The body is empty")
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise RequestError(
-            415,
-            "Request body must be sent as application/json",
-            f"Content-Type was {ctype or 'missing'!r}",
-        )
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise RequestError(
-            400, "Request body must be a JSON object", f"Invalid JSON: {exc}"[:300]
-        ) from None
-    if not isinstance(data, dict):
-        raise RequestError(
-            400, "Request body must be a JSON object", f"Got a JSON {type(data).__name__}"
-        )
-    try:  # JSON admits lone surrogates ("\ud800"), which no file, database or tool takes
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise RequestError(
-            400, "Request body must be a JSON object", "Strings must be valid Unicode text"
-        ) from None
-    return data
-
-
-def cookie_name(secure: bool) -> str:
-    """``__Host-session`` over HTTPS: browsers take it only with Secure, Path=/ and no Domain,
-    so no other port, scheme or subdomain can set it; ``session`` otherwise (the contract's)."""
-    return SECURE_COOKIE if secure else COOKIE
-
-
-def _cookie_header(token: str, max_age: int, secure: bool) -> str:
-    parts = [
-        f"{cookie_name(secure)}={token}",
-        "Path=/",
-        "HttpOnly",
-        "SameSite=Lax",
-        f"Max-Age={max_age}",
-    ]
-    if secure:
-        parts.append("Secure")
-    return "; ".join(parts)
-
-
-def set_session_cookie(response: Response, request: Request, token: str) -> None:
-    s = services(request).settings
-    max_age = int(s.session_idle_minutes * 60)
-    response.headers.append("set-cookie", _cookie_header(token, max_age, s.secure_cookies))
-
-
-def check_same_site(request: Request) -> None:
-    """Refuse a state-changing request that a browser marks as cross-site."""
-    if request.method in SAFE_METHODS:
-        return
-    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
-        raise CrossSiteRequest()
-    origin = request.headers.get("origin")
-    if origin is not None:
-        host = request.headers.get("host", "")
-        if origin.lower() not in {f"http://{host}".lower(), f"https://{host}".lower()}:
-            raise CrossSiteRequest()
-
-
-Handler = Callable[[Request, Principal], Awaitable[Response]]
-
-
-def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Require a valid session, renew it, and hand the caller to the route."""
-
-    async def route(request: Request) -> Response:
-        check_same_site(request)
-        # Only the name in use is read: with __Host-session, a plain ``session`` cookie
-        # tossed in by another port or a subdomain is ignored.
-        token = request.cookies.get(cookie_name(services(request).settings.secure_cookies))
-        principal = await call(services(request).auth.authenticate, token)
-        try:
-            response = await handler(request, principal)
-        except CtmError as exc:  # an error answer renews the session too
-            response = await ctm_error_handler(request, exc)
-        except RequestError as exc:
-            response = await request_error_handler(request, exc)
-        assert token is not None
-        set_session_cookie(response, request, token)
-        return response
-
-    route.__name__ = handler.__name__
-    return route
-
-
-def ok(body: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(body, status_code=status)
 
 
 # --- auth routes -------------------------------------------------------------------------------
@@ -200,8 +73,8 @@ async def login(request: Request) -> Response:
     check_same_site(request)
     body = await read_json(request)
     svc = services(request)
-    client = request.client.host if request.client else "unknown"
-    token, user = await call(svc.auth.login, Credentials.from_json(body), client)
+    credentials = Credentials.from_json(body)
+    token, user = await call_login(request, svc.auth.login, credentials, client_of(request))
     response = ok(ser.logged_in(user))
     set_session_cookie(response, request, token)
     return response
@@ -210,9 +83,9 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     check_same_site(request)
     secure = services(request).settings.secure_cookies
-    await call(services(request).auth.logout, request.cookies.get(cookie_name(secure)))
+    await call(services(request).auth.logout, session_token(request), client_of(request))
     response = ok(ser.logged_out())
-    response.headers.append("set-cookie", _cookie_header("", 0, secure))
+    response.headers.append("set-cookie", cookie_header("", 0, secure))
     return response
 
 
@@ -399,6 +272,7 @@ ROUTES = [
     Route("/api/tasks/{task_id:int}", get_task, methods=["GET"]),
     Route("/api/tasks/{task_id:int}", delete_task, methods=["DELETE"]),
     Route("/api/tasks/{task_id:int}/stop", stop_task, methods=["POST"]),
+    *user_routes.ROUTES,
 ]
 
 
@@ -433,6 +307,7 @@ def create_app(settings: Settings, **ports: Unpack[Ports]) -> Starlette:
         await call(start_services, svc)
         app.state.services = svc
         app.state.slow_limiter = anyio.CapacityLimiter(SLOW_CALLS)
+        app.state.login_limiter = anyio.CapacityLimiter(settings.login_checks)
         anyio.to_thread.current_default_thread_limiter().total_tokens = QUICK_CALLS
         tool = getattr(svc.backend, "tool", None)  # venv: uv or pip, and why
         log.info(

@@ -1,4 +1,6 @@
-"""The ``ctm`` command: ``ctm serve``, ``ctm user add NAME`` and ``ctm db check|backup|init``."""
+"""The ``ctm`` command: ``ctm serve``, ``ctm user add|list|passwd|disable|enable|delete`` and
+``ctm db check|backup|init``. The user and db commands work on the data directory directly
+(as its owner, on the server's machine), also while ``ctm serve`` runs."""
 
 from __future__ import annotations
 
@@ -42,7 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     add = user_sub.add_parser("add", help="add a user (password from a prompt or stdin)")
     add.add_argument("name")
     add.add_argument("--admin", action="store_true", help="make the user an admin")
-    add.add_argument("--data-dir", dest="user_data_dir", help="data directory (CTM_DATA_DIR)")
+    user_commands = [add]
+    user_commands.append(user_sub.add_parser("list", help="list users"))
+    for name, text in (
+        ("passwd", "set a user's password (from a prompt or stdin); ends their sessions"),
+        ("disable", "stop a user from logging in; ends their sessions"),
+        ("enable", "let a disabled user log in again"),
+        ("delete", "delete a user who owns no tasks; their environments go to no owner"),
+    ):
+        one = user_sub.add_parser(name, help=text)
+        one.add_argument("name")
+        user_commands.append(one)
+    for one in user_commands:
+        one.add_argument("--data-dir", dest="user_data_dir", help="data directory (CTM_DATA_DIR)")
 
     db = sub.add_parser("db", help="check, back up or create the database")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -124,31 +138,60 @@ def main(argv: Sequence[str] | None = None) -> int:
             header_timeout=settings.header_timeout_seconds,
         )
         return 0
-    if args.command == "user" and args.user_command == "add":
-        from ctm_adapters.bootstrap import DatabaseUnusable, build_services, stop_services
-        from ctm_core.commands import NewUser
-        from ctm_core.errors import CtmError
-
-        try:
-            svc = build_services(settings_from_env(os.environ, data_dir=data_dir))
-        except DatabaseUnusable as exc:
-            print(f"ctm: {exc}", file=sys.stderr)
-            return 1
-        try:
-            user = svc.auth.add_user(
-                NewUser(username=args.name, password=_read_password(), is_admin=bool(args.admin))
-            )
-        except CtmError as exc:
-            print(f"ctm: {exc.message}: {exc.error or ''}".rstrip(": "), file=sys.stderr)
-            return 1
-        finally:
-            stop_services(svc)
-        kind = "admin" if user.is_admin else "user"
-        print(f"ctm: added {kind} '{user.username}'")
-        return 0
+    if args.command == "user":
+        return _user_command(args, data_dir)
     if args.command == "db":
         return _db_command(args, args.db_data_dir or data_dir)
     return 2
+
+
+def _user_command(args: argparse.Namespace, data_dir: str | None) -> int:
+    """``ctm user ...``: 0 when done, 1 (with the API's message on stderr) when refused."""
+    from ctm_adapters.bootstrap import DatabaseUnusable, build_services, stop_services
+    from ctm_core.commands import NewUser, UserUpdate
+    from ctm_core.errors import CtmError
+    from ctm_core.users import OPERATOR
+
+    try:
+        svc = build_services(settings_from_env(os.environ, data_dir=data_dir))
+    except DatabaseUnusable as exc:
+        print(f"ctm: {exc}", file=sys.stderr)
+        return 1
+    command = args.user_command
+    try:
+        if command == "add":
+            user = svc.auth.add_user(
+                NewUser(username=args.name, password=_read_password(), is_admin=bool(args.admin))
+            )
+            svc.audit.record(OPERATOR, "user.create", user.username, is_admin=user.is_admin)
+            print(f"ctm: added {'admin' if user.is_admin else 'user'} '{user.username}'")
+        elif command == "list":
+            views = svc.users.list_users(OPERATOR)
+            print(f"{'USER':<24} {'ADMIN':<6} {'DISABLED':<9} {'SESSIONS':<9} CREATED")
+            for v in views:
+                created = v.user.created_at.astimezone(svc.tz).strftime("%Y-%m-%d %H:%M")
+                print(
+                    f"{v.user.username:<24} {'yes' if v.user.is_admin else 'no':<6}"
+                    f" {'yes' if v.user.disabled else 'no':<9} {v.sessions:<9} {created}"
+                )
+        elif command == "delete":
+            svc.users.delete_user(OPERATOR, args.name)
+            print(f"ctm: deleted user '{args.name}'")
+        else:
+            update = {
+                "passwd": lambda: UserUpdate(password=_read_password()),
+                "disable": lambda: UserUpdate(disabled=True),
+                "enable": lambda: UserUpdate(disabled=False),
+            }[command]()
+            view, ended = svc.users.update_user(OPERATOR, args.name, update)
+            done = {"passwd": "set the password of", "disable": "disabled", "enable": "enabled"}
+            print(f"ctm: {done[command]} '{view.user.username}'; {ended} session(s) ended")
+    except CtmError as exc:
+        print(f"ctm: {exc.message}: {exc.error or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    finally:
+        stop_services(svc)
+    return 0
 
 
 def _db_command(args: argparse.Namespace, data_dir: str | None) -> int:

@@ -27,6 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ctm_core import errors as e
+from ctm_core.validation import USERNAME_RE
 from ctm_http._bodies import COMPONENT_SCHEMAS, error_body_of
 from ctm_http._errors import (
     BODY_TOO_LARGE,
@@ -40,7 +41,7 @@ from ctm_http._errors import (
 )
 from ctm_http._op import Example, Op
 from ctm_http._operations import HTML_OPS, OPERATIONS
-from ctm_http._schema import ENV_NAME, INT, SPECS, STR, Schema, ref, to_schema
+from ctm_http._schema import ENV_NAME, INT, SPECS, STR, Schema, pattern, ref, to_schema
 
 __all__ = [
     "COMPONENT_SCHEMAS",
@@ -72,6 +73,15 @@ def _path_params(path: str) -> list[Schema]:
                 "schema": ENV_NAME,
             }
         )
+    if "{username}" in path:
+        params.append(
+            {
+                "name": "username",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": pattern(USERNAME_RE.pattern)},
+            }
+        )
     if "{task_id}" in path:
         params.append(
             {
@@ -86,7 +96,8 @@ def _path_params(path: str) -> list[Schema]:
 
 def error_sources(op: Op) -> list[tuple[int, str]]:
     """(status, schema name) of every error ``op`` can answer: its domain errors, and what the
-    HTTP layer adds (cross-site refusal, missing session, bad body, routing, 500)."""
+    HTTP layer adds (cross-site refusal, missing session, bad body, routing, 503 on a change
+    the store cannot write, 500)."""
     out: list[tuple[int, str]] = []
     domain: list[type[e.CtmError]] = list(op.errors)
     if op.method not in ("GET", "HEAD", "OPTIONS"):
@@ -99,6 +110,9 @@ def error_sources(op: Op) -> list[tuple[int, str]]:
         out += [(x.status, x.name) for x in (INVALID_BODY, BODY_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE)]
     if "{" in op.path:
         out += [(x.status, x.name) for x in (ROUTE_NOT_FOUND, METHOD_NOT_ALLOWED)]
+    if op.method not in ("GET", "HEAD", "OPTIONS") and op.path not in HTML_OPS:
+        # Any change can meet a full disk or a read-only database: nothing changed, try later.
+        out.append((status_of(e.StorageUnavailable), "StorageUnavailable"))
     out.append((INTERNAL_ERROR.status, INTERNAL_ERROR.name))
     return list(dict.fromkeys(out))
 
@@ -121,9 +135,11 @@ _REASONS = {
     405: "Method not allowed",
     413: "Request body too large",
     415: "Unsupported media type",
+    409: "Conflict",
     429: "Too many failed login attempts",
     500: "Internal server error",
     502: "Environment backend failure",
+    503: "The store cannot be written (disk full): nothing was changed; reads still work",
 }
 
 

@@ -43,7 +43,7 @@ from schemathesis.checks import (
     unsupported_method,
 )
 
-from ctm_core.validation import ENV_NAME_RE
+from ctm_core.validation import ENV_NAME_RE, USERNAME_RE
 from ctm_http import openapi
 from tests.integration.conftest import Server
 from tests.integration.test_openapi_responses import offline_env
@@ -52,6 +52,7 @@ from tests.integration.venv_fixtures import build_wheel_folder
 EXAMPLES = int(os.environ.get("CTM_FUZZ_EXAMPLES", "4"))
 SEED = os.environ.get("CTM_FUZZ_SEED")
 FUZZ_ENV = "fuzzenv-q7x"
+FUZZ_USER = "fuzzuser"
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -131,6 +132,8 @@ def live(
             assert token
             r = c.post("/api/conda/environment", json={"name": FUZZ_ENV})
             assert r.status_code == 201, r.text
+            r = c.post("/create_user", json={"username": FUZZ_USER, "password": "fuzz-password"})
+            assert r.status_code == 201, r.text
         state = Live(srv, token)
         yield state
         _report(request, state)
@@ -158,13 +161,17 @@ def _report(request: pytest.FixtureRequest, state: Live) -> None:
 
 
 def _prepare(case: Any, token: str) -> None:
-    """Send the admin's session; keep task runs in the one pre-made environment."""
+    """Send the admin's session; keep task runs in the one pre-made environment; point user
+    changes that name a valid username at the one pre-made user (random names are all 404)."""
     cookies = dict(case.cookies or {})
     if case.operation.path == "/logout":
         cookies.pop("session", None)  # fuzzing logout with our cookie would end the session
     else:
         cookies["session"] = token
     case.cookies = cookies
+    name = (case.path_parameters or {}).get("username")
+    if isinstance(name, str) and USERNAME_RE.fullmatch(name):
+        case.path_parameters["username"] = FUZZ_USER
     body = case.body
     if case.operation.path == "/api/tasks" and isinstance(body, dict):
         env = body.get("conda_env")

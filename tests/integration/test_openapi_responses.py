@@ -117,7 +117,7 @@ def test_a_realistic_session_answers_only_documented_bodies(
     # The dashboard page is the dashboard's own tests' business.
     assert described - exercised == {("GET", "/")}
     statuses = {s for _, _, s in seen}
-    assert {200, 201, 204, 400, 401, 403, 404, 405, 413, 415, 429} <= statuses
+    assert {200, 201, 204, 400, 401, 403, 404, 405, 409, 413, 415, 429} <= statuses
 
 
 def _flow(admin: Checked, alice: Checked, anon: Checked, tmp_path: Path) -> None:
@@ -203,6 +203,31 @@ def _flow(admin: Checked, alice: Checked, anon: Checked, tmp_path: Path) -> None
         ).status_code
         == 403
     )
+
+    # --- user administration, one's password, the audit log ---------------------------------
+    user = "/api/users/{username}"
+    assert admin("GET", "/api/users").status_code == 200
+    assert alice("GET", "/api/users").status_code == 403
+    zed = {"username": "zed", "password": "zed-password"}
+    assert admin("POST", "/create_user", json=zed).status_code == 201
+    assert admin("PATCH", user, path="/api/users/zed", json={"disabled": True}).status_code == 200
+    assert admin("PATCH", user, path="/api/users/zed", json={}).status_code == 400
+    assert admin("PATCH", user, path="/api/users/nobody", json={"is_admin": True}).status_code == (
+        404
+    )
+    assert admin("PATCH", user, path="/api/users/admin", json={"is_admin": False}).status_code == (
+        409
+    )
+    assert alice("DELETE", user, path="/api/users/zed").status_code == 403
+    assert admin("DELETE", user, path="/api/users/zed").status_code == 200
+    password = {"current_password": "wrong-password", "new_password": "alice-password-2"}
+    assert alice("POST", "/api/me/password", json=password).status_code == 403
+    password["current_password"] = "alice-password"
+    assert alice("POST", "/api/me/password", json=password).status_code == 200
+    password = {"current_password": "alice-password-2", "new_password": "alice-password"}
+    assert alice("POST", "/api/me/password", json=password).status_code == 200
+    assert admin("GET", "/api/audit", params={"limit": 5}).status_code == 200
+    assert admin("GET", "/api/audit", params={"before": "x"}).status_code == 400
 
     # --- environments -----------------------------------------------------------------------
     env = "/api/conda/environment/{name}"

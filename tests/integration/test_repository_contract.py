@@ -25,8 +25,24 @@ from sqlite_utils import Database
 
 from ctm_adapters.memory import InMemoryRepository
 from ctm_adapters.sqlite import MIGRATIONS, SqliteRepository
-from ctm_core.errors import TaskExists, TaskLimitReached, TaskNotFound, UserExists
-from ctm_core.models import Execution, ExecutionStatus, Session, Task, TaskStatus
+from ctm_core.errors import (
+    LastAdmin,
+    TaskExists,
+    TaskLimitReached,
+    TaskNotFound,
+    UserExists,
+    UserNotFound,
+    UserOwnsTasks,
+)
+from ctm_core.models import (
+    AuditEvent,
+    Execution,
+    ExecutionStatus,
+    Session,
+    Task,
+    TaskStatus,
+    UserChange,
+)
 from ctm_core.ports import ExecutionSummary, Repository
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -129,6 +145,96 @@ def test_duplicate_username_raises_user_exists(repo: Repository) -> None:
     assert not user.is_admin
 
 
+def session_of(user_id: int, token: str, minute: float = 0) -> Session:
+    return Session(
+        token_hash=token, user_id=user_id, created_at=at(minute), last_seen_at=at(minute)
+    )
+
+
+def test_list_users_by_id(repo: Repository) -> None:
+    """list_users gives every user, by id, disabled ones too."""
+    b, a = add_user(repo, "bob"), add_user(repo, "alice")
+    repo.update_user(b, UserChange(disabled=True))
+    assert [(u.id, u.username, u.disabled) for u in repo.list_users()] == [
+        (b, "bob", True),
+        (a, "alice", False),
+    ]
+
+
+def test_update_user_changes_only_what_is_given(repo: Repository) -> None:
+    """update_user sets the given fields and keeps the others; it returns the stored user."""
+    uid = add_user(repo, "alice")
+    user, ended = repo.update_user(uid, UserChange(is_admin=True))
+    assert (user.is_admin, user.disabled, user.password_hash, ended) == (
+        True,
+        False,
+        "hash-alice",
+        0,
+    )
+    assert repo.get_user(uid) == user
+    user, _ = repo.update_user(uid, UserChange(password_hash="new"))
+    assert (user.is_admin, user.password_hash) == (True, "new")
+
+
+def test_disabling_or_a_new_password_ends_sessions(repo: Repository) -> None:
+    """Disabling a user deletes every session of theirs; a new password every one but
+    ``keep_session``; promoting them ends none. Other users' sessions stay."""
+    alice, bob = add_user(repo, "alice"), add_user(repo, "bob")
+    for token in ("a1", "a2", "a3"):
+        repo.add_session(session_of(alice, token))
+    repo.add_session(session_of(bob, "b1"))
+    assert repo.update_user(bob, UserChange(is_admin=True))[1] == 0
+    assert repo.count_sessions_by_user() == {alice: 3, bob: 1}
+    assert repo.update_user(alice, UserChange(password_hash="x"), keep_session="a2")[1] == 2
+    assert [t for t in ("a1", "a2", "a3") if repo.get_session(t)] == ["a2"]
+    assert repo.update_user(alice, UserChange(disabled=True))[1] == 1
+    assert repo.count_sessions_by_user() == {bob: 1}
+
+
+def test_the_last_enabled_admin_stays(repo: Repository) -> None:
+    """Demoting, disabling or deleting the only enabled admin raises LastAdmin and changes
+    nothing; with a second admin it works."""
+    root = add_user(repo, "root", is_admin=True)
+    other = add_user(repo, "other", is_admin=True)
+    repo.update_user(other, UserChange(disabled=True))  # a disabled admin does not count
+    for attempt in (
+        lambda: repo.update_user(root, UserChange(is_admin=False)),
+        lambda: repo.update_user(root, UserChange(disabled=True)),
+        lambda: repo.delete_user(root),
+    ):
+        with pytest.raises(LastAdmin):
+            attempt()
+        user = repo.get_user(root)
+        assert user is not None and user.is_admin and not user.disabled
+    repo.update_user(other, UserChange(disabled=False))
+    repo.update_user(root, UserChange(is_admin=False))
+    assert [u.username for u in repo.list_users() if u.is_admin] == ["other"]
+    # Changing a non-admin never needs another admin.
+    repo.update_user(root, UserChange(disabled=True))
+
+
+def test_delete_user_refuses_a_task_owner_and_frees_environments(repo: Repository) -> None:
+    """A user who owns tasks is not deleted (UserOwnsTasks with the count); once the tasks
+    are gone the user, their sessions and their ownership of environments go."""
+    alice = add_user(repo, "alice")
+    repo.add_session(session_of(alice, "a1"))
+    repo.set_environment_owner("env1", alice)
+    task = repo.add_task(make_task(owner_id=alice))
+    with pytest.raises(UserOwnsTasks) as refused:
+        repo.delete_user(alice)
+    assert refused.value.details["tasks"] == 1
+    assert repo.get_user(alice) is not None and repo.get_session("a1") is not None
+    repo.delete_task(task.id)
+    repo.delete_user(alice)
+    assert repo.get_user(alice) is None
+    assert repo.get_session("a1") is None
+    assert repo.get_environment_owner("env1") is None
+    with pytest.raises(UserNotFound):
+        repo.delete_user(alice)
+    with pytest.raises(UserNotFound):
+        repo.update_user(alice, UserChange(is_admin=True))
+
+
 # --- sessions ----------------------------------------------------------------------------------
 
 
@@ -182,6 +288,19 @@ def test_delete_session_is_idempotent(repo: Repository) -> None:
     assert repo.get_session("b") is not None
 
 
+def test_add_session_keeps_the_newest_per_user(repo: Repository) -> None:
+    """With max_per_user, add_session deletes the user's oldest sessions beyond it and says
+    how many; other users' sessions are not counted nor touched."""
+    alice, bob = add_user(repo, "alice"), add_user(repo, "bob")
+    repo.add_session(session_of(bob, "b0", minute=-10))
+    ended = [repo.add_session(session_of(alice, f"a{m}", m), max_per_user=3) for m in range(4)]
+    assert ended == [0, 0, 0, 1]
+    assert repo.get_session("a0") is None
+    assert [t for t in ("a1", "a2", "a3", "b0") if repo.get_session(t)] == ["a1", "a2", "a3", "b0"]
+    assert repo.add_session(session_of(alice, "a4", 4), max_per_user=1) == 3
+    assert repo.count_sessions_by_user() == {alice: 1, bob: 1}
+
+
 def test_delete_sessions_before_idle_or_created(repo: Repository) -> None:
     """delete_sessions_before drops sessions idle before OR created before the bounds (strict)."""
     uid = add_user(repo)
@@ -205,34 +324,34 @@ def test_delete_sessions_before_idle_or_created(repo: Repository) -> None:
 # --- login throttling --------------------------------------------------------------------------
 
 
-def test_login_failures_by_username_or_client(repo: Repository) -> None:
-    """login_failures_since counts failures of this username OR this client, in time order."""
-    repo.add_login_failure(username="alice", client="10.0.0.1", at=at(3))
+def test_login_failures_are_read_by_client(repo: Repository) -> None:
+    """login_failures_of_client gives (time, username) of that client's failures, oldest
+    first, whatever the usernames; other clients' failures are not in it."""
+    repo.add_login_failure(username="alice", client="10.0.0.2", at=at(3))
     repo.add_login_failure(username="bob", client="10.0.0.2", at=at(1))
-    repo.add_login_failure(username="carol", client="10.0.0.3", at=at(2))
-    repo.add_login_failure(username="alice", client="10.0.0.2", at=at(4))
-    got = repo.login_failures_since(username="alice", client="10.0.0.2", since=at(-60))
-    assert got == [at(1), at(3), at(4)]
-    assert repo.login_failures_since(username="dave", client="10.9.9.9", since=at(-60)) == []
+    repo.add_login_failure(username="alice", client="10.0.0.1", at=at(2))
+    got = repo.login_failures_of_client(client="10.0.0.2", since=at(-60))
+    assert got == [(at(1), "bob"), (at(3), "alice")]
+    assert repo.login_failures_of_client(client="10.9.9.9", since=at(-60)) == []
 
 
 def test_login_failures_since_is_inclusive(repo: Repository) -> None:
     """Only failures at or after ``since`` count."""
     for minute in (0, 5, 10):
         repo.add_login_failure(username="alice", client="c", at=at(minute))
-    assert repo.login_failures_since(username="alice", client="x", since=at(5)) == [
-        at(5),
-        at(10),
-    ]
+    got = repo.login_failures_of_client(client="c", since=at(5))
+    assert [t for t, _ in got] == [at(5), at(10)]
 
 
-def test_clear_login_failures_of_one_username(repo: Repository) -> None:
-    """clear_login_failures removes that username's failures, not other users' ones."""
+def test_clear_login_failures_of_one_pair(repo: Repository) -> None:
+    """clear_login_failures removes that (username, client) pair's failures only: not the
+    same username's from another client, nor other usernames' from that client."""
     repo.add_login_failure(username="alice", client="c1", at=at(1))
     repo.add_login_failure(username="bob", client="c1", at=at(2))
-    repo.clear_login_failures(username="alice")
-    assert repo.login_failures_since(username="alice", client="none", since=at(-1)) == []
-    assert repo.login_failures_since(username="x", client="c1", since=at(-1)) == [at(2)]
+    repo.add_login_failure(username="alice", client="c2", at=at(3))
+    repo.clear_login_failures(username="alice", client="c1")
+    assert repo.login_failures_of_client(client="c1", since=at(-1)) == [(at(2), "bob")]
+    assert repo.login_failures_of_client(client="c2", since=at(-1)) == [(at(3), "alice")]
 
 
 def test_old_login_failures_are_forgotten(repo: Repository) -> None:
@@ -240,7 +359,7 @@ def test_old_login_failures_are_forgotten(repo: Repository) -> None:
     repo.add_login_failure(username="u", client="c", at=at(0))
     repo.add_login_failure(username="u", client="c", at=at(20))
     assert repo.delete_login_failures_before(at(10)) == 1
-    assert repo.login_failures_since(username="u", client="c", since=at(0)) == [at(20)]
+    assert repo.login_failures_of_client(client="c", since=at(0)) == [(at(20), "u")]
 
 
 # --- environment owners ------------------------------------------------------------------------
@@ -1403,6 +1522,51 @@ def test_datetimes_come_back_aware_utc(repo: Repository) -> None:
     assert got.next_run_at.isoformat() == "2024-05-01T12:00:00.000001+00:00"
 
 
+# --- audit -------------------------------------------------------------------------------------
+
+
+def event(minute: float, action: str = "login", **changes: Any) -> AuditEvent:
+    fields: dict[str, Any] = {
+        "id": 0,
+        "at": at(minute),
+        "actor": "alice",
+        "address": "10.0.0.1",
+        "action": action,
+        "target": "alice",
+    }
+    fields.update(changes)
+    return AuditEvent(**fields)
+
+
+def test_audit_events_page_newest_first(repo: Repository) -> None:
+    """Events come back newest first with growing ids, every field as stored (detail as
+    JSON, unicode kept), a page at a time with the ``before`` cursor."""
+    for minute in range(5):
+        repo.add_audit_event(event(minute, detail={"n": minute, "name": "zé ✓"}))
+    first = repo.audit_page(limit=2)
+    assert [e.detail["n"] for e in first] == [4, 3]
+    assert first[0].id > first[1].id
+    assert first[0] == attrs.evolve(event(4, detail={"n": 4, "name": "zé ✓"}), id=first[0].id)
+    rest = repo.audit_page(limit=10, before=first[-1].id)
+    assert [e.detail["n"] for e in rest] == [2, 1, 0]
+    assert repo.audit_page(limit=10, before=rest[-1].id) == []
+    none = repo.add_audit_event(event(6, actor=None, address=None, outcome="refused"))
+    assert none is None
+    newest = repo.audit_page(limit=1)[0]
+    assert (newest.actor, newest.address, newest.outcome) == (None, None, "refused")
+
+
+def test_prune_audit_forgets_old_events(repo: Repository) -> None:
+    """prune_audit deletes events older than the bound and says how many; ids keep growing."""
+    for minute in (0, 10, 20):
+        repo.add_audit_event(event(minute))
+    assert repo.prune_audit(at(15)) == 2
+    kept = repo.audit_page(limit=10)
+    assert [e.at for e in kept] == [at(20)]
+    repo.add_audit_event(event(30))
+    assert repo.audit_page(limit=1)[0].id > kept[0].id
+
+
 def test_naive_datetimes_are_refused(repo: Repository) -> None:
     """Query bounds must be aware datetimes: a naive one raises ValueError."""
     naive = datetime(2024, 5, 1)  # noqa: DTZ001
@@ -1411,7 +1575,7 @@ def test_naive_datetimes_are_refused(repo: Repository) -> None:
     with pytest.raises(ValueError, match="naive"):
         repo.prune_executions(naive)
     with pytest.raises(ValueError, match="naive"):
-        repo.login_failures_since(username="a", client="b", since=naive)
+        repo.login_failures_of_client(client="b", since=naive)
     with pytest.raises(ValueError, match="naive"):
         repo.due_tasks(naive)
     with pytest.raises(ValueError, match="naive"):
@@ -1496,6 +1660,7 @@ def test_sqlite_migrations_applied_once(db_path: str) -> None:
             "0002_task_run_limits_and_skip_runs",
             "0003_indexes_for_paged_reads",
             "0004_run_aggregates",
+            "0005_user_admin_and_audit",
         ]
         assert MIGRATIONS.pending(db) == []
         assert {"users", "sessions", "login_failures", "environment_owners", "tasks"} <= set(

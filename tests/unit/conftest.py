@@ -18,6 +18,7 @@ from ctm_adapters.fakes import (
 )
 from ctm_adapters.memory import InMemoryRepository
 from ctm_adapters.settings import Settings
+from ctm_core.audit import AuditLog
 from ctm_core.auth import Authenticator
 from ctm_core.commands import NewUser
 from ctm_core.environments import EnvironmentService
@@ -26,6 +27,7 @@ from ctm_core.ports import Repository
 from ctm_core.runs import RunCoordinator
 from ctm_core.scheduler import Scheduler
 from ctm_core.tasks import TaskService
+from ctm_core.users import UserAdmin
 
 
 @attrs.define
@@ -40,6 +42,8 @@ class World:
     coordinator: RunCoordinator
     scheduler: Scheduler
     tasks: TaskService
+    users: UserAdmin
+    audit: AuditLog
     admin: Principal
     alice: Principal
     bob: Principal
@@ -84,7 +88,19 @@ def make_world(
         u = auth.add_user(NewUser(username=name, password="password-" + name, is_admin=admin))
         users.append(Principal(user_id=u.id, username=u.username, is_admin=u.is_admin))
     return World(
-        clock, repo, backend, runner, files, auth, envs, coordinator, scheduler, tasks, *users
+        clock,
+        repo,
+        backend,
+        runner,
+        files,
+        auth,
+        envs,
+        coordinator,
+        scheduler,
+        tasks,
+        svc.users,
+        svc.audit,
+        *users,
     )
 
 

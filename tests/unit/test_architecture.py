@@ -20,6 +20,7 @@ CORE_ALLOWED = {
     "enum",
     "functools",
     "hashlib",
+    "ipaddress",
     "itertools",
     "math",
     "posixpath",

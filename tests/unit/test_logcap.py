@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import io
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctm_adapters._logcap import MARKER_RESERVE, LogCapper, omission_marker
+from ctm_adapters._logcap import MARKER_RESERVE, LogCapper, omission_marker, stopped_marker
 
 
 class Clock:
@@ -133,6 +134,67 @@ def test_write_errors_do_not_stop_consumption() -> None:
     capper.feed(b"more")
     assert isinstance(capper.error, OSError)
     capper.close(["note"])
+
+
+class SmallDisk(Sink):
+    """A file on a disk with room for ``room`` bytes: a write past them takes what fits (as
+    an unbuffered file does), then fails with ENOSPC."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write(self, data: object) -> int:
+        chunk = bytes(data)  # type: ignore[call-overload]
+        fits = max(0, self.room - self.tell())
+        if not fits and chunk:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(chunk[:fits])
+
+
+FULL = stopped_marker(OSError(errno.ENOSPC, "No space left on device"))
+
+
+def test_a_full_disk_ends_the_log_with_a_line_written_over_its_last_bytes() -> None:
+    """The line needs no new space: the log keeps its size, the output up to the line is a
+    copy, and what follows is read but not written (not even the notes)."""
+    disk = SmallDisk(room=1000)
+    capper = LogCapper(disk, 1_000_000)
+    data = bytes(range(48, 58)) * 300
+    capper.feed(data)
+    capper.feed(b"later output")
+    assert isinstance(capper.error, OSError) and capper.total_bytes == len(data) + 12
+    capper.close(["[ctm: run timed out after 1 s, stopped]"])
+    assert disk.final.endswith(FULL) and len(disk.final) == 1000
+    assert disk.final[: 1000 - len(FULL)] == data[: 1000 - len(FULL)]
+    assert (
+        FULL
+        == b"\n[ctm: log stopped: No space left on device; the output that followed was not kept]\n"
+    )
+
+
+def test_a_full_disk_while_the_tail_is_rewritten_also_ends_with_the_line() -> None:
+    """Past the cap, a refresh of the tail that fails leaves head, part of the tail, line."""
+    clock = Clock()
+    disk = SmallDisk(room=700)
+    capper = LogCapper(disk, 1000, flush_interval=1.0, clock=clock)
+    capper.feed(b"h" * 500 + b"t" * 2000)
+    clock.now += 2
+    capper.flush_if_due()
+    capper.close()
+    assert disk.final.startswith(b"h" * 500) and disk.final.endswith(FULL)
+    assert len(disk.final) == 700
+
+
+def test_a_log_too_short_for_the_line_gets_it_at_close_when_room_came_back() -> None:
+    """A disk full from the start: nothing fits, the line is written at close if it can be."""
+    disk = SmallDisk(room=0)
+    capper = LogCapper(disk, 10_000)
+    capper.feed(b"output")
+    assert capper.error is not None
+    disk.room = 10_000
+    capper.close()
+    assert disk.final == FULL
 
 
 @settings(max_examples=300, deadline=None)

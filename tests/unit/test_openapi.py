@@ -25,6 +25,7 @@ from ctm_adapters.settings import Settings
 from ctm_core import errors
 from ctm_core.environments import EnvironmentDetail, EnvironmentStats, UsageStats
 from ctm_core.models import (
+    AuditEvent,
     Environment,
     Execution,
     ExecutionStatus,
@@ -36,11 +37,13 @@ from ctm_core.models import (
     User,
 )
 from ctm_core.tasks import CreatedTask, HistoryPage, TaskDetail, TaskStats
-from ctm_http import _bodies, _errors, _serialize, app, dashboard, openapi
+from ctm_core.users import UserView
+from ctm_http import _bodies, _errors, _request, _serialize, _user_routes, app, dashboard, openapi
 from ctm_http._schema import Body, to_schema
 
 SPEC = openapi.spec()
 GENERIC_STATUSES = {500}  # any route: an unhandled exception (internal_error_handler)
+CHANGE_STATUSES = {503}  # any change: the store cannot be written (a full disk)
 ROUTING_STATUSES = {404, 405}  # a path parameter holding '/' can reach another route
 
 
@@ -82,7 +85,9 @@ _HTTP = "RequestError"
 
 
 def _modules() -> dict[str, ast.Module]:
-    out: dict[str, ast.Module] = {"ctm_http.app": ast.parse(inspect.getsource(app))}
+    out: dict[str, ast.Module] = {
+        m.__name__: ast.parse(inspect.getsource(m)) for m in (app, _request, _user_routes)
+    }
     for pkg in (ctm_core, ctm_adapters):
         for info in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
             if info.name.endswith(".fakes"):  # test doubles, not what the server runs
@@ -249,6 +254,8 @@ NOT_REACHABLE = {
         "TaskNotFound",
     ): "set_task_script follows add_task at once, before the new task's id is answered to "
     "anyone who could delete it",
+    ("POST", "/api/me/password", "LastAdmin"): "a password change sets neither is_admin nor "
+    "disabled",
 }
 
 
@@ -259,7 +266,7 @@ def _method(route: Route) -> str:
 
 def reachable_statuses(route: Route) -> dict[int, set[str]]:
     """Status -> the errors (by name) that the route's handler can end in."""
-    found = graph().raises("ctm_http.app", None, route.endpoint.__name__)
+    found = graph().raises(route.endpoint.__module__, None, route.endpoint.__name__)
     method = _method(route)
     out: dict[int, set[str]] = {}
     for item in found:
@@ -320,13 +327,15 @@ def test_no_documented_error_status_is_unreachable(route: Route) -> None:
     method = _method(route)
     ok = {200, 201, 204}
     extra = GENERIC_STATUSES | (ROUTING_STATUSES if "{" in _template(route) else set())
+    if method != "GET":
+        extra |= CHANGE_STATUSES
     spurious = documented(method, _template(route)) - ok - set(reachable_statuses(route)) - extra
     assert not spurious, f"{method} {_template(route)}: documented but unreachable {spurious}"
 
 
 def _query_names(route: Route) -> set[str]:
     """``request.query_params.get("x")`` and ``request.query_params["x"]`` in the handler."""
-    node = graph().functions[("ctm_http.app", route.endpoint.__name__)]
+    node = graph().functions[(route.endpoint.__module__, route.endpoint.__name__)]
     names = set()
     for sub in ast.walk(node):
         if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute):
@@ -372,7 +381,7 @@ def test_not_reachable_entries_are_still_found_by_the_graph() -> None:
     by_path = {(_method(r), _template(r)): r for r in _routes()}
     for method, path, name in NOT_REACHABLE:
         route = by_path[(method, path)]
-        assert name in graph().raises("ctm_http.app", None, route.endpoint.__name__)
+        assert name in graph().raises(route.endpoint.__module__, None, route.endpoint.__name__)
 
 
 def test_protected_operations_require_the_session_cookie() -> None:
@@ -480,6 +489,17 @@ def _samples() -> dict[Any, list[tuple[Any, ...]]]:
     policy = RunPolicy()
     user = User(id=1, username="admin", password_hash="x", is_admin=True, created_at=T0)
     admin = Principal(user_id=1, username="admin", is_admin=True)
+    view = UserView(user=user, sessions=2)
+    event = AuditEvent(
+        id=3,
+        at=T0,
+        actor=None,
+        address="127.0.0.1",
+        action="login",
+        target="admin",
+        outcome="refused",
+        detail={"n": 1},
+    )
     containment = {"contained": False, "mode": "off", "reason": "r", "identity": "i", "limits": "l"}
     ser = _serialize
     return {
@@ -551,6 +571,13 @@ def _samples() -> dict[Any, list[tuple[Any, ...]]]:
         ser.task_created: [(CreatedTask(task=task, environment_message="m"), UTC, policy)],
         ser.task_stopped: [(task, TaskStatus.RUNNING)],
         ser.history_page: [(HistoryPage(items=[(done, "t")], next_before=None), UTC)],
+        ser.user_record: [(view, UTC)],
+        ser.users: [([view], UTC)],
+        ser.user_updated: [(view, 2, UTC)],
+        ser.user_deleted: [()],
+        ser.password_changed: [(1,)],
+        ser.audit_event: [(event, UTC)],
+        ser.audit_page: [([event], "3", UTC), ([], None, UTC)],
     }
 
 
@@ -653,6 +680,11 @@ def test_error_bodies_rendered_by_the_handler_are_their_declarations() -> None:
         ),
         errors.TaskNotRunning("completed"),
         errors.TaskLimitReached(200),
+        errors.UserNotFound("bob"),
+        errors.LastAdmin("admin"),
+        errors.UserOwnsTasks("bob", 3),
+        errors.WrongPassword(),
+        errors.StorageUnavailable("database or disk is full"),
     ]
     assert {type(s).__name__ for s in samples} == _ERROR_NAMES - {"CtmError"}
     for exc in samples:
@@ -795,7 +827,8 @@ def test_405_allow_header_lists_every_method_of_the_path(client: TestClient) -> 
     """RFC 9110: a 405's Allow names every method the path supports."""
     for path, ops in SPEC["paths"].items():
         concrete = path.replace("{name}", "env").replace("{task_id}", "1")
-        r = client.request("PATCH", concrete)
+        concrete = concrete.replace("{username}", "alice")
+        r = client.request("TRACE", concrete)
         assert r.status_code == 405, path
         allowed = {m.strip() for m in r.headers["allow"].split(",")}
         expected = {m.upper() for m in ops} | ({"HEAD"} if "get" in ops else set())

@@ -65,6 +65,19 @@ export const api = {
   logout: () => request('POST', '/logout', {}),
   createUser: (username, password, isAdmin) =>
     request('POST', '/create_user', { username, password, is_admin: isAdmin }),
+  users: () => request('GET', '/api/users'),
+  // changes: any of { is_admin, disabled, password }
+  updateUser: (username, changes) => request('PATCH', `/api/users/${enc(username)}`, changes),
+  deleteUser: (username) => request('DELETE', `/api/users/${enc(username)}`),
+  changeMyPassword: (currentPassword, newPassword) =>
+    request('POST', '/api/me/password', { current_password: currentPassword, new_password: newPassword }),
+  audit: ({ limit, before } = {}) => {
+    const query = new URLSearchParams();
+    if (limit) query.set('limit', String(limit));
+    if (before) query.set('before', String(before));
+    const qs = query.toString();
+    return request('GET', `/api/audit${qs ? `?${qs}` : ''}`);
+  },
 
   environments: () => request('GET', '/api/conda/environments'),
   environmentStats: () => request('GET', '/api/conda/stats'),

@@ -1,11 +1,11 @@
-// The dashboard shell: login, navigation (hash routes), live polling, toasts, users.
-// Views live in tasks.js and environments.js; they get a context (ctx) from here.
+// The dashboard shell: login, navigation (hash routes), live polling, toasts.
+// Views live in tasks.js, environments.js and users.js; they get a context (ctx) from here.
 
 import { api, onUnauthorized, ApiError } from './api.js';
 import { h, $, clear, errorBox } from './dom.js';
-import { userForm } from './forms.js';
 import * as tasks from './tasks.js';
 import * as envs from './environments.js';
+import * as users from './users.js';
 
 const IDLE_MS = 10 * 60 * 1000; // pause live updates after 10 minutes without input
 
@@ -159,6 +159,9 @@ async function route() {
     toast,
     confirm: confirmAction,
     go: (hash) => { location.hash = hash; },
+    // After a change to our own account: ask the server who we are now and show that (a
+    // 401 goes to the login form as usual).
+    refreshUser,
     title: (text) => { document.title = `${text} — ctm`; },
   };
   const [section, arg, ...rest] = parts;
@@ -184,7 +187,13 @@ async function route() {
       await envs.detailView(view, ctx, arg);
     } else if (section === 'users' && !arg) {
       setNav('users');
-      usersView(view, ctx);
+      await users.usersView(view, ctx);
+    } else if (section === 'audit' && !arg) {
+      setNav('audit');
+      await users.auditView(view, ctx);
+    } else if (section === 'account' && !arg) {
+      setNav('account');
+      users.accountView(view, ctx);
     } else {
       setNav(null);
       ctx.title('Not found');
@@ -202,27 +211,6 @@ async function route() {
       heading.focus({ preventScroll: true });
     }
   }
-}
-
-// --- users (admins) --------------------------------------------------------------------------
-
-function usersView(view, ctx) {
-  ctx.title('Users');
-  view.append(h('h1', null, 'Users'));
-  if (!ctx.user.is_admin) {
-    view.append(h('p', { class: 'notice' }, 'Only admins can create users. Ask an admin if you need an account for someone.'));
-    return;
-  }
-  const created = h('ul', { class: 'plain-list', id: 'created-users' });
-  const createdCard = h('section', { class: 'card', 'aria-labelledby': 'created-users-title', hidden: true },
-    h('h2', { id: 'created-users-title' }, 'Created in this session'), created);
-  view.append(
-    h('p', { class: 'muted' }, 'Create an account for a colleague. Admins can change everything; other users change only what they created. (The API has no route to list or delete users; use the ctm command on the server for that.)'),
-    userForm(ctx, (user) => {
-      createdCard.hidden = false;
-      created.append(h('li', null, h('strong', null, user.username), user.is_admin ? ' — admin' : ' — user'));
-    }),
-    createdCard);
 }
 
 // --- login and logout ------------------------------------------------------------------------
@@ -254,8 +242,20 @@ function showApp(user) {
   $('#app-view').hidden = false;
   $('#whoami-name').textContent = `${user.username}${user.is_admin ? ' (admin)' : ''}`;
   $('#nav-users').hidden = !user.is_admin;
+  $('#nav-audit').hidden = !user.is_admin;
   showContainment(user);
   route();
+}
+
+async function refreshUser() {
+  let body;
+  try {
+    body = await api.me();
+  } catch (err) {
+    if (err.status !== 401) toast(`Could not reload your account: ${err.message}`, 'error');
+    return;
+  }
+  if (state.user) showApp(body.user);
 }
 
 // Admins see GET /api/me's `containment`; runs that are not contained get a red banner.
