@@ -81,11 +81,13 @@ def ms(values: list[float], q: float) -> float:
     return 1000 * values[min(len(values) - 1, int(q * len(values)))]
 
 
+def session(base: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base, trust_env=False, timeout=60)
+
+
 async def run(base: str, args: argparse.Namespace) -> None:
-    async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=60) as admin:
-        (
-            await admin.post("/login", json={"username": "admin", "password": ADMIN_PASSWORD})
-        ).raise_for_status()
+    async with session(base) as admin:
+        await login(admin, "admin", ADMIN_PASSWORD)
         for name in ("storm", "probe"):
             r = await admin.post("/create_user", json={"username": name, "password": USER_PASSWORD})
             r.raise_for_status()
@@ -103,10 +105,8 @@ async def run(base: str, args: argparse.Namespace) -> None:
             f"{wall:.2f} s: {wall / serial:.2f}x (1/{cores} cores = {1 / cores:.2f} is ideal; "
             f"1.00 is one check at a time)"
         )
-    async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=60) as probe:
-        (
-            await probe.post("/login", json={"username": "probe", "password": USER_PASSWORD})
-        ).raise_for_status()
+    async with session(base) as probe:
+        await login(probe, "probe", USER_PASSWORD)
         for _ in range(args.rounds):
             quiet = await me_latencies(base, probe, 2.0)
             loud, took = await storm_phase(stormer, probe, args.storm)
@@ -116,10 +116,8 @@ async def run(base: str, args: argparse.Namespace) -> None:
                 f"p50 {ms(loud, 0.5):.1f} ms p99 {ms(loud, 0.99):.1f} ms "
                 f"({ms(loud, 0.5) / ms(quiet, 0.5):.1f}x p50)"
             )
-    async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=60) as admin:
-        (
-            await admin.post("/login", json={"username": "admin", "password": ADMIN_PASSWORD})
-        ).raise_for_status()
+    async with session(base) as admin:
+        await login(admin, "admin", ADMIN_PASSWORD)
         r = await admin.get("/api/users")
         if r.status_code == 404:  # a tree from before user administration
             print("sessions of the storming user: not shown (no GET /api/users in this tree)")

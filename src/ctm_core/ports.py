@@ -236,7 +236,9 @@ class Repository(Protocol):
     """All state: users, sessions, login failures, the audit log, environment owners, tasks,
     executions.
 
-    Methods that change several rows do it in one transaction.
+    Methods that change several rows do it in one transaction. A change the store cannot write
+    (a full disk, a read-only or failing file) raises ``StorageUnavailable`` and changes
+    nothing; reads go on working meanwhile.
     """
 
     # users
@@ -488,7 +490,8 @@ class FileStore(Protocol):
     """Files in the data directory: stored scripts, per-execution folders and logs."""
 
     def store_script(self, name: str, content: str) -> str:
-        """Write a script's content under a server-chosen file name; return its absolute path."""
+        """Write a script's content under a server-chosen file name; return its absolute path.
+        Raises ``StorageUnavailable`` when the disk is full (nothing is left behind)."""
         ...
 
     def is_file(self, path: str) -> bool:

@@ -348,7 +348,9 @@ class TaskService:
         """Stop the running execution; return the task as it is after the stop (its status is
         the stopped run's). Raises ``TaskNotFound``, ``NotOwner`` and ``TaskNotRunning`` (also
         when the run ended on its own meanwhile: the error then names the status it ended
-        with)."""
+        with), and ``StorageUnavailable`` when the stop cannot be recorded yet (a full disk):
+        the run's processes have ended, and it is recorded ``stopped`` once the store can be
+        written."""
         task = self.repo.get_task(task_id)
         require_owner(actor, task.owner_id, "stop this task")
         if task.status is not TaskStatus.RUNNING:

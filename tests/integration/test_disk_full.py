@@ -17,9 +17,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
@@ -27,8 +25,9 @@ import pytest
 from ctm_adapters.files import LocalFileStore
 from ctm_adapters.sqlite import SqliteRepository
 from ctm_core.errors import StorageUnavailable
-from ctm_core.models import Execution, ExecutionStatus, Task, TaskStatus
+from ctm_core.models import Execution, ExecutionStatus
 from tests.integration.conftest import Server
+from tests.integration.test_repository_contract import make_task
 from tests.integration.test_server_tasks import run_pid, wait_for
 
 FULL_LINE = b"[ctm: log stopped: No space left on device; the output that followed was not kept]\n"
@@ -84,25 +83,6 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         psutil.wait_procs(_processes_using(mount), timeout=10)
         if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
             subprocess.run(["umount", "--lazy", str(mount)], check=True)
-
-
-def make_task(name: str, **changes: Any) -> Task:
-    fields: dict[str, Any] = {
-        "id": 0,
-        "name": name,
-        "owner_id": None,
-        "script_path": "/srv/scripts/job.py",
-        "script_stored": False,
-        "conda_env": "env1",
-        "requirements": None,
-        "cron_expression": None,
-        "delay_seconds": None,
-        "timeout_seconds": None,
-        "status": TaskStatus.SCHEDULED,
-        "created_at": datetime(2026, 5, 1, 12, 0, tzinfo=UTC),
-        **changes,
-    }
-    return Task(**fields)
 
 
 def fill(directory: Path) -> Path:

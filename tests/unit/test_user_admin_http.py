@@ -24,23 +24,28 @@ from ctm_http.app import create_app
 ADMIN_PASSWORD = "admin-password"
 
 
-@pytest.fixture
-def app() -> Iterator[Any]:
-    """The app on fakes, its lifespan running; clients from other addresses share it."""
-    application = create_app(
+def build_app(hasher: FakePasswordHasher | None = None, **settings: Any) -> Any:
+    return create_app(
         Settings(
             data_dir="/nonexistent/ctm",
             admin_password=ADMIN_PASSWORD,
             timezone="UTC",
             allowed_hosts=("testserver",),
+            **settings,
         ),
         repo=InMemoryRepository(),
         clock=FakeClock(),
         backend=FakeEnvironmentBackend(),
         runner=FakeProcessRunner(auto_exit_code=0),
         files=InMemoryFileStore(),
-        hasher=FakePasswordHasher(),
+        hasher=hasher or FakePasswordHasher(),
     )
+
+
+@pytest.fixture
+def app() -> Iterator[Any]:
+    """The app on fakes, its lifespan running; clients from other addresses share it."""
+    application = build_app()
     with TestClient(application, client=("127.0.0.1", 40000)):
         yield application
 
@@ -276,21 +281,7 @@ def test_password_checks_run_in_parallel_up_to_login_checks() -> None:
     """Six logins at once with CTM_LOGIN_CHECKS=2: checks run two at a time (the barrier of
     two would break if they ran one after another), never more, and all six get in."""
     hasher = CountingHasher(parties=2)
-    application = create_app(
-        Settings(
-            data_dir="/nonexistent/ctm",
-            admin_password=ADMIN_PASSWORD,
-            timezone="UTC",
-            allowed_hosts=("testserver",),
-            login_checks=2,
-        ),
-        repo=InMemoryRepository(),
-        clock=FakeClock(),
-        backend=FakeEnvironmentBackend(),
-        runner=FakeProcessRunner(auto_exit_code=0),
-        files=InMemoryFileStore(),
-        hasher=hasher,
-    )
+    application = build_app(hasher, login_checks=2)
     statuses: list[int] = []
     # One client, entered: every request goes through its one event loop, as in the server.
     with TestClient(application) as shared:
