@@ -29,6 +29,7 @@ from ctm_core.models import Execution, Principal
 from ctm_core.ports import Clock, ProcessRunner, Repository
 from ctm_core.scheduler import Scheduler
 from ctm_core.tasks import TaskService
+from ctm_core.tokens import TokenService
 from ctm_core.users import UserAdmin
 
 LOG_BYTES = 256 * 1024
@@ -115,6 +116,10 @@ class Ctm:
     @property
     def audit(self) -> AuditLog:
         return self.services.audit
+
+    @property
+    def tokens(self) -> TokenService:
+        return self.services.tokens
 
     @property
     def scheduler(self) -> Scheduler:

@@ -19,6 +19,7 @@ from typing import Any
 from sqlite_utils import Database, Migrations
 
 from ctm_core.models import (
+    ApiToken,
     AuditEvent,
     Execution,
     ExecutionStatus,
@@ -280,6 +281,32 @@ def _user_admin_and_audit(db: Database) -> None:
         db.execute(statement)
 
 
+@MIGRATIONS(name="0006_api_tokens")
+def _api_tokens(db: Database) -> None:
+    """API tokens (``Authorization: Bearer``), only their hashes; they go with their user."""
+    for statement in (
+        """
+        CREATE TABLE api_tokens (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id      INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            name         TEXT    NOT NULL,
+            token_hash   TEXT    NOT NULL UNIQUE,
+            created_at   TEXT    NOT NULL,
+            expires_at   TEXT,
+            last_used_at TEXT
+        ) STRICT
+        """,
+        "CREATE INDEX api_tokens_user_id ON api_tokens (user_id)",
+    ):
+        db.execute(statement)
+
+
+@MIGRATIONS(name="0007_task_time_zone")
+def _task_time_zone(db: Database) -> None:
+    """A task's own time zone for its cron expression (NULL: the server's)."""
+    db.execute("ALTER TABLE tasks ADD COLUMN timezone TEXT")
+
+
 # --- value conversion --------------------------------------------------------------------------
 
 
@@ -356,6 +383,18 @@ def user_from_row(row: Row) -> User:
     )
 
 
+def token_from_row(row: Row) -> ApiToken:
+    return ApiToken(
+        id=int(row["id"]),
+        user_id=int(row["user_id"]),
+        name=str(row["name"]),
+        token_hash=str(row["token_hash"]),
+        created_at=dt_in(row["created_at"]),
+        expires_at=opt_dt_in(row["expires_at"]),
+        last_used_at=opt_dt_in(row["last_used_at"]),
+    )
+
+
 def audit_from_row(row: Row) -> AuditEvent:
     return AuditEvent(
         id=int(row["id"]),
@@ -398,6 +437,7 @@ TASK_COLUMNS = (
     "max_processes",
     "cpu_limit",
     "network",
+    "timezone",
 )
 
 
@@ -423,6 +463,7 @@ def task_to_row(task: Task) -> Row:
         "max_processes": task.max_processes,
         "cpu_limit": task.cpu_limit,
         "network": None if task.network is None else int(task.network),
+        "timezone": task.timezone,
     }
 
 
@@ -448,6 +489,7 @@ def task_from_row(row: Row) -> Task:
         max_processes=opt_int(row["max_processes"]),
         cpu_limit=opt_float(row["cpu_limit"]),
         network=None if row["network"] is None else bool(row["network"]),
+        timezone=opt_str(row["timezone"]),
     )
 
 

@@ -8,6 +8,7 @@ that what is given implements the port.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -33,6 +34,7 @@ from ctm_core.ports import (
 from ctm_core.runs import RunCoordinator
 from ctm_core.scheduler import Scheduler
 from ctm_core.tasks import TaskService
+from ctm_core.tokens import TokenService
 from ctm_core.users import UserAdmin
 
 if TYPE_CHECKING:
@@ -75,6 +77,7 @@ class Services:
     auth: Authenticator
     users: UserAdmin
     audit: AuditLog
+    tokens: TokenService
     environments: EnvironmentService
     tasks: TaskService
     coordinator: RunCoordinator
@@ -128,6 +131,7 @@ def build_services(settings: Settings, **ports: Unpack[Ports]) -> Services:
     )
     auth = Authenticator(repo, hasher, clock, policy, audit)
     users = UserAdmin(repo, hasher, audit)
+    tokens = TokenService(repo, clock, audit)
     coordinator = RunCoordinator(
         repo=repo,
         backend=backend,
@@ -151,6 +155,7 @@ def build_services(settings: Settings, **ports: Unpack[Ports]) -> Services:
         files=files,
         tz=tz,
         retention_days=settings.retention_days,
+        zones=zone_named,
         on_maintenance=lambda: (
             auth.purge_sessions(),
             audit.prune(settings.retention_days),
@@ -171,6 +176,7 @@ def build_services(settings: Settings, **ports: Unpack[Ports]) -> Services:
         retention_days=settings.retention_days,
         policy=run_limits,
         audit=audit,
+        zones=zone_named,
     )
     return Services(
         settings=settings,
@@ -183,6 +189,7 @@ def build_services(settings: Settings, **ports: Unpack[Ports]) -> Services:
         auth=auth,
         users=users,
         audit=audit,
+        tokens=tokens,
         environments=environments,
         tasks=tasks,
         coordinator=coordinator,
@@ -226,6 +233,13 @@ def write_admin_password(data_dir: str, password: str) -> str:
 
 
 # --- the adapters ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def zone_named(name: str) -> tzinfo:
+    """An IANA zone from the system's (or the tzdata package's) database. Raises
+    ``ZoneInfoNotFoundError`` (a ``KeyError``) or ``ValueError``."""
+    return ZoneInfo(name)
 
 
 def _timezone(name: str | None) -> tzinfo:

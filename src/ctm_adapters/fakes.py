@@ -313,6 +313,9 @@ class InMemoryFileStore:
     def read_log(self, path: str, max_bytes: int) -> str:
         return self.files.get(path, "")[-max_bytes:]
 
+    def read_log_bytes(self, path: str, offset: int, max_bytes: int) -> bytes:
+        return self.files.get(path, "").encode()[offset : offset + max_bytes]
+
     def append_log(self, path: str, line: str) -> None:
         self.files[path] = self.files.get(path, "") + line + "\n"
 

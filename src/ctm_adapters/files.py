@@ -76,6 +76,14 @@ class LocalFileStore:
         except OSError:
             return ""
 
+    def read_log_bytes(self, path: str, offset: int, max_bytes: int) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(max_bytes)
+        except OSError:
+            return b""
+
     def append_log(self, path: str, line: str) -> None:
         with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as f:
             f.write(("\n" if f.tell() else "") + line + "\n")

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import attrs
 
 from ctm_core.errors import (
+    InvalidInput,
     LastAdmin,
     TaskExists,
     TaskLimitReached,
@@ -25,6 +26,7 @@ from ctm_core.errors import (
     UserOwnsTasks,
 )
 from ctm_core.models import (
+    ApiToken,
     AuditEvent,
     Execution,
     ExecutionStatus,
@@ -38,7 +40,7 @@ from ctm_core.ports import ExecutionSummary
 
 __all__ = ["InMemoryRepository"]
 
-_E = TypeVar("_E", User, Session, Task, Execution)
+_E = TypeVar("_E", User, Session, Task, Execution, ApiToken)
 _UNFINISHED = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 
@@ -92,6 +94,8 @@ class InMemoryRepository:
         self._sessions: dict[str, Session] = {}
         self._failures: list[tuple[str, str, datetime]] = []
         self._audit: list[AuditEvent] = []
+        self._tokens: dict[int, ApiToken] = {}
+        self._last_token_id = 0
         self._last_audit_id = 0
         self._owners: dict[str, int | None] = {}
         self._tasks: dict[int, Task] = {}
@@ -196,6 +200,7 @@ class InMemoryRepository:
                 for token_hash in doomed:
                     del self._sessions[token_hash]
                 ended = len(doomed)
+                self._tokens = {i: t for i, t in self._tokens.items() if t.user_id != user_id}
             return _copy(after), ended
 
     def delete_user(self, user_id: int) -> None:
@@ -209,6 +214,7 @@ class InMemoryRepository:
             self._keep_an_admin(user, None)
             del self._users[user_id]
             self._sessions = {h: s for h, s in self._sessions.items() if s.user_id != user_id}
+            self._tokens = {i: t for i, t in self._tokens.items() if t.user_id != user_id}
             for name, owner in self._owners.items():
                 if owner == user_id:
                     self._owners[name] = None
@@ -278,6 +284,52 @@ class InMemoryRepository:
             for s in self._sessions.values():
                 counts[s.user_id] = counts.get(s.user_id, 0) + 1
             return counts
+
+    # --- API tokens ----------------------------------------------------------------------------
+
+    def add_token(self, token: ApiToken, *, max_per_user: int | None = None) -> ApiToken:
+        with self._lock:
+            self._check_user(token.user_id)
+            own = sum(1 for t in self._tokens.values() if t.user_id == token.user_id)
+            if max_per_user is not None and own >= max_per_user:
+                raise InvalidInput("name", f"At most {max_per_user} tokens per user")
+            if any(t.token_hash == token.token_hash for t in self._tokens.values()):
+                raise ValueError("a token with this hash exists")
+            self._last_token_id += 1
+            stored = attrs.evolve(token, id=self._last_token_id)
+            self._tokens[stored.id] = stored
+            return _copy(stored)
+
+    def get_token(self, token_id: int) -> ApiToken | None:
+        with self._lock:
+            token = self._tokens.get(token_id)
+            return None if token is None else _copy(token)
+
+    def get_token_by_hash(self, token_hash: str) -> ApiToken | None:
+        with self._lock:
+            for token in self._tokens.values():
+                if token.token_hash == token_hash:
+                    return _copy(token)
+            return None
+
+    def list_tokens(self, user_id: int | None = None) -> list[ApiToken]:
+        with self._lock:
+            return [
+                _copy(t)
+                for _, t in sorted(self._tokens.items())
+                if user_id is None or t.user_id == user_id
+            ]
+
+    def touch_token(self, token_id: int, last_used_at: datetime) -> None:
+        when = _utc(last_used_at)
+        with self._lock:
+            token = self._tokens.get(token_id)
+            if token is not None:
+                token.last_used_at = when
+
+    def delete_token(self, token_id: int) -> None:
+        with self._lock:
+            self._tokens.pop(token_id, None)
 
     # --- login throttling ----------------------------------------------------------------------
 

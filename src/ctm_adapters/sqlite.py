@@ -58,6 +58,7 @@ from ctm_adapters._sqlite_schema import (
     slot_key,
     task_from_row,
     task_to_row,
+    token_from_row,
     user_from_row,
     utc,
 )
@@ -72,6 +73,7 @@ from ctm_adapters._sqlite_store import (
     rows_of,
 )
 from ctm_core.errors import (
+    InvalidInput,
     LastAdmin,
     TaskExists,
     TaskLimitReached,
@@ -81,6 +83,7 @@ from ctm_core.errors import (
     UserOwnsTasks,
 )
 from ctm_core.models import (
+    ApiToken,
     AuditEvent,
     Execution,
     ExecutionStatus,
@@ -193,6 +196,7 @@ class SqliteRepository(SqliteStore):
                     "DELETE FROM sessions WHERE user_id = ? AND token_hash IS NOT ?",
                     (user_id, keep_session),
                 )
+                self._write("DELETE FROM api_tokens WHERE user_id = ?", (user_id,))
             after = self._one("SELECT * FROM users WHERE id = ?", (user_id,))
         assert after is not None
         return user_from_row(after), ended
@@ -276,6 +280,64 @@ class SqliteRepository(SqliteStore):
     def count_sessions_by_user(self) -> dict[int, int]:
         rows = self._read("SELECT user_id, count(*) AS n FROM sessions GROUP BY user_id")
         return {int(r["user_id"]): int(r["n"]) for r in rows}
+
+    # --- API tokens ----------------------------------------------------------------------------
+
+    def add_token(self, token: ApiToken, *, max_per_user: int | None = None) -> ApiToken:
+        with self._transaction():
+            if max_per_user is not None:
+                row = self._one(
+                    "SELECT count(*) AS n FROM api_tokens WHERE user_id = ?", (token.user_id,)
+                )
+                if row and row["n"] >= max_per_user:
+                    raise InvalidInput("name", f"At most {max_per_user} tokens per user")
+            try:
+                self._write(
+                    "INSERT INTO api_tokens"
+                    " (user_id, name, token_hash, created_at, expires_at, last_used_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        token.user_id,
+                        token.name,
+                        token.token_hash,
+                        dt_out(token.created_at),
+                        opt_dt_out(token.expires_at),
+                        opt_dt_out(token.last_used_at),
+                    ),
+                )
+            except sqlite3.IntegrityError as e:
+                if is_foreign_key_violation(e):
+                    raise LookupError(f"no user with id {token.user_id}") from None
+                raise
+            row = self._one("SELECT * FROM api_tokens WHERE token_hash = ?", (token.token_hash,))
+        assert row is not None
+        return token_from_row(row)
+
+    def get_token(self, token_id: int) -> ApiToken | None:
+        row = self._read_one("SELECT * FROM api_tokens WHERE id = ?", (token_id,))
+        return None if row is None else token_from_row(row)
+
+    def get_token_by_hash(self, token_hash: str) -> ApiToken | None:
+        row = self._read_one("SELECT * FROM api_tokens WHERE token_hash = ?", (token_hash,))
+        return None if row is None else token_from_row(row)
+
+    def list_tokens(self, user_id: int | None = None) -> list[ApiToken]:
+        rows = self._read(
+            "SELECT * FROM api_tokens WHERE ? IS NULL OR user_id = ? ORDER BY id",
+            (user_id, user_id),
+        )
+        return [token_from_row(r) for r in rows]
+
+    def touch_token(self, token_id: int, last_used_at: datetime) -> None:
+        with self._lock:
+            self._write(
+                "UPDATE api_tokens SET last_used_at = ? WHERE id = ?",
+                (dt_out(last_used_at), token_id),
+            )
+
+    def delete_token(self, token_id: int) -> None:
+        with self._lock:
+            self._write("DELETE FROM api_tokens WHERE id = ?", (token_id,))
 
     # --- login throttling ----------------------------------------------------------------------
 

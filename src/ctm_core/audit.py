@@ -28,6 +28,8 @@ ACTIONS = (
     "user.update",
     "user.delete",
     "user.password",
+    "token.create",
+    "token.delete",
     "environment.create",
     "environment.rename",
     "environment.install",

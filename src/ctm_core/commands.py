@@ -11,6 +11,7 @@ request body and raises the same ``InvalidInput`` family. Rules that depend on t
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,10 @@ MAX_MEMORY_LIMIT_MB = 16 * 1024 * 1024
 MAX_PROCESSES = 4 * 1024 * 1024
 MAX_CPU_LIMIT = 4096
 PYTHON_VERSION_MAX = 16
+MAX_ZONE_NAME = 64
+ZONE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
+"""The shape of an IANA zone name (``UTC``, ``Asia/Shanghai``, ``Etc/GMT+8``): no dots, so no
+path can be named through it."""
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 5000
@@ -124,6 +129,9 @@ class NewTask:
     max_processes: int | None = None
     cpu_limit: float | None = None
     network: bool | None = None
+    timezone: str | None = None
+    """An IANA name (``Asia/Shanghai``) the cron expression is read in; None: the server's.
+    Whether the zone exists is checked by the use case (it needs the zone database)."""
 
     def checked(self) -> NewTask:
         """This command with every rule of ``from_json`` applied (raises as it does)."""
@@ -173,6 +181,9 @@ class NewTask:
         cpu = check_limit("cpu_limit", body.get("cpu_limit"), None, MAX_CPU_LIMIT)
         network = _flag("network", body.get("network"), None)
         cron, delay = validate_schedule(body.get("cron_expression"), body.get("delay_seconds"))
+        zone = _optional_str("timezone", body.get("timezone"), MAX_ZONE_NAME)
+        if zone is not None and not ZONE_NAME_RE.fullmatch(zone):
+            raise InvalidInput("timezone", "'timezone' must be an IANA time zone name")
         return cls(
             script=script,
             conda_env=env_name,
@@ -186,6 +197,7 @@ class NewTask:
             max_processes=int(processes) if processes is not None else None,
             cpu_limit=cpu,
             network=network,
+            timezone=zone,
         )
 
 
@@ -380,3 +392,34 @@ class UserUpdate:
             disabled=_flag("disabled", body.get("disabled"), None),
             password=None if password is None else validate_password(password),
         )
+
+
+MAX_TOKEN_DAYS = 3650
+DEFAULT_TOKEN_DAYS = 90
+
+
+@attrs.frozen(kw_only=True)
+class NewToken:
+    """An API token to create: a name (one printable line) and a lifetime in days."""
+
+    name: str
+    expires_in_days: int = DEFAULT_TOKEN_DAYS
+
+    def checked(self) -> NewToken:
+        return NewToken.from_json(_fields(self))
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, object]) -> NewToken:
+        """Raises ``InvalidInput`` (``name``, ``expires_in_days``)."""
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > 100:
+            raise InvalidInput("name", "'name' must be a string of 1-100 characters")
+        days = body.get("expires_in_days", DEFAULT_TOKEN_DAYS)
+        if days is None:
+            days = DEFAULT_TOKEN_DAYS
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_TOKEN_DAYS:
+            raise InvalidInput(
+                "expires_in_days",
+                f"'expires_in_days' must be a whole number from 1 to {MAX_TOKEN_DAYS}",
+            )
+        return cls(name=printable_line("name", name.strip()), expires_in_days=days)

@@ -202,6 +202,14 @@ class WrongPassword(CtmError, PermissionError):
         super().__init__(field="current_password")
 
 
+class TokenNotFound(CtmError, LookupError):
+    message = "Token not found"
+    error_format = "No token with id {token_id} of yours"
+
+    def __init__(self, token_id: object):
+        super().__init__(error=self.error_format.format(token_id=token_id))
+
+
 # --- storage -----------------------------------------------------------------------------------
 
 
@@ -294,6 +302,18 @@ class TaskNotFound(CtmError, LookupError):
     def __init__(self, task_id: object):
         super().__init__(self.message.format(task_id=task_id))
         self.task_id = task_id
+
+
+class ExecutionNotFound(CtmError, LookupError):
+    """No execution with this id belongs to the task: unknown, pruned, or another task's."""
+
+    message = "Execution not found"
+    error_format = "Task {task_id} has no execution '{execution_id}'"
+
+    def __init__(self, task_id: object, execution_id: str):
+        super().__init__(error=self.error_format.format(task_id=task_id, execution_id=execution_id))
+        self.task_id = task_id
+        self.execution_id = execution_id
 
 
 class TaskExists(CtmError, ValueError):

@@ -74,8 +74,21 @@ class UserChange:
 
     @property
     def revokes_sessions(self) -> bool:
-        """Disabling or a new password ends every session of the user."""
+        """Disabling or a new password ends every session and API token of the user."""
         return bool(self.disabled) or self.password_hash is not None
+
+
+@attrs.define(kw_only=True)
+class ApiToken:
+    """An API token (``Authorization: Bearer``): acts as its user. Only its hash is stored."""
+
+    id: int
+    user_id: int
+    name: str
+    token_hash: str = attrs.field(repr=False)
+    created_at: datetime = attrs.field(validator=_aware)
+    expires_at: datetime | None = attrs.field(validator=_aware)
+    last_used_at: datetime | None = attrs.field(default=None, validator=_aware)
 
 
 @attrs.define(kw_only=True)
@@ -173,6 +186,8 @@ class Task:
     cpu_limit: float | None = None
     network: bool | None = None
     """False cuts the run's network; None follows the server's setting."""
+    timezone: str | None = None
+    """The IANA time zone its cron expression is read in; None: the server's."""
 
 
 @attrs.define(kw_only=True)

@@ -14,6 +14,7 @@ from typing import Protocol
 import attrs
 
 from ctm_core.models import (
+    ApiToken,
     AuditEvent,
     DiskUsage,
     Environment,
@@ -233,8 +234,8 @@ class ExecutionSummary:
 
 
 class Repository(Protocol):
-    """All state: users, sessions, login failures, the audit log, environment owners, tasks,
-    executions.
+    """All state: users, sessions, API tokens, login failures, the audit log, environment
+    owners, tasks, executions.
 
     Methods that change several rows do it in one transaction. A change the store cannot write
     (a full disk, a read-only or failing file) raises ``StorageUnavailable`` and changes
@@ -262,15 +263,15 @@ class Repository(Protocol):
         self, user_id: int, change: UserChange, *, keep_session: str | None = None
     ) -> tuple[User, int]:
         """Apply ``change`` and, when it ``revokes_sessions``, delete every session of the user
-        but ``keep_session`` (a token hash), in one transaction; return the user as stored and
-        how many sessions ended. Raises ``UserNotFound``, and ``LastAdmin`` (nothing changed)
-        when no enabled admin would be left."""
+        but ``keep_session`` (a token hash) and every API token of theirs, in one transaction;
+        return the user as stored and how many sessions ended. Raises ``UserNotFound``, and
+        ``LastAdmin`` (nothing changed) when no enabled admin would be left."""
         ...
 
     def delete_user(self, user_id: int) -> None:
-        """Delete the user and their sessions, leaving the environments they own to no owner, in
-        one transaction. Raises ``UserNotFound``; ``LastAdmin`` when they are the only enabled
-        admin; ``UserOwnsTasks`` when they own tasks (nothing deleted)."""
+        """Delete the user, their sessions and API tokens, leaving the environments they own
+        to no owner, in one transaction. Raises ``UserNotFound``; ``LastAdmin`` when they are
+        the only enabled admin; ``UserOwnsTasks`` when they own tasks (nothing deleted)."""
         ...
 
     # sessions
@@ -293,6 +294,27 @@ class Repository(Protocol):
 
     def count_sessions_by_user(self) -> dict[int, int]:
         """Live sessions per user id (users with none are left out)."""
+        ...
+
+    # API tokens
+    def add_token(self, token: ApiToken, *, max_per_user: int | None = None) -> ApiToken:
+        """Store a token (its ``id`` is ignored) and return it with its id. Raises
+        ``InvalidInput`` when its user already has ``max_per_user`` tokens (counted in the same
+        transaction), ``LookupError`` for an unknown user."""
+        ...
+
+    def get_token(self, token_id: int) -> ApiToken | None: ...
+
+    def get_token_by_hash(self, token_hash: str) -> ApiToken | None: ...
+
+    def list_tokens(self, user_id: int | None = None) -> list[ApiToken]:
+        """One user's tokens (every user's with None), by id."""
+        ...
+
+    def touch_token(self, token_id: int, last_used_at: datetime) -> None: ...
+
+    def delete_token(self, token_id: int) -> None:
+        """Delete a token. Idempotent."""
         ...
 
     # login throttling
@@ -512,6 +534,12 @@ class FileStore(Protocol):
 
     def read_log(self, path: str, max_bytes: int) -> str:
         """The last ``max_bytes`` of a log (with a marker when cut); ``""`` when missing."""
+        ...
+
+    def read_log_bytes(self, path: str, offset: int, max_bytes: int) -> bytes:
+        """At most ``max_bytes`` of a log as stored, from byte ``offset``; ``b""`` when missing
+        or at its end. Past its cap a log is rewritten in place (head, marker, tail: see
+        docs/runs.md), so a reader that follows one checks that what it read is still there."""
         ...
 
     def append_log(self, path: str, line: str) -> None:

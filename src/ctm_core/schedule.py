@@ -6,6 +6,7 @@ macros, or 6 fields with seconds last. All datetimes in and out are aware; resul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from croniter import croniter
@@ -78,6 +79,23 @@ def first_run_time(now: datetime, cron: str | None, delay: float | None, tz: tzi
     if delay is not None:
         return now + timedelta(seconds=delay)
     return now
+
+
+Zones = Callable[[str], tzinfo]
+"""Resolves an IANA zone name (raises ``LookupError`` or ``ValueError`` for an unknown one)."""
+
+
+def task_zone(name: str | None, zones: Zones | None, default: tzinfo) -> tzinfo:
+    """The zone a task's cron expression is read in: its own, else ``default`` (the server's).
+    Raises ``InvalidInput`` (``timezone``) for a name ``zones`` does not know."""
+    if name is None:
+        return default
+    if zones is None:
+        raise InvalidInput("timezone", "This server has no time zone database")
+    try:
+        return zones(name)
+    except (LookupError, ValueError, OSError):
+        raise InvalidInput("timezone", f"Unknown time zone '{name}'") from None
 
 
 def following_run_time(

@@ -14,10 +14,11 @@ from datetime import datetime, timedelta, tzinfo
 
 import attrs
 
+from ctm_core.errors import InvalidInput
 from ctm_core.models import Execution, ExecutionStatus, Task
 from ctm_core.ports import Clock, FileStore, Repository
 from ctm_core.runs import RunCoordinator
-from ctm_core.schedule import following_run_time
+from ctm_core.schedule import Zones, following_run_time, task_zone
 from ctm_core.tasks import new_execution_id
 
 FIRED_KEPT = 10_000
@@ -34,6 +35,8 @@ class Scheduler:
     files: FileStore
     tz: tzinfo
     retention_days: int = 30
+    zones: Zones | None = None
+    """Resolves a task's own time zone (``Task.timezone``)."""
     on_maintenance: Callable[[], object] = lambda: None
     """Called with the hourly maintenance (the composition root purges expired sessions)."""
     on_error: Callable[[BaseException], object] = lambda exc: None
@@ -142,7 +145,11 @@ class Scheduler:
             execution.start_time = execution.end_time = now
             execution.skip_count = 1
             execution.first_skipped_at = execution.last_skipped_at = due
-        following = following_run_time(task.cron_expression, due, now, self.tz)
+        try:
+            tz = task_zone(task.timezone, self.zones, self.tz)
+        except InvalidInput:  # the zone left the zone database since: the server's
+            tz = self.tz
+        following = following_run_time(task.cron_expression, due, now, tz)
         if self.repo.claim_occurrence(execution, due=due, next_run_at=following) is None:
             return False
         self.fired.append((task.id, due, now))

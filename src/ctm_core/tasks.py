@@ -34,10 +34,11 @@ from ctm_core.errors import (
     TaskLimitReached,
     TaskNotRunning,
 )
+from ctm_core.logs import LogFollower, find_execution
 from ctm_core.models import Execution, ExecutionStatus, Principal, RunPolicy, Task, TaskStatus
 from ctm_core.ports import Clock, EnvironmentBackend, FileStore, Repository
 from ctm_core.runs import RunCoordinator
-from ctm_core.schedule import first_run_time
+from ctm_core.schedule import Zones, first_run_time, task_zone
 from ctm_core.validation import printable_line
 
 STATE_UNCHANGED = "Environment unchanged: no package was installed or changed"
@@ -99,8 +100,10 @@ class TaskService:
     on_change: Callable[[], None] = lambda: None
     retention_days: int = 30
     policy: RunPolicy = RunPolicy()
-    audit: AuditLog | None = None
     """Maxima of the per-run limits a task may ask for; the per-user task limit."""
+    audit: AuditLog | None = None
+    zones: Zones | None = None
+    """Resolves a task's own time zone (``NewTask.timezone``)."""
 
     # --- create --------------------------------------------------------------------------------
 
@@ -136,6 +139,7 @@ class TaskService:
         cpu_limit = check_limit(
             "cpu_limit", command.cpu_limit, self.policy.max_cpu_limit, MAX_CPU_LIMIT
         )
+        zone = task_zone(command.timezone, self.zones, self.tz)
         self._check_task_limit(actor)  # before anything changes (an environment created)
 
         script_path: str | None = None
@@ -167,11 +171,12 @@ class TaskService:
             timeout_seconds=timeout,
             status=TaskStatus.SCHEDULED,
             created_at=now,
-            next_run_at=first_run_time(now, cron, delay, self.tz),
+            next_run_at=first_run_time(now, cron, delay, zone),
             memory_limit_mb=memory_limit,
             max_processes=int(max_processes) if max_processes is not None else None,
             cpu_limit=cpu_limit,
             network=command.network,
+            timezone=command.timezone,
         )
         limit = None if actor.is_admin else self.policy.max_tasks_per_user
         # Counted again in the task's own transaction: a parallel create may take the last one.
@@ -341,6 +346,21 @@ class TaskService:
 
     def executions_of(self, task_id: int) -> list[Execution]:
         return self.repo.list_executions(task_id)
+
+    def execution_log(self, task_id: int, execution_id: str, *, max_bytes: int) -> bytes:
+        """The log of one execution of the task as it is kept (its first ``max_bytes``);
+        ``b""`` when it has none (queued, skipped, or not started). Raises ``TaskNotFound`` and
+        ``ExecutionNotFound`` (unknown, or another task's)."""
+        execution = find_execution(self.repo, task_id, execution_id)
+        if not execution.log_path:
+            return b""
+        return self.files.read_log_bytes(execution.log_path, 0, max_bytes)
+
+    def follow_log(self, task_id: int, execution_id: str, *, offset: int = 0) -> LogFollower:
+        """A follower of one execution's log, from byte ``offset``. Raises ``TaskNotFound``
+        and ``ExecutionNotFound``."""
+        execution = find_execution(self.repo, task_id, execution_id)
+        return LogFollower(self.files, self.repo, execution, offset)
 
     # --- changes -------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ctm_core import errors as e
 from ctm_core.audit import ACTIONS
 from ctm_core.commands import (
+    DEFAULT_TOKEN_DAYS,
     MAX_CPU_LIMIT,
     MAX_MEMORY_LIMIT_MB,
     MAX_PROCESSES,
@@ -14,6 +15,9 @@ from ctm_core.commands import (
     MAX_SCRIPT_BYTES,
     MAX_TASK_NAME,
     MAX_TIMEOUT,
+    MAX_TOKEN_DAYS,
+    MAX_ZONE_NAME,
+    ZONE_NAME_RE,
 )
 from ctm_core.models import ExecutionStatus, TaskStatus
 from ctm_core.schedule import MAX_CRON_LENGTH, MAX_DELAY_SECONDS
@@ -130,6 +134,13 @@ _TASK_EXTRA: dict[str, Schema] = {
         "description": "Whether runs have network access (the server's "
         "setting, unless the task turned it off)",
     },
+    "timezone": null(
+        {
+            **STR,
+            "description": "The IANA time zone the cron expression is read in; null: the "
+            "server's. Times in answers stay in the server's zone",
+        }
+    ),
 }
 TASK = body(_TASK_FIELDS, _TASK_EXTRA, name="Task")
 TASK_LIST_ITEM = body(
@@ -269,6 +280,31 @@ AUDIT_PAGE = body(
         ),
     }
 )
+TOKEN_INFO = body(
+    {
+        "id": INT,
+        "name": STR,
+        "username": {**STR, "description": "The user the token acts as"},
+        "created_at": TIME,
+        "expires_at": null(TIME),
+        "last_used_at": null({**TIME, "description": "Written at most once a minute"}),
+    },
+    name="ApiToken",
+)
+TOKEN_CREATED = body(
+    {
+        "success": TRUE,
+        "message": const("Token created"),
+        "token": {
+            **STR,
+            "description": "The secret, shown this once: send it as `Authorization: Bearer "
+            "<token>`",
+        },
+        "token_info": TOKEN_INFO,
+    }
+)
+TOKENS = body({"success": TRUE, "tokens": array(TOKEN_INFO)})
+TOKEN_DELETED = body({"success": TRUE, "message": const("Token deleted")})
 ENVIRONMENTS = array(ENVIRONMENT_SUMMARY)
 ENVIRONMENT_CREATED = body(
     {
@@ -482,6 +518,7 @@ ERROR_BODIES: dict[type[e.CtmError], Body] = {
             fields={"tasks": {**INT, "description": "How many tasks the user owns"}},
         ),
         _error(e.WrongPassword, optional=_field("current_password")),
+        _error(e.TokenNotFound),
         _error(
             e.StorageUnavailable,
             description="The disk is full or the database cannot be written: nothing was "
@@ -500,6 +537,7 @@ ERROR_BODIES: dict[type[e.CtmError], Body] = {
             description="conda/pip failed in a way that is not the caller's fault",
         ),
         _error(e.TaskNotFound),
+        _error(e.ExecutionNotFound),
         _error(e.TaskExists, optional=_field("task_name")),
         _error(e.ReuseMissingEnvironment, optional=_field("conda_env")),
         _error(e.ScriptNotFound, optional=_field("script")),
@@ -562,6 +600,17 @@ REQUESTS: dict[str, Schema] = {
         },
         minProperties=1,
         additionalProperties=False,
+    ),
+    "CreateTokenRequest": obj(
+        {"name": {"type": "string", "minLength": 1, "maxLength": 100}},
+        {
+            "expires_in_days": {
+                **INT,
+                "minimum": 1,
+                "maximum": MAX_TOKEN_DAYS,
+                "default": DEFAULT_TOKEN_DAYS,
+            }
+        },
     ),
     "ChangePasswordRequest": obj(
         {
@@ -660,6 +709,16 @@ REQUESTS: dict[str, Schema] = {
                     "true: the server's setting",
                 }
             ),
+            "timezone": null(
+                {
+                    "type": "string",
+                    "maxLength": MAX_ZONE_NAME,
+                    "pattern": pattern(ZONE_NAME_RE.pattern),
+                    "description": "An IANA time zone name (Asia/Shanghai) to read "
+                    "cron_expression in, daylight saving included; absent: the server's zone. "
+                    "An unknown zone is 400",
+                }
+            ),
         },
     ),
     "RenameEnvironmentRequest": obj({"new_name": ENV_NAME}),
@@ -679,6 +738,8 @@ def _components() -> dict[str, Schema]:
         "UpdateUserRequest",
         "ChangePasswordRequest",
         AUDIT_EVENT,
+        TOKEN_INFO,
+        "CreateTokenRequest",
         ENVIRONMENT_SUMMARY,
         ENVIRONMENT_DETAIL,
         ENVIRONMENT_STATS,

@@ -33,6 +33,7 @@ STATUS: dict[type[e.CtmError], int] = {
     e.LastAdmin: 409,
     e.UserOwnsTasks: 409,
     e.WrongPassword: 403,
+    e.TokenNotFound: 404,
     e.StorageUnavailable: 503,
     e.EnvironmentNotFound: 404,
     e.EnvironmentExists: 400,
@@ -40,6 +41,7 @@ STATUS: dict[type[e.CtmError], int] = {
     e.PackageOperationFailed: 400,
     e.BackendFailure: 502,
     e.TaskNotFound: 404,
+    e.ExecutionNotFound: 404,
     e.TaskExists: 400,
     e.ReuseMissingEnvironment: 400,
     e.ScriptNotFound: 400,
@@ -98,6 +100,13 @@ INTERNAL_ERROR = HttpError(
     "Internal server error",
     "The cause is in the server log, never in the body",
 )
+TOO_MANY_LOG_STREAMS = HttpError(
+    "TooManyLogStreams",
+    503,
+    "Too many live log streams",
+    "Every live log stream the server allows is open: try again later, or read the log as text",
+    with_error=True,
+)
 HTTP_ERRORS = (
     INVALID_BODY,
     BODY_TOO_LARGE,
@@ -105,6 +114,7 @@ HTTP_ERRORS = (
     ROUTE_NOT_FOUND,
     METHOD_NOT_ALLOWED,
     INTERNAL_ERROR,
+    TOO_MANY_LOG_STREAMS,
 )
 
 

@@ -8,6 +8,7 @@ import attrs
 
 from ctm_core import errors as e
 from ctm_core.commands import DEFAULT_PAGE, MAX_PAGE
+from ctm_http._errors import HttpError
 from ctm_http._schema import STR, Schema, obj
 
 OPENAPI_DOCUMENT = obj({"openapi": STR, "info": {"type": "object"}, "paths": {"type": "object"}})
@@ -36,6 +37,12 @@ class Op:
     auth: str = "required"  # required | none | optional
     description: str = ""
     sets_cookie: bool = False
+    ok_media: tuple[tuple[str, Schema], ...] = ()
+    """Success bodies that are not JSON: (media type, schema), in the order of preference."""
+    ok_headers: tuple[tuple[str, Schema], ...] = ()
+    """Headers of the success answer besides the session cookie: (name, header object)."""
+    http_errors: tuple[HttpError, ...] = ()
+    """Refusals of the HTTP layer that only this route answers (``_errors.HTTP_ERRORS``)."""
 
 
 PAGE_QUERY = (

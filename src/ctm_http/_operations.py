@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from ctm_core import errors as e
 from ctm_http import _bodies as b
+from ctm_http._log_operations import LOG_OPERATIONS
 from ctm_http._op import OPENAPI_DOCUMENT, Op
 from ctm_http._task_operations import TASK_OPERATIONS
-from ctm_http._user_operations import USER_OPERATIONS
+from ctm_http._user_operations import TOKEN_OPERATIONS, USER_OPERATIONS
 
 _ENV = ("environments",)
 _TASKS = ("tasks",)
@@ -129,6 +130,7 @@ OPERATIONS: tuple[Op, ...] = (
         description="Not in the original api.md; used by the dashboard.",
     ),
     *USER_OPERATIONS,
+    *TOKEN_OPERATIONS,
     Op(
         method="GET",
         path="/api/conda/environments",
@@ -400,6 +402,7 @@ OPERATIONS: tuple[Op, ...] = (
         'remove packages" with failed_packages.',
     ),
     *TASK_OPERATIONS,
+    *LOG_OPERATIONS,
     Op(
         method="GET",
         path="/openapi.json",

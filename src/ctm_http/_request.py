@@ -154,19 +154,27 @@ def check_same_site(request: Request) -> None:
 Handler = Callable[[Request, Principal], Awaitable[Response]]
 
 
+def bearer_token(request: Request) -> str | None:
+    """The API token of an ``Authorization: Bearer <token>`` header, else None."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
 def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Require a valid session, renew it, and hand the caller to the route."""
+    """Require a valid session or API token and hand the caller to the route. A session is
+    renewed (its cookie set again); a bearer request needs no cross-site check (a browser
+    never adds the header by itself) and gets no cookie."""
 
     async def route(request: Request) -> Response:
+        svc = services(request)
+        bearer = bearer_token(request)
+        if bearer is not None:
+            principal = await call(svc.tokens.authenticate, bearer, client_of(request))
+            return await _answer(handler, request, principal)
         check_same_site(request)
         token = session_token(request)
-        principal = await call(services(request).auth.authenticate, token, client_of(request))
-        try:
-            response = await handler(request, principal)
-        except CtmError as exc:  # an error answer renews the session too
-            response = await ctm_error_handler(request, exc)
-        except RequestError as exc:
-            response = await request_error_handler(request, exc)
+        principal = await call(svc.auth.authenticate, token, client_of(request))
+        response = await _answer(handler, request, principal)
         assert token is not None
         set_session_cookie(response, request, token)
         return response
@@ -174,6 +182,15 @@ def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     route.__name__ = handler.__name__
     route.__module__ = handler.__module__
     return route
+
+
+async def _answer(handler: Handler, request: Request, principal: Principal) -> Response:
+    try:
+        return await handler(request, principal)
+    except CtmError as exc:  # an error answer renews the session too
+        return await ctm_error_handler(request, exc)
+    except RequestError as exc:
+        return await request_error_handler(request, exc)
 
 
 def ok(body: Any, status: int = 200) -> JSONResponse:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from ctm_core.environments import EnvironmentDetail, EnvironmentStats
 from ctm_core.models import (
+    ApiToken,
     AuditEvent,
     Environment,
     Execution,
@@ -126,6 +127,7 @@ def task_body(task: Task, tz: tzinfo, policy: RunPolicy) -> dict[str, Any]:
         "max_processes": policy.max_processes_for(task),
         "cpu_limit": policy.cpu_limit_for(task),
         "network": policy.network_for(task),
+        "timezone": task.timezone,
     }
 
 
@@ -299,6 +301,38 @@ def user_deleted() -> dict[str, Any]:
 @renders(b.PASSWORD_CHANGED)
 def password_changed(ended: int) -> dict[str, Any]:
     return {"success": True, "message": "Password changed", "sessions_ended": ended}
+
+
+@renders(b.TOKEN_INFO)
+def token_info(token: ApiToken, username: str, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "name": token.name,
+        "username": username,
+        "created_at": fmt_time(token.created_at, tz),
+        "expires_at": fmt_time(token.expires_at, tz),
+        "last_used_at": fmt_time(token.last_used_at, tz),
+    }
+
+
+@renders(b.TOKEN_CREATED)
+def token_created(secret: str, token: ApiToken, username: str, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "success": True,
+        "message": "Token created",
+        "token": secret,
+        "token_info": token_info(token, username, tz),
+    }
+
+
+@renders(b.TOKENS)
+def tokens(items: list[tuple[ApiToken, str]], tz: tzinfo) -> dict[str, Any]:
+    return {"success": True, "tokens": [token_info(t, name, tz) for t, name in items]}
+
+
+@renders(b.TOKEN_DELETED)
+def token_deleted() -> dict[str, Any]:
+    return {"success": True, "message": "Token deleted"}
 
 
 @renders(b.AUDIT_EVENT)

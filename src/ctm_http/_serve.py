@@ -17,10 +17,16 @@ with three additions (``bounded_protocol``):
 
 ``serve`` also raises the open files limit to the hard limit and sizes the cap from it.
 
+At shutdown, an event stream under way (``Accept: text/event-stream``: a live log) is closed
+rather than waited for: uvicorn waits for every response under way, and a stream lasts as long
+as its run.
+
 What it relies on in uvicorn beyond the protocol interface: ``H11Protocol`` and its constructor,
-its ``conn`` (the ``h11.Connection``) and ``transport`` attributes, ``Config(http=<class>)`` and
-``Server.run(sockets=...)``; in asyncio, that a server accepts up to ``backlog`` connections per
-event loop turn. ``tests/integration/test_slow_clients.py`` checks them.
+its ``conn`` (the ``h11.Connection``), ``transport`` and ``cycle`` attributes (the cycle's
+``scope``, ``response_started``, ``response_complete``), its ``shutdown``,
+``Config(http=<class>)`` and ``Server.run(sockets=...)``; in asyncio, that a server accepts up
+to ``backlog`` connections per event loop turn. ``tests/integration/test_slow_clients.py``
+checks them (the shutdown: ``tests/integration/test_log_stream.py``).
 """
 
 from __future__ import annotations
@@ -182,6 +188,21 @@ class BoundedH11Protocol(H11Protocol):
         self.connections_open.forget(self)
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        """As uvicorn's, except that an event stream under way (a live log) is closed at once:
+        it would otherwise hold the server's shutdown until its run ends (uvicorn waits for
+        every response under way, with no time limit)."""
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.response_started
+            and not cycle.response_complete
+            and _wants_events(cycle.scope)
+        ):
+            self.transport.close()
+            return
+        super().shutdown()
+
     def between_requests(self) -> bool:
         """True when no request is under way: its headers are incomplete, or none was sent."""
         return bool(self.conn.their_state is h11.IDLE)
@@ -214,6 +235,13 @@ class BoundedH11Protocol(H11Protocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+
+
+def _wants_events(scope: Any) -> bool:
+    """Whether a request asked for ``text/event-stream``."""
+    return any(
+        name == b"accept" and b"text/event-stream" in value for name, value in scope["headers"]
+    )
 
 
 def bounded_protocol(

@@ -169,3 +169,64 @@ USER_OPERATIONS: tuple[Op, ...] = (
         "newest first. Kept as long as run history (`CTM_RETENTION_DAYS`).",
     ),
 )
+
+_TOKEN_INFO = {
+    "id": 3,
+    "name": "ci",
+    "username": "alice",
+    "created_at": "2026-11-26 10:00:00",
+    "expires_at": "2027-02-24 10:00:00",
+    "last_used_at": None,
+}
+
+TOKEN_OPERATIONS: tuple[Op, ...] = (
+    Op(
+        method="POST",
+        path="/api/tokens",
+        operation_id="createToken",
+        summary="Create an API token",
+        tag="auth",
+        ok_status=201,
+        body="CreateTokenRequest",
+        body_examples=(("ci", {"name": "ci", "expires_in_days": 90}),),
+        ok=b.TOKEN_CREATED,
+        ok_examples=(
+            (
+                "created",
+                {
+                    "success": True,
+                    "message": "Token created",
+                    "token": "ctm_3q2-7yF0cVn0W1dPpXk9Zr5gHqT8aLmE4sUu6bYwJxA",
+                    "token_info": _TOKEN_INFO,
+                },
+            ),
+        ),
+        errors=(e.InvalidInput,),
+        description="A token for scripts: 256 random bits, shown once in this answer and "
+        "stored only as a hash. Send it as `Authorization: Bearer <token>` to any /api route: "
+        "it acts with your permissions, needs no cross-site check and sets no cookie. It "
+        "stops working when deleted, after `expires_in_days` (default 90, at most 3650), or "
+        "when you are disabled, given a new password or deleted. At most 100 per user.",
+    ),
+    Op(
+        method="GET",
+        path="/api/tokens",
+        operation_id="listTokens",
+        summary="List API tokens",
+        tag="auth",
+        ok=b.TOKENS,
+        ok_examples=(("mine", {"success": True, "tokens": [_TOKEN_INFO]}),),
+        description="Your own tokens; an admin's answer lists every user's. Never the secret.",
+    ),
+    Op(
+        method="DELETE",
+        path="/api/tokens/{token_id}",
+        operation_id="deleteToken",
+        summary="Delete an API token",
+        tag="auth",
+        ok=b.TOKEN_DELETED,
+        ok_examples=(("deleted", {"success": True, "message": "Token deleted"}),),
+        errors=(e.TokenNotFound,),
+        description="Your own token, or any as an admin; another user's is 404 to you.",
+    ),
+)

@@ -1,4 +1,4 @@
-"""User administration, one's own password, and the audit log (issue 15)."""
+"""User administration, one's own password, API tokens, and the audit log."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ctm_core.auth import require_admin
-from ctm_core.commands import Page, PasswordChange, UserUpdate
+from ctm_core.commands import NewToken, Page, PasswordChange, UserUpdate
 from ctm_core.models import Principal
 from ctm_http import _serialize as ser
 from ctm_http._request import (
@@ -61,10 +61,34 @@ async def audit_log(request: Request, actor: Principal) -> Response:
     return ok(ser.audit_page(events, next_before, svc.tz))
 
 
+@authenticated
+async def create_token(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    command = NewToken.from_json(await read_json(request))
+    created = await call(svc.tokens.create, actor, command)
+    return ok(ser.token_created(created.token, created.info, actor.username, svc.tz), 201)
+
+
+@authenticated
+async def list_tokens(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    return ok(ser.tokens(await call(svc.tokens.list, actor), svc.tz))
+
+
+@authenticated
+async def delete_token(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    await call(svc.tokens.delete, actor, request.path_params["token_id"])
+    return ok(ser.token_deleted())
+
+
 ROUTES = [
     Route("/api/users", list_users, methods=["GET"]),
     Route("/api/users/{username}", update_user, methods=["PATCH"]),
     Route("/api/users/{username}", delete_user, methods=["DELETE"]),
     Route("/api/me/password", change_password, methods=["POST"]),
     Route("/api/audit", audit_log, methods=["GET"]),
+    Route("/api/tokens", create_token, methods=["POST"]),
+    Route("/api/tokens", list_tokens, methods=["GET"]),
+    Route("/api/tokens/{token_id:int}", delete_token, methods=["DELETE"]),
 ]

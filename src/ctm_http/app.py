@@ -37,6 +37,7 @@ from ctm_core.commands import (
 )
 from ctm_core.errors import CtmError, TaskNotFound
 from ctm_core.models import Principal, TaskStatus
+from ctm_http import _log_routes as log_routes
 from ctm_http import _serialize as ser
 from ctm_http import _user_routes as user_routes
 from ctm_http._errors import (
@@ -273,6 +274,7 @@ ROUTES = [
     Route("/api/tasks/{task_id:int}", delete_task, methods=["DELETE"]),
     Route("/api/tasks/{task_id:int}/stop", stop_task, methods=["POST"]),
     *user_routes.ROUTES,
+    *log_routes.ROUTES,
 ]
 
 

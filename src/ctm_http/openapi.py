@@ -82,6 +82,15 @@ def _path_params(path: str) -> list[Schema]:
                 "schema": {"type": "string", "pattern": pattern(USERNAME_RE.pattern)},
             }
         )
+    if "{token_id}" in path:
+        params.append(
+            {
+                "name": "token_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        )
     if "{task_id}" in path:
         params.append(
             {
@@ -89,6 +98,16 @@ def _path_params(path: str) -> list[Schema]:
                 "in": "path",
                 "required": True,
                 "schema": {"type": "integer", "minimum": 1},
+            }
+        )
+    if "{execution_id}" in path:
+        params.append(
+            {
+                "name": "execution_id",
+                "in": "path",
+                "required": True,
+                "description": "An execution of the task (`execution_id` in its history)",
+                "schema": {"type": "string", "minLength": 1},
             }
         )
     return params
@@ -113,6 +132,7 @@ def error_sources(op: Op) -> list[tuple[int, str]]:
     if op.method not in ("GET", "HEAD", "OPTIONS") and op.path not in HTML_OPS:
         # Any change can meet a full disk or a read-only database: nothing changed, try later.
         out.append((status_of(e.StorageUnavailable), "StorageUnavailable"))
+    out += [(x.status, x.name) for x in op.http_errors]
     out.append((INTERNAL_ERROR.status, INTERNAL_ERROR.name))
     return list(dict.fromkeys(out))
 
@@ -152,6 +172,8 @@ def _operation(op: Op) -> Schema:
     ok: Schema = {"description": op.ok_description}
     if op.path in HTML_OPS:
         ok["content"] = {"text/html": {"schema": STR}}
+    elif op.ok_media:
+        ok["content"] = {media: {"schema": schema} for media, schema in op.ok_media}
     elif op.ok is not None:
         media: Schema = {"schema": to_schema(op.ok)}
         if op.ok_examples:
@@ -159,6 +181,8 @@ def _operation(op: Op) -> Schema:
         ok["content"] = {"application/json": media}
     if op.sets_cookie or op.auth == "required":
         ok["headers"] = _COOKIE_HEADER
+    if op.ok_headers:
+        ok["headers"] = {**ok.get("headers", {}), **dict(op.ok_headers)}
     responses[str(op.ok_status)] = ok
 
     by_status: dict[int, list[str]] = {}
@@ -173,8 +197,12 @@ def _operation(op: Op) -> Schema:
             examples.append(("no session", error_body(e.AuthenticationRequired())))
         if examples:
             media["examples"] = _examples(examples)
+        reason = _REASONS.get(status, "Error")
+        own = [x for x in op.http_errors if x.status == status]
+        if own and {x.name for x in own} == set(names):  # the route's own refusal alone
+            reason = own[0].message
         response: Schema = {
-            "description": _REASONS.get(status, "Error") + ": " + ", ".join(names),
+            "description": reason + ": " + ", ".join(names),
             "content": {"application/json": media},
         }
         if status == 429:
@@ -230,8 +258,9 @@ def spec() -> dict[str, Any]:
             "description": (
                 "Conda environments and scheduled Python runs for a shared machine. "
                 "Bodies are JSON. Every route but POST /login (and this description) needs the "
-                "`session` cookie that login sets. State-changing requests must not be "
-                "cross-site (403). A request whose Host header names a host the server does not "
+                "`session` cookie that login sets, or `Authorization: Bearer <API token>`. "
+                "State-changing requests with the cookie must not be cross-site (403). A request "
+                "whose Host header names a host the server does not "
                 'answer to (CTM_ALLOWED_HOSTS) gets 400 "Invalid Host header" before any route. '
                 'Times are "YYYY-MM-DD HH:MM:SS" in the server\'s time zone; '
                 "durations are seconds, memory MB, disk GB. Every error body has "
@@ -247,7 +276,7 @@ def spec() -> dict[str, Any]:
             {"name": "tasks", "description": "Scripts run now, after a delay or on cron"},
             {"name": "meta", "description": "This description"},
         ],
-        "security": [{"session": []}],
+        "security": [{"session": []}, {"bearer": []}],
         "paths": paths,
         "components": {
             "securitySchemes": {
@@ -258,7 +287,14 @@ def spec() -> dict[str, Any]:
                     "description": "Set by POST /login; 15 minutes idle expiry, renewed by every "
                     "authenticated request; 12 hours at most. Named __Host-session when the "
                     "server has CTM_SECURE_COOKIES",
-                }
+                },
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API token (POST /api/tokens): acts as its user, with no "
+                    "cross-site check and no cookie; dies when deleted, expired, or its user is "
+                    "disabled, given a new password or deleted",
+                },
             },
             "schemas": schemas,
         },
@@ -322,7 +358,7 @@ def render_docs(document: dict[str, Any]) -> str:
             needs = (
                 "no session"
                 if op.get("security") == []
-                else ("session optional" if {} in op.get("security", []) else "session")
+                else ("session optional" if {} in op.get("security", []) else "session or token")
             )
             rows.setdefault(op["tags"][0], []).append(
                 f"<tr><td class=m>{html.escape(method.upper())}</td>"
@@ -488,7 +524,7 @@ def render_markdown(document: dict[str, Any]) -> str:
                     if security == []
                     else "Session optional."
                     if security and {} in security
-                    else "Needs the session cookie."
+                    else "Needs the session cookie or an API token (`Authorization: Bearer`)."
                 )
                 out.append(auth + "\n")
                 for param in op.get("parameters", []):
@@ -513,6 +549,8 @@ def render_markdown(document: dict[str, Any]) -> str:
                     media = content.get("application/json")
                     if media is None:
                         shape = "HTML" if "text/html" in content else "none"
+                        if "text/html" not in content and content:
+                            shape = " or ".join(f"`{m}`" for m in content)
                     elif media["schema"].get("type") == "object":
                         shape = "the object below"
                         success_fields = _md_fields(media["schema"], components)

@@ -156,3 +156,23 @@ def ui(make_ui: Callable[..., UI]) -> UI:
     u.open()
     u.login()
     return u
+
+
+# --- helpers of the pages' tests ------------------------------------------------------------
+
+
+def confirm(ui: UI, button: str) -> None:
+    dialog = ui.page.locator("#confirm-dialog")
+    dialog.wait_for(state="visible")
+    dialog.get_by_role("button", name=button).click()
+    dialog.wait_for(state="hidden")
+
+
+def unlabelled_controls(ui: UI) -> list[str]:
+    found: list[str] = ui.page.evaluate("""() => [
+        ...document.querySelectorAll('input, textarea, select, button')]
+        .filter(e => !e.closest('[hidden]') && e.type !== 'hidden' && !e.hidden)
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                     && !(e.tagName === 'BUTTON' && e.textContent.trim()))
+        .map(e => e.outerHTML.slice(0, 80))""")
+    return found

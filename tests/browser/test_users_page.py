@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.conftest import PHONE, UI
+from tests.browser.conftest import PHONE, UI, confirm, unlabelled_controls
 from tests.integration.conftest import Server
 
 pytestmark = pytest.mark.slow
@@ -30,13 +30,6 @@ def user_row(ui: UI, name: str) -> Any:
     return ui.page.locator(f'#user-table tr[data-user="{name}"]')
 
 
-def confirm(ui: UI, button: str) -> None:
-    dialog = ui.page.locator("#confirm-dialog")
-    dialog.wait_for(state="visible")
-    dialog.get_by_role("button", name=button).click()
-    dialog.wait_for(state="hidden")
-
-
 def audit_rows(ui: UI) -> list[dict[str, Any]]:
     """The audit table as shown, top to bottom."""
     rows: list[dict[str, Any]] = ui.page.eval_on_selector_all(
@@ -46,16 +39,6 @@ def audit_rows(ui: UI) -> list[dict[str, Any]]:
             cells: [...r.cells].map(c => c.innerText.trim())}))""",
     )
     return rows
-
-
-def unlabelled_controls(ui: UI) -> list[str]:
-    found: list[str] = ui.page.evaluate("""() => [
-        ...document.querySelectorAll('input, textarea, select, button')]
-        .filter(e => !e.closest('[hidden]') && e.type !== 'hidden' && !e.hidden)
-        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
-                     && !(e.tagName === 'BUTTON' && e.textContent.trim()))
-        .map(e => e.outerHTML.slice(0, 80))""")
-    return found
 
 
 def is_subsequence(wanted: list[tuple[str, str, str]], seen: list[tuple[str, str, str]]) -> bool:

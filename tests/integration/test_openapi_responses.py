@@ -83,6 +83,9 @@ def check_response(method: str, template: str, r: httpx.Response) -> None:
             ) from None
     elif "content" not in doc:
         assert r.content == b"", (method, template, r.status_code, r.text)
+    else:  # text: of a documented media type
+        media = r.headers["content-type"].split(";")[0].strip()
+        assert media in doc["content"], (method, template, r.status_code, media)
 
 
 @pytest.fixture
@@ -228,6 +231,15 @@ def _flow(admin: Checked, alice: Checked, anon: Checked, tmp_path: Path) -> None
     assert alice("POST", "/api/me/password", json=password).status_code == 200
     assert admin("GET", "/api/audit", params={"limit": 5}).status_code == 200
     assert admin("GET", "/api/audit", params={"before": "x"}).status_code == 400
+    r = alice("POST", "/api/tokens", json={"name": "ci", "expires_in_days": 7})
+    assert r.status_code == 201
+    token_id = r.json()["token_info"]["id"]
+    assert alice("POST", "/api/tokens", json={"name": ""}).status_code == 400
+    assert alice("GET", "/api/tokens").status_code == 200
+    assert admin("GET", "/api/tokens").status_code == 200
+    tok = "/api/tokens/{token_id}"
+    assert admin("DELETE", tok, path=f"/api/tokens/{token_id + 1000}").status_code == 404
+    assert alice("DELETE", tok, path=f"/api/tokens/{token_id}").status_code == 200
 
     # --- environments -----------------------------------------------------------------------
     env = "/api/conda/environment/{name}"
@@ -374,6 +386,18 @@ def _flow(admin: Checked, alice: Checked, anon: Checked, tmp_path: Path) -> None
     wait_for(finished)
     detail = admin("GET", task, path=f"/api/tasks/{now_id}").json()
     assert detail["latest_execution"]["logs"].strip() == "hi"
+    log = "/api/tasks/{task_id}/executions/{execution_id}/log"
+    its_log = f"/api/tasks/{now_id}/executions/{detail['latest_execution']['execution_id']}/log"
+    assert admin("GET", log, path=its_log).text == "hi\n"
+    assert (
+        "attachment"
+        in admin("GET", log, path=its_log + "?download=1").headers["content-disposition"]
+    )
+    events = admin("GET", log, path=its_log, headers={"Accept": "text/event-stream"})
+    assert "data: hi\n" in events.text and "event: end" in events.text
+    assert admin("GET", log, path=its_log + "?download=yes").status_code == 400
+    assert admin("GET", log, path=f"/api/tasks/{now_id}/executions/nope/log").status_code == 404
+    assert anon("GET", log, path=its_log).status_code == 401
     assert admin("GET", task, path=f"/api/tasks/{now_id}?history_limit=1").status_code == 200
     assert admin("GET", task, path=f"/api/tasks/{now_id}?history_limit=0").status_code == 400
     assert admin("GET", task, path="/api/tasks/999").status_code == 404

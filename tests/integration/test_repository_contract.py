@@ -26,6 +26,7 @@ from sqlite_utils import Database
 from ctm_adapters.memory import InMemoryRepository
 from ctm_adapters.sqlite import MIGRATIONS, SqliteRepository
 from ctm_core.errors import (
+    InvalidInput,
     LastAdmin,
     TaskExists,
     TaskLimitReached,
@@ -35,6 +36,7 @@ from ctm_core.errors import (
     UserOwnsTasks,
 )
 from ctm_core.models import (
+    ApiToken,
     AuditEvent,
     Execution,
     ExecutionStatus,
@@ -1522,6 +1524,68 @@ def test_datetimes_come_back_aware_utc(repo: Repository) -> None:
     assert got.next_run_at.isoformat() == "2024-05-01T12:00:00.000001+00:00"
 
 
+# --- API tokens --------------------------------------------------------------------------------
+
+
+def api_token(user_id: int, token_hash: str, **changes: Any) -> ApiToken:
+    fields: dict[str, Any] = {
+        "id": 0,
+        "user_id": user_id,
+        "name": "ci ✓",
+        "token_hash": token_hash,
+        "created_at": T0,
+        "expires_at": at(60),
+    }
+    fields.update(changes)
+    return ApiToken(**fields)
+
+
+def test_tokens_are_stored_found_listed_touched_and_deleted(repo: Repository) -> None:
+    alice, bob = add_user(repo, "alice"), add_user(repo, "bob")
+    a = repo.add_token(api_token(alice, "ha"))
+    b = repo.add_token(api_token(bob, "hb", expires_at=None))
+    assert b.id > a.id
+    assert repo.get_token(a.id) == a
+    assert repo.get_token_by_hash("hb") == b
+    assert repo.get_token_by_hash("nope") is None
+    assert [t.id for t in repo.list_tokens(alice)] == [a.id]
+    assert [t.id for t in repo.list_tokens()] == [a.id, b.id]
+    repo.touch_token(a.id, at(5))
+    stored = repo.get_token(a.id)
+    assert stored is not None and stored.last_used_at == at(5)
+    repo.delete_token(a.id)
+    repo.delete_token(a.id)
+    assert repo.get_token(a.id) is None
+    with pytest.raises(LookupError):
+        repo.add_token(api_token(999, "hx"))
+
+
+def test_tokens_per_user_are_capped(repo: Repository) -> None:
+    alice, bob = add_user(repo, "alice"), add_user(repo, "bob")
+    for n in range(3):
+        repo.add_token(api_token(alice, f"h{n}"), max_per_user=3)
+    with pytest.raises(InvalidInput):
+        repo.add_token(api_token(alice, "h3"), max_per_user=3)
+    repo.add_token(api_token(bob, "hb"), max_per_user=3)
+    assert len(repo.list_tokens(alice)) == 3
+
+
+def test_tokens_go_with_disabling_a_new_password_and_deletion(repo: Repository) -> None:
+    alice, bob = add_user(repo, "alice"), add_user(repo, "bob")
+    repo.add_token(api_token(alice, "a1"))
+    repo.add_token(api_token(bob, "b1"))
+    add_user(repo, "root", is_admin=True)
+    repo.update_user(bob, UserChange(is_admin=True))
+    assert len(repo.list_tokens(bob)) == 1  # a promotion ends nothing
+    repo.update_user(alice, UserChange(password_hash="new"))
+    assert repo.list_tokens(alice) == []
+    repo.add_token(api_token(alice, "a2"))
+    repo.update_user(alice, UserChange(disabled=True))
+    assert repo.list_tokens(alice) == []
+    repo.delete_user(bob)
+    assert repo.list_tokens() == []
+
+
 # --- audit -------------------------------------------------------------------------------------
 
 
@@ -1661,6 +1725,8 @@ def test_sqlite_migrations_applied_once(db_path: str) -> None:
             "0003_indexes_for_paged_reads",
             "0004_run_aggregates",
             "0005_user_admin_and_audit",
+            "0006_api_tokens",
+            "0007_task_time_zone",
         ]
         assert MIGRATIONS.pending(db) == []
         assert {"users", "sessions", "login_failures", "environment_owners", "tasks"} <= set(

@@ -25,6 +25,7 @@ from ctm_adapters.settings import Settings
 from ctm_core import errors
 from ctm_core.environments import EnvironmentDetail, EnvironmentStats, UsageStats
 from ctm_core.models import (
+    ApiToken,
     AuditEvent,
     Environment,
     Execution,
@@ -38,7 +39,17 @@ from ctm_core.models import (
 )
 from ctm_core.tasks import CreatedTask, HistoryPage, TaskDetail, TaskStats
 from ctm_core.users import UserView
-from ctm_http import _bodies, _errors, _request, _serialize, _user_routes, app, dashboard, openapi
+from ctm_http import (
+    _bodies,
+    _errors,
+    _log_routes,
+    _request,
+    _serialize,
+    _user_routes,
+    app,
+    dashboard,
+    openapi,
+)
 from ctm_http._schema import Body, to_schema
 
 SPEC = openapi.spec()
@@ -86,7 +97,8 @@ _HTTP = "RequestError"
 
 def _modules() -> dict[str, ast.Module]:
     out: dict[str, ast.Module] = {
-        m.__name__: ast.parse(inspect.getsource(m)) for m in (app, _request, _user_routes)
+        m.__name__: ast.parse(inspect.getsource(m))
+        for m in (app, _request, _user_routes, _log_routes)
     }
     for pkg in (ctm_core, ctm_adapters):
         for info in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
@@ -385,11 +397,13 @@ def test_not_reachable_entries_are_still_found_by_the_graph() -> None:
 
 
 def test_protected_operations_require_the_session_cookie() -> None:
-    """Global security is the session cookie; only login, logout, the description and the
-    dashboard page differ."""
-    assert SPEC["security"] == [{"session": []}]
+    """Global security is the session cookie or a bearer token; only login, logout, the
+    description and the dashboard page differ."""
+    assert SPEC["security"] == [{"session": []}, {"bearer": []}]
     scheme = SPEC["components"]["securitySchemes"]["session"]
     assert scheme == {**scheme, "type": "apiKey", "in": "cookie", "name": "session"}
+    bearer = SPEC["components"]["securitySchemes"]["bearer"]
+    assert bearer == {**bearer, "type": "http", "scheme": "bearer"}
     open_ops = {
         (m.upper(), p)
         for p, ops in SPEC["paths"].items()
@@ -490,6 +504,7 @@ def _samples() -> dict[Any, list[tuple[Any, ...]]]:
     user = User(id=1, username="admin", password_hash="x", is_admin=True, created_at=T0)
     admin = Principal(user_id=1, username="admin", is_admin=True)
     view = UserView(user=user, sessions=2)
+    token = ApiToken(id=3, user_id=1, name="ci", token_hash="h", created_at=T0, expires_at=None)
     event = AuditEvent(
         id=3,
         at=T0,
@@ -577,6 +592,10 @@ def _samples() -> dict[Any, list[tuple[Any, ...]]]:
         ser.user_deleted: [()],
         ser.password_changed: [(1,)],
         ser.audit_event: [(event, UTC)],
+        ser.token_info: [(token, "admin", UTC)],
+        ser.token_created: [("ctm_secret", token, "admin", UTC)],
+        ser.tokens: [([(token, "admin")], UTC)],
+        ser.token_deleted: [()],
         ser.audit_page: [([event], "3", UTC), ([], None, UTC)],
     }
 
@@ -617,7 +636,7 @@ def test_every_success_body_of_the_description_is_a_declared_body() -> None:
     }
     api = ("/api", "/login", "/logout", "/create_user")
     for op in openapi.OPERATIONS:
-        if op.path.startswith(api) and op.ok_status != 204:
+        if op.path.startswith(api) and op.ok_status != 204 and not op.ok_media:
             body = op.ok["items"] if isinstance(op.ok, dict) else op.ok
             assert body in declared, (op.method, op.path)
 
@@ -668,6 +687,7 @@ def test_error_bodies_rendered_by_the_handler_are_their_declarations() -> None:
         ),
         errors.BackendFailure("conda exploded"),
         errors.TaskNotFound(7),
+        errors.ExecutionNotFound(7, "0123456789abcdef"),
         errors.TaskExists("t"),
         errors.ReuseMissingEnvironment("e"),
         errors.ScriptNotFound("/x.py"),
@@ -684,6 +704,7 @@ def test_error_bodies_rendered_by_the_handler_are_their_declarations() -> None:
         errors.LastAdmin("admin"),
         errors.UserOwnsTasks("bob", 3),
         errors.WrongPassword(),
+        errors.TokenNotFound(3),
         errors.StorageUnavailable("database or disk is full"),
     ]
     assert {type(s).__name__ for s in samples} == _ERROR_NAMES - {"CtmError"}
@@ -827,7 +848,7 @@ def test_405_allow_header_lists_every_method_of_the_path(client: TestClient) -> 
     """RFC 9110: a 405's Allow names every method the path supports."""
     for path, ops in SPEC["paths"].items():
         concrete = path.replace("{name}", "env").replace("{task_id}", "1")
-        concrete = concrete.replace("{username}", "alice")
+        concrete = concrete.replace("{username}", "alice").replace("{token_id}", "1")
         r = client.request("TRACE", concrete)
         assert r.status_code == 405, path
         allowed = {m.strip() for m in r.headers["allow"].split(",")}

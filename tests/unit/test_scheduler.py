@@ -7,11 +7,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from croniter import croniter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctm_core.commands import Credentials, NewEnvironment, NewTask
+from ctm_core.errors import InvalidInput
 from ctm_core.models import ExecutionStatus, TaskStatus
 from tests.unit.conftest import World, make_world
 
@@ -353,3 +355,44 @@ def test_queued_runs_hold_no_thread_and_survive_shutdown() -> None:
     statuses = [world.repo.list_executions(i)[0].status for i in ids]
     assert statuses[0] is ExecutionStatus.FAILED
     assert set(statuses[1:]) == {ExecutionStatus.QUEUED}
+
+
+def test_a_task_in_its_own_time_zone_fires_at_the_right_utc_instant_across_dst() -> None:
+    """The server is in New York, which moves its clocks on 2026-03-08; a task at 09:00
+    Asia/Shanghai (no DST) fires at 01:00 UTC every day across that change, while a task at
+    09:00 in the server's zone moves from 14:00 to 13:00 UTC."""
+    start = datetime(2026, 3, 6, 2, 0, tzinfo=UTC)
+    world = make_world(start=start, tz="America/New_York", auto_exit_code=0)
+    shanghai = add_task(world, cron_expression="0 9 * * *", timezone="Asia/Shanghai")
+    local = add_task(world, cron_expression="0 9 * * *")
+    assert world.repo.get_task(shanghai).timezone == "Asia/Shanghai"
+    fired: dict[int, list[datetime]] = {shanghai: [], local: []}
+    for _ in range(4 * 24):  # four days, an hour at a time
+        world.clock.advance(3600)
+        world.scheduler.tick()
+        settle(world)
+        for tid, times in fired.items():
+            times[:] = sorted(
+                e.scheduled_for for e in world.repo.list_executions(tid) if e.scheduled_for
+            )
+    assert fired[shanghai] == [datetime(2026, 3, d, 1, 0, tzinfo=UTC) for d in (7, 8, 9, 10)]
+    assert fired[local] == [
+        datetime(2026, 3, 6, 14, 0, tzinfo=UTC),
+        datetime(2026, 3, 7, 14, 0, tzinfo=UTC),
+        datetime(2026, 3, 8, 13, 0, tzinfo=UTC),
+        datetime(2026, 3, 9, 13, 0, tzinfo=UTC),
+    ]
+
+
+def test_an_unknown_or_malformed_time_zone_is_refused() -> None:
+    world = make_world(start=T0)
+    for zone, message in (
+        ("Mars/Olympus_Mons", "Unknown time zone"),
+        ("../../etc/passwd", "IANA time zone name"),
+        ("Asia/Shanghai\n", "IANA time zone name"),
+        (8, "must be a string"),
+    ):
+        with pytest.raises(InvalidInput, match=message) as refused:
+            add_task(world, cron_expression="0 9 * * *", timezone=zone)
+        assert refused.value.field == "timezone"
+    assert world.repo.list_tasks() == []

@@ -24,7 +24,9 @@ from ctm_http.app import create_app
 ADMIN_PASSWORD = "admin-password"
 
 
-def build_app(hasher: FakePasswordHasher | None = None, **settings: Any) -> Any:
+def build_app(
+    hasher: FakePasswordHasher | None = None, clock: FakeClock | None = None, **settings: Any
+) -> Any:
     return create_app(
         Settings(
             data_dir="/nonexistent/ctm",
@@ -34,7 +36,7 @@ def build_app(hasher: FakePasswordHasher | None = None, **settings: Any) -> Any:
             **settings,
         ),
         repo=InMemoryRepository(),
-        clock=FakeClock(),
+        clock=clock or FakeClock(),
         backend=FakeEnvironmentBackend(),
         runner=FakeProcessRunner(auto_exit_code=0),
         files=InMemoryFileStore(),

@@ -78,6 +78,11 @@ export const api = {
     const qs = query.toString();
     return request('GET', `/api/audit${qs ? `?${qs}` : ''}`);
   },
+  tokens: () => request('GET', '/api/tokens'),
+  // expiresInDays: 1-3650 (the server's default, 90, when undefined)
+  createToken: (name, expiresInDays) =>
+    request('POST', '/api/tokens', { name, expires_in_days: expiresInDays }),
+  deleteToken: (id) => request('DELETE', `/api/tokens/${enc(id)}`),
 
   environments: () => request('GET', '/api/conda/environments'),
   environmentStats: () => request('GET', '/api/conda/stats'),
@@ -97,4 +102,8 @@ export const api = {
   createTask: (body) => request('POST', '/api/tasks', body),
   stopTask: (id) => request('POST', `/api/tasks/${enc(id)}/stop`, {}),
   deleteTask: (id) => request('DELETE', `/api/tasks/${enc(id)}`),
+  // A run's log: fetched by no request() here, but linked (download) and followed as
+  // server-sent events (live.js: followLog).
+  logUrl: (id, executionId, download) =>
+    `/api/tasks/${enc(id)}/executions/${enc(executionId)}/log${download ? '?download=1' : ''}`,
 };

@@ -8,7 +8,7 @@ import {
   field, fieldset, radio, checkbox, clearErrors, showFieldError, focusFirstError,
   showApiError, busy, busyStatus, formResult,
 } from './forms.js';
-import { patch, setLog } from './live.js';
+import { followLog, patch, setLog } from './live.js';
 
 const FAST = 1500; // while something runs
 const HISTORY_PAGE = 20; // runs shown at first in the history table
@@ -332,6 +332,7 @@ export async function detailView(view, ctx, id) {
   const facts = h('div', { id: 'task-facts' });
   const latestFacts = h('div', { id: 'latest-run' });
   const log = h('pre', { class: 'log', id: 'task-log', tabindex: '0', 'aria-label': 'Log of the latest run' });
+  const logLink = h('a', { class: 'log-download', id: 'latest-log-download', download: '', hidden: true }, 'Download the whole log');
   const durationChart = h('div', { class: 'chart-slot', id: 'duration-chart' });
   const memoryChart = h('div', { class: 'chart-slot', id: 'memory-chart' });
   const history = h('div', { id: 'execution-history' });
@@ -344,7 +345,7 @@ export async function detailView(view, ctx, id) {
       h('h2', { id: 'task-about-title' }, 'About this task'), facts),
     h('section', { class: 'card', 'aria-labelledby': 'latest-title' },
       h('h2', { id: 'latest-title' }, 'Latest run'), latestFacts,
-      h('h3', null, 'Log'), log),
+      h('div', { class: 'log-head' }, h('h3', null, 'Log'), logLink), log),
     h('section', { class: 'card', 'aria-labelledby': 'perf-title' },
       h('h2', { id: 'perf-title' }, 'Performance'),
       h('div', { class: 'two-col' }, durationChart, memoryChart)),
@@ -357,6 +358,30 @@ export async function detailView(view, ctx, id) {
   let stopping = false;
   let poller = null;
   let historyLimit = HISTORY_PAGE;
+  // The latest run's log, followed live while it runs: { id, close, failed }.
+  let stream = null;
+  ctx.onCleanup(() => { if (stream) stream.close(); });
+
+  // Follow the latest run's log when it is queued or running (once per run); after the end
+  // its streamed text stays. Without a stream the polled log shows, as before.
+  function followLatest(latest) {
+    if (!latest || (stream && stream.id === latest.execution_id)) return;
+    if (latest.status !== 'running' && latest.status !== 'queued') return;
+    if (stream) stream.close();
+    const s = { id: latest.execution_id, failed: false, close: () => {} };
+    stream = s;
+    setLog(log, '(no output yet)');
+    s.close = followLog(log, api.logUrl(id, latest.execution_id), {
+      onEnd: (final, anyLine) => {
+        if (!anyLine && stream === s) setLog(log, '(no output)');
+        if (ctx.isCurrent() && poller) poller.now();
+      },
+      onFail: () => {
+        s.failed = true;
+        if (ctx.isCurrent() && poller) poller.now();
+      },
+    });
+  }
 
   function render(d) {
     const t = d.task;
@@ -374,7 +399,13 @@ export async function detailView(view, ctx, id) {
     patch(facts, t, renderFacts);
     const latest = d.latest_execution;
     patch(latestFacts, latest ? { ...latest, logs: undefined } : null, renderLatest);
-    setLog(log, latest ? (latest.logs || (latest.status === 'running' ? '(no output yet)' : '(no output)')) : '(not run yet)');
+    followLatest(latest);
+    const streamed = latest && stream && stream.id === latest.execution_id && !stream.failed;
+    if (!streamed) {
+      setLog(log, latest ? (latest.logs || (latest.status === 'running' ? '(no output yet)' : '(no output)')) : '(not run yet)');
+    }
+    logLink.hidden = !latest;
+    if (latest) logLink.href = api.logUrl(t.task_id, latest.execution_id, true);
     const pm = lastRuns(d.performance_metrics, CHART_POINTS);
     const ofN = pm.total > pm.timestamps.length ? ` (last ${pm.timestamps.length} of ${pm.total})` : '';
     patch(durationChart, pm, (m) => lineChart({
@@ -395,7 +426,7 @@ export async function detailView(view, ctx, id) {
       short: shortTime,
     }));
     patch(history, { list: d.execution_history, limit: historyLimit, older: Boolean(d.execution_history_next_before) },
-      ({ list, limit, older }) => renderHistory(list, limit, older));
+      ({ list, limit, older }) => renderHistory(t.task_id, list, limit, older));
   }
 
   async function refresh() {
@@ -521,7 +552,7 @@ function lastRuns(pm, max) {
   };
 }
 
-function renderHistory(all, limit, older) {
+function renderHistory(taskId, all, limit, older) {
   if (!all || !all.length) return h('p', { class: 'empty' }, 'No runs yet.');
   const list = all.slice(0, limit);
   const more = all.length > list.length || older
@@ -531,7 +562,7 @@ function renderHistory(all, limit, older) {
   return [h('div', { class: 'table-wrap' },
     stackable(h('table', { class: 'table' },
       h('caption', { class: 'visually-hidden' }, 'Runs of this task, newest first'),
-      h('thead', null, h('tr', null, ['Started', 'Status', 'Ended', 'Duration', 'Peak memory', 'Avg memory', 'Exit code', 'Note']
+      h('thead', null, h('tr', null, ['Started', 'Status', 'Ended', 'Duration', 'Peak memory', 'Avg memory', 'Exit code', 'Note', 'Log']
         .map((x) => h('th', { scope: 'col' }, x)))),
       h('tbody', null, list.map((ex) => h('tr', null,
         h('td', { class: 'nowrap' }, dash(ex.start_time)),
@@ -541,5 +572,11 @@ function renderHistory(all, limit, older) {
         h('td', { class: 'num' }, fmtMB(ex.peak_memory)),
         h('td', { class: 'num' }, fmtMB(ex.avg_memory)),
         h('td', { class: 'num' }, dash(ex.exit_code)),
-        h('td', null, dash(ex.note)))))))), more];
+        h('td', null, dash(ex.note)),
+        h('td', null, h('a', {
+          href: api.logUrl(taskId, ex.execution_id, true),
+          download: '',
+          class: 'log-download',
+          'aria-label': `Download the log of the run started ${ex.start_time || 'not yet'}`,
+        }, 'Download')))))))), more];
 }

@@ -1,6 +1,7 @@
 // Accounts: the users table and its actions (admins: GET /api/users, PATCH and DELETE
-// /api/users/{name}, POST /create_user), your own password (everyone: POST /api/me/password)
-// and the audit log (admins: GET /api/audit).
+// /api/users/{name}, POST /create_user), your own password (everyone: POST /api/me/password),
+// API tokens (everyone: GET/POST /api/tokens, DELETE /api/tokens/{id}; admins see every
+// user's) and the audit log (admins: GET /api/audit).
 
 import { api } from './api.js';
 import { h, clear, dash, errorBox, successBox, stackable, nextId } from './dom.js';
@@ -13,6 +14,9 @@ import { patch } from './live.js';
 const USERS_POLL = 15000; // live sessions change as people log in and out
 const AUDIT_POLL = 5000; // new events appear at the top
 const AUDIT_PAGE = 50;
+const TOKENS_POLL = 15000; // "last used" changes while scripts use a token
+const TOKEN_DAYS = 90; // the API's default lifetime
+const TOKEN_MAX_DAYS = 3650;
 
 const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
 
@@ -283,7 +287,8 @@ export function accountView(view, ctx) {
         h('dt', null, 'Role'), h('dd', null, u.is_admin
           ? 'Admin: may change everything, manage users and see the audit log'
           : 'User: may change what you created'))),
-    passwordForm(ctx));
+    passwordForm(ctx),
+    tokensSection(ctx));
 }
 
 function passwordForm(ctx) {
@@ -338,6 +343,213 @@ function passwordForm(ctx) {
     }
   });
   return form;
+}
+
+// --- API tokens (everyone; admins see every user's) ------------------------------------------
+
+// The create form, the secret of a token just created (shown once: it lives only in this box,
+// never in storage, so leaving or reloading the page forgets it) and the table of tokens.
+function tokensSection(ctx) {
+  const admin = ctx.user.is_admin;
+  const name = h('input', { autocomplete: 'off', spellcheck: 'false', maxlength: 100 });
+  const days = h('input', {
+    type: 'number', inputmode: 'numeric', min: 1, max: TOKEN_MAX_DAYS, step: 1, value: TOKEN_DAYS,
+  });
+  const form = h('form', { class: 'form', novalidate: true, id: 'token-form', 'aria-labelledby': 'token-create-title' },
+    h('h3', { id: 'token-create-title' }, 'Create a token'),
+    h('div', { class: 'form-row' },
+      field({ name: 'name', label: 'Name', control: name, hint: 'What it is for. One line, up to 100 characters.' }),
+      field({ name: 'expires_in_days', label: 'Lifetime in days', control: days, hint: `1 to ${TOKEN_MAX_DAYS}; ${TOKEN_DAYS} unless you change it.` })),
+    h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'button' }, 'Create token')),
+    busyStatus(),
+    formResult());
+  const secretBox = h('div', { id: 'token-secret' });
+  const result = h('div', { class: 'form-result', id: 'tokens-result', 'aria-live': 'polite' });
+  const tableBox = h('div', { id: 'tokens-table', 'aria-busy': 'true' }, h('p', { class: 'muted' }, 'Loading tokens…'));
+  const section = h('section', { class: 'card', id: 'api-tokens', 'aria-labelledby': 'tokens-title' },
+    h('h2', { id: 'tokens-title' }, 'API tokens'),
+    h('p', { class: 'muted' },
+      'A token lets a script use the API as you, with your rights, without logging in: send it in an '
+      + '“Authorization: Bearer” header. It stops working when you delete it, when it expires, and when your '
+      + 'account is disabled, deleted or given a new password.'),
+    form, secretBox,
+    h('h3', { id: 'tokens-list-title' }, admin ? 'All tokens (every user’s)' : 'Your tokens'),
+    result, tableBox);
+
+  let tokens = [];
+  let pending = false; // a delete is on its way
+
+  const render = () => patch(tableBox, tokens, (list) => renderTokens(list, admin, ctx.user.username, pending));
+
+  async function refresh() {
+    const body = await api.tokens();
+    if (!ctx.isCurrent()) return 0;
+    tokens = body.tokens;
+    tableBox.setAttribute('aria-busy', 'false');
+    render();
+    return TOKENS_POLL;
+  }
+
+  async function reload() {
+    try {
+      await refresh();
+    } catch (err) {
+      if (err.status === 401 || !ctx.isCurrent()) return;
+      clear(tableBox);
+      tableBox.setAttribute('aria-busy', 'false');
+      tableBox.append(errorBox(err, 'Could not load the tokens'));
+    }
+  }
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const raw = days.value.trim();
+    const lifetime = Number(raw);
+    // Only what the browser cannot send is checked here; the API's checks appear by their field.
+    if (!name.value) showFieldError(form, 'name', 'Enter a name for the token.');
+    if (!raw || !Number.isFinite(lifetime)) {
+      showFieldError(form, 'expires_in_days', `Enter a number of days from 1 to ${TOKEN_MAX_DAYS}.`);
+    }
+    if (form.querySelector('[data-error-for]:not([hidden])')) {
+      focusFirstError(form);
+      return;
+    }
+    try {
+      const body = await busy(form, 'Creating token', () => api.createToken(name.value, lifetime));
+      if (!ctx.isCurrent()) {
+        // The secret cannot be shown anywhere else; say so rather than lose it silently.
+        ctx.toast(`Token “${body.token_info.name}” created, but you left the page before seeing it: delete it and create another.`, 'error', 0);
+        return;
+      }
+      form.reset();
+      clear(secretBox);
+      secretBox.append(secretPanel(ctx, body, () => {
+        clear(secretBox);
+        name.focus();
+      }));
+      secretBox.querySelector('.secret-title').focus();
+      await reload();
+    } catch (err) {
+      if (err.status === 401 || !ctx.isCurrent()) return;
+      showApiError(form, err, (b) => b.field, 'Could not create the token');
+    }
+  });
+
+  tableBox.addEventListener('click', async (event) => {
+    const button = event.target.closest('button[data-action="delete-token"]');
+    if (!button || pending) return;
+    const token = tokens.find((t) => String(t.id) === button.dataset.tokenId);
+    if (!token) return;
+    const whose = token.username === ctx.user.username ? '' : ` of ${token.username}`;
+    if (!await ctx.confirm(`Delete the token “${token.name}”${whose}?`,
+      'Scripts that use it are refused (401) from now on. This cannot be undone.',
+      'Delete token')) return;
+    if (!ctx.isCurrent()) return;
+    pending = true;
+    for (const b of tableBox.querySelectorAll('button')) b.disabled = true;
+    clear(result);
+    try {
+      await api.deleteToken(token.id);
+      const text = `Token “${token.name}”${whose} deleted.`;
+      ctx.toast(text, 'success');
+      if (ctx.isCurrent()) result.append(successBox(text));
+      // The secret of a deleted token is of no use any more.
+      const shown = secretBox.querySelector('[data-token-id]');
+      if (shown && shown.dataset.tokenId === String(token.id)) clear(secretBox);
+    } catch (err) {
+      if (err.status === 401) return;
+      if (!ctx.isCurrent()) {
+        ctx.toast(`Could not delete the token: ${err.message}`, 'error');
+        return;
+      }
+      result.append(errorBox(err, `Could not delete the token “${token.name}”`));
+    } finally {
+      pending = false;
+    }
+    if (!ctx.isCurrent()) return;
+    await reload();
+    for (const b of tableBox.querySelectorAll('button')) b.disabled = false;
+    // Focus the outcome: the row is gone after a delete, and an error is to be read.
+    focusBox(result);
+  });
+
+  reload().then(() => {
+    if (ctx.isCurrent()) ctx.every(refresh, TOKENS_POLL);
+  });
+  return section;
+}
+
+// The secret of a token just created, with a Copy button and how to use it.
+function secretPanel(ctx, body, onDone) {
+  const info = body.token_info;
+  const input = h('input', {
+    id: 'token-secret-value', class: 'code', readonly: true, value: body.token,
+    autocomplete: 'off', spellcheck: 'false', 'aria-describedby': 'token-secret-warning',
+  });
+  const copyStatus = h('p', { class: 'copy-status', role: 'status', id: 'token-copy-status' });
+  const copy = h('button', { type: 'button', class: 'button', id: 'token-copy' }, 'Copy');
+  const done = h('button', { type: 'button', class: 'button secondary', id: 'token-done' }, 'Done, hide it');
+  const selectIt = (why) => {
+    input.focus();
+    input.select();
+    copyStatus.textContent = `${why}The token is selected: press Ctrl+C (⌘C on a Mac) to copy it.`;
+  };
+  copy.addEventListener('click', async () => {
+    copyStatus.textContent = '';
+    if (!navigator.clipboard || !navigator.clipboard.writeText) {
+      selectIt(''); // not a secure context (plain http on another host), or an old browser
+      return;
+    }
+    try {
+      await navigator.clipboard.writeText(body.token);
+      copyStatus.textContent = 'Copied to the clipboard.';
+    } catch (err) {
+      selectIt('The browser did not allow copying. ');
+    }
+  });
+  input.addEventListener('focus', () => input.select());
+  done.addEventListener('click', onDone);
+  const usage = `curl -H "Authorization: Bearer <token>" ${window.location.origin}/api/tasks`;
+  return h('div', { class: 'secret-box', 'data-token-id': info.id, role: 'region', 'aria-labelledby': 'token-secret-title' },
+    h('p', { class: 'secret-title', id: 'token-secret-title', tabindex: '-1' }, `Your new token “${info.name}”`),
+    h('p', { id: 'token-secret-warning', class: 'secret-warning' },
+      'Copy it now. You will not see it again: ctm keeps only a hash of it. ',
+      `It expires on ${dash(info.expires_at)}.`),
+    h('label', { for: 'token-secret-value', class: 'visually-hidden' }, 'The token'),
+    h('div', { class: 'secret-row' }, input, copy),
+    copyStatus,
+    h('p', { class: 'secret-usage-title' }, 'Use it like this (put the token in place of <token>):'),
+    h('pre', { class: 'secret-usage' }, h('code', null, usage)),
+    h('div', { class: 'actions' }, done));
+}
+
+function renderTokens(list, admin, me, disabled) {
+  if (!list.length) return h('p', { class: 'empty', id: 'tokens-empty' }, admin ? 'No one has a token.' : 'You have no tokens.');
+  const sorted = [...list].sort((a, b) => Number(b.id) - Number(a.id)); // newest first
+  const heads = ['Name', ...(admin ? ['User'] : []), 'Created', 'Expires', 'Last used'];
+  return h('div', { class: 'table-wrap' },
+    stackable(h('table', { class: 'table', id: 'token-table' },
+      h('caption', { class: 'visually-hidden' }, admin ? 'API tokens of every user, newest first' : 'Your API tokens, newest first'),
+      h('thead', null, h('tr', null,
+        heads.map((x) => h('th', { scope: 'col' }, x)),
+        h('th', { scope: 'col' }, h('span', { class: 'visually-hidden' }, 'Actions')))),
+      h('tbody', null, sorted.map((t) => h('tr', { 'data-token-id': t.id, 'data-token-name': t.name },
+        h('th', { scope: 'row', class: 'break-soft' }, t.name),
+        admin ? h('td', { 'data-token-user': '' }, h('span', { class: 'user-name' }, t.username,
+          t.username === me ? h('span', { class: 'badge badge-you' }, 'you') : null)) : null,
+        h('td', { class: 'nowrap' }, dash(t.created_at)),
+        h('td', { class: 'nowrap' }, dash(t.expires_at)),
+        h('td', { class: 'nowrap', 'data-last-used': '' }, t.last_used_at ?? h('span', { class: 'muted' }, 'Never')),
+        h('td', { class: 'row-actions' }, h('button', {
+          type: 'button',
+          class: 'button small danger secondary',
+          'data-action': 'delete-token',
+          'data-token-id': t.id,
+          'data-focus-key': `delete-token-${t.id}`,
+          'aria-label': `Delete the token ${t.name}${admin ? ` of ${t.username}` : ''}`,
+          disabled,
+        }, 'Delete'))))))));
 }
 
 // --- audit log (admins) ----------------------------------------------------------------------
