@@ -20,11 +20,11 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ctm_core.errors import InvalidInput, TaskNotFound
+from ctm_core.errors import InvalidInput
 from ctm_core.logs import LogFollower, LogLine
 from ctm_core.models import Principal
 from ctm_http._errors import TOO_MANY_LOG_STREAMS, RequestError
-from ctm_http._request import authenticated, call, services
+from ctm_http._request import authenticated, call, services, task_id_of
 
 MAX_LOG_STREAMS = 100
 """Live log streams open at once on one server; one more is refused (503)."""
@@ -46,18 +46,10 @@ _DOWNLOAD = {"1": True, "true": True, "0": False, "false": False}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
-def _task_id(request: Request) -> int:
-    """As ``app._task_id``: huge ids exist nowhere."""
-    value: int = request.path_params["task_id"]
-    if value >= 2**63:
-        raise TaskNotFound(value)
-    return value
-
-
 @authenticated
 async def execution_log(request: Request, actor: Principal) -> Response:
     svc = services(request)
-    task_id = _task_id(request)
+    task_id = task_id_of(request)
     execution_id = request.path_params["execution_id"]
     download = request.query_params.get("download")
     as_file = _DOWNLOAD.get(download) if download is not None else False

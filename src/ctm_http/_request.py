@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ctm_adapters.bootstrap import Services
-from ctm_core.errors import CrossSiteRequest, CtmError
+from ctm_core.errors import CrossSiteRequest, CtmError, TaskNotFound
 from ctm_core.models import Principal
 from ctm_http._errors import RequestError, ctm_error_handler, request_error_handler
 
@@ -60,6 +60,15 @@ def session_token(request: Request) -> str | None:
     # Only the name in use is read: with __Host-session, a plain ``session`` cookie tossed in
     # by another port or a subdomain is ignored.
     return request.cookies.get(cookie_name(services(request).settings.secure_cookies))
+
+
+def task_id_of(request: Request) -> int:
+    """The ``{task_id:int}`` of the path: digits only (so /api/tasks/stats is never an id);
+    a huge one exists nowhere (``TaskNotFound``, not an overflow in SQLite)."""
+    value: int = request.path_params["task_id"]
+    if value >= 2**63:
+        raise TaskNotFound(value)
+    return value
 
 
 async def call_slow(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

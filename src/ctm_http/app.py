@@ -35,7 +35,7 @@ from ctm_core.commands import (
     Page,
     RenameEnvironment,
 )
-from ctm_core.errors import CtmError, TaskNotFound
+from ctm_core.errors import CtmError
 from ctm_core.models import Principal, TaskStatus
 from ctm_http import _log_routes as log_routes
 from ctm_http import _serialize as ser
@@ -62,6 +62,7 @@ from ctm_http._request import (
     services,
     session_token,
     set_session_cookie,
+    task_id_of,
 )
 
 log = logging.getLogger("ctm")
@@ -180,14 +181,6 @@ async def remove_packages(request: Request, actor: Principal) -> Response:
 # --- task routes -------------------------------------------------------------------------------
 
 
-def _task_id(request: Request) -> int:
-    """Task ids are digits only (so /api/tasks/stats is never an id); huge ones exist nowhere."""
-    value: int = request.path_params["task_id"]
-    if value >= 2**63:
-        raise TaskNotFound(value)
-    return value
-
-
 @authenticated
 async def create_task(request: Request, actor: Principal) -> Response:
     svc = services(request)
@@ -220,21 +213,21 @@ async def get_task(request: Request, actor: Principal) -> Response:
         page = Page.from_query(legacy, before, name="history_limit")
     else:
         page = Page.from_query(limit, before)
-    detail = await call(svc.tasks.detail, _task_id(request), limit=page.limit, before=page.before)
+    detail = await call(svc.tasks.detail, task_id_of(request), limit=page.limit, before=page.before)
     return ok(ser.task_detail(detail, svc.tz, svc.tasks.policy))
 
 
 @authenticated
 async def stop_task(request: Request, actor: Principal) -> Response:
     svc = services(request)
-    task_id = _task_id(request)
+    task_id = task_id_of(request)
     task = await call_slow(request, svc.tasks.stop_task, actor, task_id)
     return ok(ser.task_stopped(task, TaskStatus.RUNNING))  # only a running task stops
 
 
 @authenticated
 async def delete_task(request: Request, actor: Principal) -> Response:
-    await call_slow(request, services(request).tasks.delete_task, actor, _task_id(request))
+    await call_slow(request, services(request).tasks.delete_task, actor, task_id_of(request))
     return Response(status_code=204)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 import pytest
@@ -110,3 +111,15 @@ def world() -> Iterator[World]:
     yield w
     for h in w.runner.running():
         w.runner.finish(h, 0)
+
+
+def fake_ports() -> dict[str, Any]:
+    """Every port of the HTTP app on fakes (runs end at once with exit code 0)."""
+    return {
+        "repo": InMemoryRepository(),
+        "clock": FakeClock(),
+        "backend": FakeEnvironmentBackend(),
+        "runner": FakeProcessRunner(auto_exit_code=0),
+        "files": InMemoryFileStore(),
+        "hasher": FakePasswordHasher(),
+    }

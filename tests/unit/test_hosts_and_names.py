@@ -11,35 +11,20 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from ctm_adapters.clock import FakeClock
-from ctm_adapters.fakes import (
-    FakeEnvironmentBackend,
-    FakePasswordHasher,
-    FakeProcessRunner,
-    InMemoryFileStore,
-)
-from ctm_adapters.memory import InMemoryRepository
 from ctm_adapters.settings import Settings, settings_from_env
 from ctm_core.commands import NewTask, NewUser
 from ctm_core.errors import InvalidCredentialsFormat, InvalidInput, TaskExists
 from ctm_core.validation import validate_username
 from ctm_http._hosts import HostCheck, host_name
 from ctm_http.app import create_app
-from tests.unit.conftest import make_world
+from tests.unit.conftest import fake_ports, make_world
 
 PASSWORD = "admin-password"
 FOREIGN = "evil.example:18300"
 
 
 def parts() -> dict[str, Any]:
-    return {
-        "repo": InMemoryRepository(),
-        "clock": FakeClock(),
-        "backend": FakeEnvironmentBackend(),
-        "runner": FakeProcessRunner(auto_exit_code=0),
-        "files": InMemoryFileStore(),
-        "hasher": FakePasswordHasher(),
-    }
+    return fake_ports()
 
 
 def settings(**kw: Any) -> Settings:

@@ -10,17 +10,10 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from ctm_adapters.clock import FakeClock
-from ctm_adapters.fakes import (
-    FakeEnvironmentBackend,
-    FakePasswordHasher,
-    FakeProcessRunner,
-    InMemoryFileStore,
-)
-from ctm_adapters.memory import InMemoryRepository
 from ctm_adapters.settings import Settings
 from ctm_core.models import Execution, ExecutionStatus
 from ctm_http.app import create_app
+from tests.unit.conftest import fake_ports
 
 AUTH_401 = {
     "success": False,
@@ -31,14 +24,7 @@ AUTH_401 = {
 
 @pytest.fixture
 def parts() -> dict[str, Any]:
-    return {
-        "repo": InMemoryRepository(),
-        "clock": FakeClock(),
-        "backend": FakeEnvironmentBackend(),
-        "runner": FakeProcessRunner(auto_exit_code=0),
-        "files": InMemoryFileStore(),
-        "hasher": FakePasswordHasher(),
-    }
+    return fake_ports()
 
 
 @pytest.fixture

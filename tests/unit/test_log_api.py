@@ -12,19 +12,12 @@ import jsonschema
 import pytest
 from starlette.testclient import TestClient
 
-from ctm_adapters.clock import FakeClock
-from ctm_adapters.fakes import (
-    FakeEnvironmentBackend,
-    FakePasswordHasher,
-    FakeProcessRunner,
-    InMemoryFileStore,
-)
-from ctm_adapters.memory import InMemoryRepository
 from ctm_adapters.settings import Settings
 from ctm_core.logs import LogLine, LogRead
 from ctm_core.models import Execution, ExecutionStatus
 from ctm_http import _log_routes, openapi
 from ctm_http.app import create_app
+from tests.unit.conftest import fake_ports
 
 PATH = "/api/tasks/{task_id}/executions/{execution_id}/log"
 LOG = "first\nsecond ü\r\nprogress 1\rprogress 2\nno end"
@@ -33,14 +26,7 @@ SSE = {"Accept": "text/event-stream"}
 
 @pytest.fixture
 def parts() -> dict[str, Any]:
-    return {
-        "repo": InMemoryRepository(),
-        "clock": FakeClock(),
-        "backend": FakeEnvironmentBackend(),
-        "runner": FakeProcessRunner(auto_exit_code=0),
-        "files": InMemoryFileStore(),
-        "hasher": FakePasswordHasher(),
-    }
+    return fake_ports()
 
 
 @pytest.fixture

@@ -12,14 +12,11 @@ from starlette.testclient import TestClient
 
 from ctm_adapters.clock import FakeClock
 from ctm_adapters.fakes import (
-    FakeEnvironmentBackend,
     FakePasswordHasher,
-    FakeProcessRunner,
-    InMemoryFileStore,
 )
-from ctm_adapters.memory import InMemoryRepository
 from ctm_adapters.settings import Settings
 from ctm_http.app import create_app
+from tests.unit.conftest import fake_ports
 
 ADMIN_PASSWORD = "admin-password"
 
@@ -27,6 +24,9 @@ ADMIN_PASSWORD = "admin-password"
 def build_app(
     hasher: FakePasswordHasher | None = None, clock: FakeClock | None = None, **settings: Any
 ) -> Any:
+    ports = fake_ports()
+    ports["clock"] = clock or ports["clock"]
+    ports["hasher"] = hasher or ports["hasher"]
     return create_app(
         Settings(
             data_dir="/nonexistent/ctm",
@@ -35,12 +35,7 @@ def build_app(
             allowed_hosts=("testserver",),
             **settings,
         ),
-        repo=InMemoryRepository(),
-        clock=clock or FakeClock(),
-        backend=FakeEnvironmentBackend(),
-        runner=FakeProcessRunner(auto_exit_code=0),
-        files=InMemoryFileStore(),
-        hasher=hasher or FakePasswordHasher(),
+        **ports,
     )
 
 
