@@ -307,6 +307,14 @@ def _task_time_zone(db: Database) -> None:
     db.execute("ALTER TABLE tasks ADD COLUMN timezone TEXT")
 
 
+@MIGRATIONS(name="0008_task_paused")
+def _task_paused(db: Database) -> None:
+    """Paused tasks keep their schedule and fire nothing."""
+    db.execute(
+        "ALTER TABLE tasks ADD COLUMN paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1))"
+    )
+
+
 # --- value conversion --------------------------------------------------------------------------
 
 
@@ -438,6 +446,7 @@ TASK_COLUMNS = (
     "cpu_limit",
     "network",
     "timezone",
+    "paused",
 )
 
 
@@ -464,6 +473,7 @@ def task_to_row(task: Task) -> Row:
         "cpu_limit": task.cpu_limit,
         "network": None if task.network is None else int(task.network),
         "timezone": task.timezone,
+        "paused": int(task.paused),
     }
 
 
@@ -490,6 +500,7 @@ def task_from_row(row: Row) -> Task:
         cpu_limit=opt_float(row["cpu_limit"]),
         network=None if row["network"] is None else bool(row["network"]),
         timezone=opt_str(row["timezone"]),
+        paused=bool(row["paused"]),
     )
 
 

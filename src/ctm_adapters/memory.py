@@ -473,7 +473,7 @@ class InMemoryRepository:
         """Tasks due at or before ``now``, earliest due first."""
         at = _utc(now)
         with self._lock:
-            due = [t for t in self._tasks.values() if t.next_run_at is not None]
+            due = [t for t in self._tasks.values() if t.next_run_at is not None and not t.paused]
             return [
                 _copy(t)
                 for t in sorted(due, key=lambda t: (t.next_run_at, t.id))
@@ -483,7 +483,11 @@ class InMemoryRepository:
     def earliest_next_run(self) -> datetime | None:
         with self._lock:
             return min(
-                (t.next_run_at for t in self._tasks.values() if t.next_run_at is not None),
+                (
+                    t.next_run_at
+                    for t in self._tasks.values()
+                    if t.next_run_at is not None and not t.paused
+                ),
                 default=None,
             )
 
@@ -494,6 +498,12 @@ class InMemoryRepository:
             if any(t.name == name and t.id != task_id for t in self._tasks.values()):
                 raise TaskExists(name)
             task.name, task.script_path = name, script_path
+
+    def set_task_paused(self, task_id: int, paused: bool, next_run_at: datetime | None) -> None:
+        when = None if next_run_at is None else _utc(next_run_at)
+        with self._lock:
+            task = self._task(task_id)
+            task.paused, task.next_run_at = paused, when
 
     def unschedule_task(self, task_id: int) -> None:
         """Raises ``TaskNotFound``."""

@@ -488,12 +488,13 @@ class SqliteRepository(SqliteStore):
     def due_tasks(self, now: datetime) -> list[Task]:
         """Tasks due at or before ``now``, earliest due first."""
         rows = self._read(
-            "SELECT * FROM tasks WHERE next_run_at <= ? ORDER BY next_run_at, id", (dt_out(now),)
+            "SELECT * FROM tasks WHERE next_run_at <= ? AND paused = 0 ORDER BY next_run_at, id",
+            (dt_out(now),),
         )
         return [task_from_row(r) for r in rows]
 
     def earliest_next_run(self) -> datetime | None:
-        row = self._read_one("SELECT min(next_run_at) AS due FROM tasks")
+        row = self._read_one("SELECT min(next_run_at) AS due FROM tasks WHERE paused = 0")
         return None if row is None else opt_dt_in(row["due"])
 
     def set_task_script(self, task_id: int, *, name: str, script_path: str) -> None:
@@ -508,6 +509,15 @@ class SqliteRepository(SqliteStore):
                 if is_unique_violation(e, "tasks.name"):
                     raise TaskExists(name) from None
                 raise
+        if changed == 0:
+            raise TaskNotFound(task_id)
+
+    def set_task_paused(self, task_id: int, paused: bool, next_run_at: datetime | None) -> None:
+        with self._lock:
+            changed = self._write(
+                "UPDATE tasks SET paused = ?, next_run_at = ? WHERE id = ?",
+                (int(paused), opt_dt_out(next_run_at), task_id),
+            )
         if changed == 0:
             raise TaskNotFound(task_id)
 

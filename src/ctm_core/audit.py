@@ -38,6 +38,9 @@ ACTIONS = (
     "environment.requirements",
     "task.create",
     "task.stop",
+    "task.pause",
+    "task.resume",
+    "task.run",
     "task.delete",
 )
 """Every ``action`` an event may have."""

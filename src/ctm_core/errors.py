@@ -375,6 +375,16 @@ class TaskNotRunning(CtmError, ValueError):
         super().__init__(error=self.error_format.format(status=status), current_status=status)
 
 
+class TaskAlreadyActive(CtmError, ValueError):
+    """A run now was asked while a run of the task is queued or running."""
+
+    message = "Task is already running"
+    error_format = "A run of task {task_id} is queued or running: stop it or wait for it to end"
+
+    def __init__(self, task_id: int):
+        super().__init__(error=self.error_format.format(task_id=task_id))
+
+
 class TaskLimitReached(CtmError, PermissionError):
     """A non-admin already owns the most tasks one user may have."""
 

@@ -188,6 +188,8 @@ class Task:
     """False cuts the run's network; None follows the server's setting."""
     timezone: str | None = None
     """The IANA time zone its cron expression is read in; None: the server's."""
+    paused: bool = False
+    """A paused task keeps its schedule and fires nothing (a run now still runs)."""
 
 
 @attrs.define(kw_only=True)

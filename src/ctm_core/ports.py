@@ -386,16 +386,23 @@ class Repository(Protocol):
         ...
 
     def due_tasks(self, now: datetime) -> list[Task]:
-        """Tasks whose ``next_run_at`` is at or before ``now``, earliest due first."""
+        """Tasks not paused whose ``next_run_at`` is at or before ``now``, earliest due
+        first."""
         ...
 
     def earliest_next_run(self) -> datetime | None:
-        """The earliest ``next_run_at`` of any task; None when no task is scheduled."""
+        """The earliest ``next_run_at`` of any task not paused; None when none is
+        scheduled."""
         ...
 
     def set_task_script(self, task_id: int, *, name: str, script_path: str) -> None:
         """Set a task's name and script path (nothing else). Raises ``TaskNotFound``, and
         ``TaskExists`` when the name is taken."""
+        ...
+
+    def set_task_paused(self, task_id: int, paused: bool, next_run_at: datetime | None) -> None:
+        """Pause or resume a task and set its ``next_run_at``. A paused task is never in
+        ``due_tasks`` nor ``earliest_next_run``. Raises ``TaskNotFound``."""
         ...
 
     def unschedule_task(self, task_id: int) -> None:

@@ -141,6 +141,11 @@ _TASK_EXTRA: dict[str, Schema] = {
             "server's. Times in answers stay in the server's zone",
         }
     ),
+    "paused": {
+        **BOOL,
+        "description": "A paused task keeps its schedule and fires nothing (POST "
+        "/api/tasks/<id>/resume)",
+    },
 }
 TASK = body(_TASK_FIELDS, _TASK_EXTRA, name="Task")
 TASK_LIST_ITEM = body(
@@ -413,6 +418,21 @@ TASK_DETAIL = body(
         ),
     }
 )
+TASK_PAUSED = body(
+    {
+        "success": TRUE,
+        "message": {"enum": ["Task paused", "Task resumed"]},
+        "task": TASK,
+    }
+)
+RUN_QUEUED = body(
+    {
+        "success": TRUE,
+        "message": const("Run queued"),
+        "task_id": INT,
+        "execution_id": {**STR, "description": "Follow it in the task's execution_history"},
+    }
+)
 TASK_STOPPED = body(
     {
         "success": TRUE,
@@ -554,6 +574,7 @@ ERROR_BODIES: dict[type[e.CtmError], Body] = {
             },
         ),
         _error(e.TaskNotRunning, fields={"current_status": {"enum": TASK_STATUS}}),
+        _error(e.TaskAlreadyActive),
         _error(
             e.TaskLimitReached,
             description="A non-admin already owns the most tasks one user may have",

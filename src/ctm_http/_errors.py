@@ -47,6 +47,7 @@ STATUS: dict[type[e.CtmError], int] = {
     e.ScriptNotFound: 400,
     e.RequirementsFailed: 400,
     e.TaskNotRunning: 400,
+    e.TaskAlreadyActive: 409,
     e.TaskLimitReached: 403,
 }
 

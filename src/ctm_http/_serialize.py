@@ -128,6 +128,7 @@ def task_body(task: Task, tz: tzinfo, policy: RunPolicy) -> dict[str, Any]:
         "cpu_limit": policy.cpu_limit_for(task),
         "network": policy.network_for(task),
         "timezone": task.timezone,
+        "paused": task.paused,
     }
 
 
@@ -418,6 +419,25 @@ def task_created(created: CreatedTask, tz: tzinfo, policy: RunPolicy) -> dict[st
         "message": "Task scheduled successfully",
         "task": task_body(created.task, tz, policy),
         "environment_message": created.environment_message,
+    }
+
+
+@renders(b.TASK_PAUSED)
+def task_paused(task: Task, tz: tzinfo, policy: RunPolicy) -> dict[str, Any]:
+    return {
+        "success": True,
+        "message": "Task paused" if task.paused else "Task resumed",
+        "task": task_body(task, tz, policy),
+    }
+
+
+@renders(b.RUN_QUEUED)
+def run_queued(execution: Execution) -> dict[str, Any]:
+    return {
+        "success": True,
+        "message": "Run queued",
+        "task_id": execution.task_id,
+        "execution_id": execution.id,
     }
 
 

@@ -205,4 +205,50 @@ TASK_OPERATIONS: tuple[Op, ...] = (
         description="SIGTERM to the run's process group, SIGKILL after the grace period. A "
         "cron task keeps its schedule.",
     ),
+    *(
+        Op(
+            method="POST",
+            path=f"/api/tasks/{{task_id}}/{verb}",
+            operation_id=f"{verb}Task",
+            summary=summary,
+            tag="tasks",
+            ok=b.TASK_PAUSED,
+            errors=(e.TaskNotFound, e.NotOwner),
+            description=description,
+        )
+        for verb, summary, description in (
+            (
+                "pause",
+                "Pause a task",
+                "The task keeps its schedule and fires nothing until resumed; a run going on "
+                "goes on, and a run now still runs. Idempotent. The owner or an admin.",
+            ),
+            (
+                "resume",
+                "Resume a paused task",
+                "A cron task continues with its first occurrence after now (occurrences missed "
+                "while paused are not made up); a one-shot whose time passed runs now. "
+                "Idempotent. The owner or an admin.",
+            ),
+        )
+    ),
+    Op(
+        method="POST",
+        path="/api/tasks/{task_id}/run",
+        operation_id="runTask",
+        summary="Run a task now",
+        tag="tasks",
+        ok_status=201,
+        ok=b.RUN_QUEUED,
+        ok_examples=(
+            (
+                "queued",
+                {"success": True, "message": "Run queued", "task_id": 1, "execution_id": "e1f3"},
+            ),
+        ),
+        errors=(e.TaskNotFound, e.NotOwner, e.TaskAlreadyActive),
+        description="A run outside the schedule, which is not changed (a paused task runs "
+        "too). It starts when a run slot is free, like any run. 409 while a run of the task is "
+        "queued or running.",
+    ),
 )

@@ -226,6 +226,27 @@ async def stop_task(request: Request, actor: Principal) -> Response:
 
 
 @authenticated
+async def pause_task(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    task = await call(svc.tasks.pause_task, actor, task_id_of(request))
+    return ok(ser.task_paused(task, svc.tz, svc.tasks.policy))
+
+
+@authenticated
+async def resume_task(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    task = await call(svc.tasks.resume_task, actor, task_id_of(request))
+    return ok(ser.task_paused(task, svc.tz, svc.tasks.policy))
+
+
+@authenticated
+async def run_task(request: Request, actor: Principal) -> Response:
+    svc = services(request)
+    execution = await call(svc.tasks.run_now, actor, task_id_of(request))
+    return ok(ser.run_queued(execution), 201)
+
+
+@authenticated
 async def delete_task(request: Request, actor: Principal) -> Response:
     await call_slow(request, services(request).tasks.delete_task, actor, task_id_of(request))
     return Response(status_code=204)
@@ -266,6 +287,9 @@ ROUTES = [
     Route("/api/tasks/{task_id:int}", get_task, methods=["GET"]),
     Route("/api/tasks/{task_id:int}", delete_task, methods=["DELETE"]),
     Route("/api/tasks/{task_id:int}/stop", stop_task, methods=["POST"]),
+    Route("/api/tasks/{task_id:int}/pause", pause_task, methods=["POST"]),
+    Route("/api/tasks/{task_id:int}/resume", resume_task, methods=["POST"]),
+    Route("/api/tasks/{task_id:int}/run", run_task, methods=["POST"]),
     *user_routes.ROUTES,
     *log_routes.ROUTES,
 ]

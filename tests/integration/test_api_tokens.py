@@ -77,9 +77,25 @@ def test_a_token_drives_every_route_without_a_cookie(server: Server) -> None:
         running = bot.get(f"/api/tasks/{tid}").json()["latest_execution"]["execution_id"]
         log = "/api/tasks/{task_id}/executions/{execution_id}/log"
         assert call("GET", log, f"/api/tasks/{tid}/executions/{running}/log").status_code == 200
-        assert (
-            call("POST", "/api/tasks/{task_id}/stop", f"/api/tasks/{tid}/stop").status_code == 200
+        run = "/api/tasks/{task_id}/run"
+        assert call("POST", run, f"/api/tasks/{tid}/run").status_code == 409  # one is running
+        stop = "/api/tasks/{task_id}/stop"
+        assert call("POST", stop, f"/api/tasks/{tid}/stop").status_code == 200
+        r = call("POST", "/api/tasks/{task_id}/pause", f"/api/tasks/{tid}/pause")
+        assert r.status_code == 200 and r.json()["task"]["paused"] is True
+        r = call("POST", run, f"/api/tasks/{tid}/run")
+        assert r.status_code == 201, r.text
+        again = r.json()["execution_id"]
+        wait_for(
+            lambda: any(
+                e["execution_id"] == again and e["status"] == "running"
+                for e in bot.get(f"/api/tasks/{tid}").json()["execution_history"]
+            ),
+            what="the run now to start",
         )
+        assert bot.post(f"/api/tasks/{tid}/stop").status_code == 200
+        r = call("POST", "/api/tasks/{task_id}/resume", f"/api/tasks/{tid}/resume")
+        assert r.status_code == 200 and r.json()["task"]["paused"] is False
         assert call("DELETE", task, f"/api/tasks/{tid}").status_code == 204
         assert (
             call(

@@ -23,7 +23,7 @@ from ctm_adapters.sqlite import DatabaseUnusable, SqliteRepository
 from tests.integration.conftest import ADMIN_PASSWORD, Server, free_port
 from tests.integration.test_repository_contract import add_user, make_task
 
-LAST_MIGRATION = "0007_task_time_zone"
+LAST_MIGRATION = "0008_task_paused"
 
 
 def ctm(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

@@ -432,6 +432,14 @@ def _flow(admin: Checked, alice: Checked, anon: Checked, tmp_path: Path) -> None
         == 400
     )
     assert alice("POST", stop, path=f"/api/tasks/{sleeper}/stop").status_code == 403
+    run_now = "/api/tasks/{task_id}/run"
+    assert admin("POST", run_now, path=f"/api/tasks/{sleeper}/run").status_code == 409
+    assert alice("POST", run_now, path=f"/api/tasks/{sleeper}/run").status_code == 403
+    pause, resume = "/api/tasks/{task_id}/pause", "/api/tasks/{task_id}/resume"
+    assert admin("POST", pause, path=f"/api/tasks/{sleeper}/pause").status_code == 200
+    assert admin("POST", resume, path=f"/api/tasks/{sleeper}/resume").status_code == 200
+    assert admin("POST", pause, path="/api/tasks/999999/pause").status_code == 404
+    assert alice("POST", resume, path=f"/api/tasks/{sleeper}/resume").status_code == 403
     # --- in use while a run goes on; pinned by nothing once none runs -----------------------
     assert admin("DELETE", env, path="/api/conda/environment/demo").status_code == 400
     assert admin("POST", stop, path=f"/api/tasks/{sleeper}/stop").status_code == 200

@@ -1524,6 +1524,22 @@ def test_datetimes_come_back_aware_utc(repo: Repository) -> None:
     assert got.next_run_at.isoformat() == "2024-05-01T12:00:00.000001+00:00"
 
 
+def test_a_paused_task_is_never_due(repo: Repository) -> None:
+    """set_task_paused keeps the task and sets its next run; while paused it is not in
+    due_tasks nor earliest_next_run; resumed it is again."""
+    paused = repo.add_task(make_task("p", next_run_at=at(1)))
+    other = repo.add_task(make_task("o", next_run_at=at(5)))
+    repo.set_task_paused(paused.id, True, at(1))
+    assert repo.get_task(paused.id).paused
+    assert [t.id for t in repo.due_tasks(at(10))] == [other.id]
+    assert repo.earliest_next_run() == at(5)
+    repo.set_task_paused(paused.id, False, at(2))
+    assert [t.id for t in repo.due_tasks(at(10))] == [paused.id, other.id]
+    assert repo.earliest_next_run() == at(2)
+    with pytest.raises(TaskNotFound):
+        repo.set_task_paused(999, True, None)
+
+
 # --- API tokens --------------------------------------------------------------------------------
 
 
@@ -1727,6 +1743,7 @@ def test_sqlite_migrations_applied_once(db_path: str) -> None:
             "0005_user_admin_and_audit",
             "0006_api_tokens",
             "0007_task_time_zone",
+            "0008_task_paused",
         ]
         assert MIGRATIONS.pending(db) == []
         assert {"users", "sessions", "login_failures", "environment_owners", "tasks"} <= set(

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import jsonschema
 import pytest
 from openapi_spec_validator import validate as validate_openapi
@@ -268,6 +269,8 @@ NOT_REACHABLE = {
     "anyone who could delete it",
     ("POST", "/api/me/password", "LastAdmin"): "a password change sets neither is_admin nor "
     "disabled",
+    ("POST", "/api/tasks/{task_id}/resume", "InvalidInput"): "_zone_of catches the zone "
+    "lookup's InvalidInput (a zone gone from the database) and uses the server's",
 }
 
 
@@ -596,6 +599,8 @@ def _samples() -> dict[Any, list[tuple[Any, ...]]]:
         ser.token_created: [("ctm_secret", token, "admin", UTC)],
         ser.tokens: [([(token, "admin")], UTC)],
         ser.token_deleted: [()],
+        ser.task_paused: [(task, UTC, policy), (attrs.evolve(task, paused=True), UTC, policy)],
+        ser.run_queued: [(done,)],
         ser.audit_page: [([event], "3", UTC), ([], None, UTC)],
     }
 
@@ -705,6 +710,7 @@ def test_error_bodies_rendered_by_the_handler_are_their_declarations() -> None:
         errors.UserOwnsTasks("bob", 3),
         errors.WrongPassword(),
         errors.TokenNotFound(3),
+        errors.TaskAlreadyActive(1),
         errors.StorageUnavailable("database or disk is full"),
     ]
     assert {type(s).__name__ for s in samples} == _ERROR_NAMES - {"CtmError"}

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctm_core.commands import Credentials, NewEnvironment, NewTask
-from ctm_core.errors import InvalidInput
+from ctm_core.errors import InvalidInput, NotOwner, TaskAlreadyActive
 from ctm_core.models import ExecutionStatus, TaskStatus
 from tests.unit.conftest import World, make_world
 
@@ -396,3 +396,46 @@ def test_an_unknown_or_malformed_time_zone_is_refused() -> None:
             add_task(world, cron_expression="0 9 * * *", timezone=zone)
         assert refused.value.field == "timezone"
     assert world.repo.list_tasks() == []
+
+
+def test_a_paused_task_fires_nothing_and_resumes_on_its_schedule() -> None:
+    """Paused at 12:00, a */10 cron task fires nothing for 35 minutes; resumed at 12:35 it
+    fires next at 12:40 (the missed occurrences are not made up); pause and resume are the
+    owner's or an admin's."""
+    world = make_world(start=T0, auto_exit_code=0)
+    tid = add_task(world, cron_expression="*/10 * * * *")
+    with pytest.raises(NotOwner):
+        world.tasks.pause_task(world.bob, tid)
+    assert world.tasks.pause_task(world.alice, tid).paused
+    for _ in range(35):
+        world.clock.advance(60)
+        world.scheduler.tick()
+    assert world.repo.list_executions(tid) == []
+    resumed = world.tasks.resume_task(world.admin, tid)
+    assert not resumed.paused
+    assert resumed.next_run_at == T0 + timedelta(minutes=40)
+    world.clock.advance(5 * 60)
+    world.scheduler.tick()
+    settle(world)
+    [run] = world.repo.list_executions(tid)
+    assert run.scheduled_for == T0 + timedelta(minutes=40)
+
+
+def test_run_now_runs_outside_the_schedule_and_refuses_an_overlap() -> None:
+    """A run now of a paused cron task starts at once without moving its schedule; a second
+    one while the first runs is TaskAlreadyActive; another user may not run it."""
+    world = make_world(start=T0)
+    tid = add_task(world, cron_expression="0 * * * *")
+    world.tasks.pause_task(world.alice, tid)
+    execution = world.tasks.run_now(world.alice, tid)
+    [handle] = world.runner.wait_started(1)
+    assert world.repo.get_task(tid).next_run_at == T0 + timedelta(hours=1)
+    with pytest.raises(TaskAlreadyActive):
+        world.tasks.run_now(world.alice, tid)
+    with pytest.raises(NotOwner):
+        world.tasks.run_now(world.bob, tid)
+    world.runner.finish(handle, 0)
+    settle(world)
+    stored = world.repo.get_execution(execution.id)
+    assert stored is not None and stored.status is ExecutionStatus.COMPLETED
+    assert world.repo.get_task(tid).paused
