@@ -98,6 +98,15 @@ def task_zone(name: str | None, zones: Zones | None, default: tzinfo) -> tzinfo:
         raise InvalidInput("timezone", f"Unknown time zone '{name}'") from None
 
 
+def running_zone(name: str | None, zones: Zones | None, default: tzinfo) -> tzinfo:
+    """The zone a stored task's cron is read in: ``task_zone``, or ``default`` when the zone
+    left the zone database since the task was created."""
+    try:
+        return task_zone(name, zones, default)
+    except InvalidInput:
+        return default
+
+
 def following_run_time(
     cron: str | None, scheduled_for: datetime, now: datetime, tz: tzinfo
 ) -> datetime | None:

@@ -14,11 +14,10 @@ from datetime import datetime, timedelta, tzinfo
 
 import attrs
 
-from ctm_core.errors import InvalidInput
 from ctm_core.models import Execution, ExecutionStatus, Task
 from ctm_core.ports import Clock, FileStore, Repository
 from ctm_core.runs import RunCoordinator
-from ctm_core.schedule import Zones, following_run_time, task_zone
+from ctm_core.schedule import Zones, following_run_time, running_zone
 from ctm_core.tasks import new_execution_id
 
 FIRED_KEPT = 10_000
@@ -145,10 +144,7 @@ class Scheduler:
             execution.start_time = execution.end_time = now
             execution.skip_count = 1
             execution.first_skipped_at = execution.last_skipped_at = due
-        try:
-            tz = task_zone(task.timezone, self.zones, self.tz)
-        except InvalidInput:  # the zone left the zone database since: the server's
-            tz = self.tz
+        tz = running_zone(task.timezone, self.zones, self.tz)
         following = following_run_time(task.cron_expression, due, now, tz)
         if self.repo.claim_occurrence(execution, due=due, next_run_at=following) is None:
             return False

@@ -40,7 +40,13 @@ from ctm_core.logs import LogFollower, find_execution
 from ctm_core.models import Execution, ExecutionStatus, Principal, RunPolicy, Task, TaskStatus
 from ctm_core.ports import Clock, EnvironmentBackend, FileStore, Repository
 from ctm_core.runs import RunCoordinator
-from ctm_core.schedule import Zones, first_run_time, next_cron_time, task_zone
+from ctm_core.schedule import (
+    Zones,
+    first_run_time,
+    next_cron_time,
+    running_zone,
+    task_zone,
+)
 from ctm_core.validation import printable_line
 
 STATE_UNCHANGED = "Environment unchanged: no package was installed or changed"
@@ -379,8 +385,7 @@ class TaskService:
             raise TaskNotRunning(task.status.value)
         if not self.coordinator.stop(task_id):  # it ended meanwhile: say how, as recorded now
             raise TaskNotRunning(self.repo.get_task(task_id).status.value)
-        if self.audit is not None:
-            self.audit.record(actor, "task.stop", f"{task.id}:{task.name}")
+        self._record(actor, "task.stop", task)
         return self.repo.get_task(task_id)
 
     def pause_task(self, actor: Principal, task_id: int) -> Task:
@@ -402,7 +407,7 @@ class TaskService:
         now = self.clock.now()
         due = task.next_run_at
         if task.cron_expression is not None and (due is None or due < now):
-            zone = self._zone_of(task)
+            zone = running_zone(task.timezone, self.zones, self.tz)
             due = next_cron_time(task.cron_expression, now, zone)
         self.repo.set_task_paused(task_id, False, due)
         self._record(actor, "task.resume", task)
@@ -429,12 +434,6 @@ class TaskService:
         self._record(actor, "task.run", task, execution=execution.id)
         return execution
 
-    def _zone_of(self, task: Task) -> tzinfo:
-        try:
-            return task_zone(task.timezone, self.zones, self.tz)
-        except InvalidInput:  # the zone left the zone database since: the server's
-            return self.tz
-
     def _record(self, actor: Principal, action: str, task: Task, **detail: Any) -> None:
         if self.audit is not None:
             self.audit.record(actor, action, f"{task.id}:{task.name}", **detail)
@@ -450,8 +449,7 @@ class TaskService:
         if task.script_stored:
             paths.append(task.script_path)
         self.files.delete(paths)
-        if self.audit is not None:
-            self.audit.record(actor, "task.delete", f"{task.id}:{task.name}")
+        self._record(actor, "task.delete", task)
         self.on_change()
 
     # --- stats ---------------------------------------------------------------------------------

@@ -168,12 +168,18 @@ class CallGraph:
                                 self.fields.setdefault(t.attr, set()).update(params[sub.value.id])
 
     def _methods(self, cls_name: str) -> dict[str, ast.AST]:
+        """The class's methods, with those it inherits from classes of the graph."""
         if cls_name not in self.classes:
             return {}
         _, cls = self.classes[cls_name]
-        return {
-            n.name: n for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
-        }
+        found: dict[str, ast.AST] = {}
+        for base in cls.bases:
+            if isinstance(base, ast.Name) and base.id != cls_name:
+                found.update(self._methods(base.id))
+        found.update(
+            {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+        )
+        return found
 
     def _is_port(self, cls_name: str) -> bool:
         return self.classes.get(cls_name, ("",))[0] == "ctm_core.ports"
@@ -269,7 +275,7 @@ NOT_REACHABLE = {
     "anyone who could delete it",
     ("POST", "/api/me/password", "LastAdmin"): "a password change sets neither is_admin nor "
     "disabled",
-    ("POST", "/api/tasks/{task_id}/resume", "InvalidInput"): "_zone_of catches the zone "
+    ("POST", "/api/tasks/{task_id}/resume", "InvalidInput"): "running_zone catches the zone "
     "lookup's InvalidInput (a zone gone from the database) and uses the server's",
 }
 
